@@ -1,0 +1,1 @@
+"""Datasets: the data contract, readers and writers of formats, synthetic scenes, checks."""
