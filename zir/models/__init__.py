@@ -1,0 +1,58 @@
+"""The model registry: one explicit dict from name to builder. ``zir models`` prints it; tests loop over it.
+
+Each model lives in its own file with its config dataclass, blocks, model, loss, postprocess and
+``build()``. To add one, write the file and add a :class:`ModelSpec` line below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from zir.errors import ConfigError
+from zir.models import convnet
+from zir.models.base import ZirModel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: the task, the config dataclass, its builder and a one-line summary."""
+
+    task: str
+    config: type
+    build: Callable[[Any], ZirModel]
+    summary: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    "convnet": ModelSpec("classify", convnet.ConvNetConfig, convnet.build,
+                         "small ConvNet: conv-BN-ReLU-pool blocks, linear head, softmax + cross-entropy"),
+}
+
+
+def model_config(name: str, num_classes: int, image_size: int, args: dict[str, Any] | None = None) -> Any:
+    """The model's config dataclass filled from ``args`` plus the data's class count and image size."""
+    spec = get_spec(name)
+    known = {f.name for f in dataclasses.fields(spec.config)}
+    args = dict(args or {})
+    unknown = set(args) - known
+    if unknown:
+        raise ConfigError(f"model {name!r} has no settings {sorted(unknown)}; it has {sorted(known)}")
+    if "num_classes" in known:
+        args["num_classes"] = num_classes
+    if "image_size" in known:
+        args.setdefault("image_size", image_size)
+    return spec.config(**args)
+
+
+def build_model(name: str, num_classes: int, image_size: int, args: dict[str, Any] | None = None) -> ZirModel:
+    """Build a registered model from its name and settings."""
+    return get_spec(name).build(model_config(name, num_classes, image_size, args))
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))} (see `zir models`)")
+    return MODELS[name]

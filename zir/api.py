@@ -1,0 +1,182 @@
+"""The Python API, mirroring the CLI (``zir train`` = :func:`train`, ``zir eval`` = :func:`evaluate`, ...).
+
+    import zir
+    result = zir.train(model="convnet", data="shapes/", epochs=5)
+    model = zir.load(result.run_dir)
+    model.predict(["cat.jpg", pil_image, tensor])        # -> list of predictions
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from zir.config import RunConfig, load_config
+from zir.data.image_io import is_image_file, read_image
+from zir.engine.predictor import Predictor, load
+from zir.engine.trainer import TrainResult
+from zir.errors import DataError
+
+__all__ = ["train", "load", "evaluate", "predict_to_folder", "compare", "demo", "synth"]
+
+
+def train(config: str | Path | RunConfig | None = None, *, resume: str | Path | None = None,
+          progress: bool = True, **settings: Any) -> TrainResult:
+    """Train a model. ``settings`` are the CLI's ``key=value`` pairs (``model="convnet"``, ``epochs=5``,
+    ``data="shapes/"``, ``batch_size=32``, ``model_args={"width": 16}``...), applied over ``config``."""
+    from zir.engine.trainer import train as _train
+
+    if resume is not None:
+        return _train(load_config(), resume=resume, progress=progress)
+    if isinstance(config, RunConfig):
+        cfg = load_config(overrides={**_flatten(config.to_dict()), **settings})
+    else:
+        cfg = load_config(config, overrides=settings)
+    return _train(cfg, progress=progress)
+
+
+def _flatten(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if k in ("data", "train"):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def evaluate(run: str | Path, progress: bool = True, **data_settings: Any) -> dict[str, float]:
+    """Evaluate a trained run on its validation data, or on ``data=PATH`` (any readable format)."""
+    from zir.engine.data import build_datasets, build_loader
+    from zir.engine.evaluate import evaluate as _evaluate
+
+    predictor = load(run)
+    cfg = predictor.config
+    overrides = {("data.path" if k == "data" else k if k.startswith("data.") else f"data.{k}"): v
+                 for k, v in data_settings.items()}
+    cfg = load_config(overrides={**_flatten(cfg.to_dict()), **overrides})
+    if "data.path" in overrides and "data.val_path" not in overrides:
+        cfg.data.val_path = cfg.data.path  # evaluate on all of the given data, not a split of it
+    bundle = build_datasets(cfg.data, seed=cfg.train.seed)
+    if bundle.classes != predictor.classes:
+        raise DataError(cfg.data.path, f"classes {bundle.classes} differ from the model's {predictor.classes}")
+    loader = build_loader(bundle.val, cfg.data, train=False, seed=cfg.train.seed)
+    metrics, _ = _evaluate(predictor.model, loader, bundle.task, bundle.classes, predictor.device,
+                           progress=progress)
+    return metrics
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the folders given."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(item, "no such file or folder")
+    if not files:
+        raise DataError(", ".join(map(str, inputs)), "no images found (looked for .jpg, .png, .bmp, ...)")
+    return files
+
+
+def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path], out: str | Path,
+                      conf: float | None = None) -> Path:
+    """Predict on images and write, per image, the drawn result (PNG) and the prediction (JSON).
+
+    Output names keep the input's relative path, so two ``img.jpg`` in different folders do not clash.
+    """
+    from zir.analysis.draw import draw_prediction
+
+    predictor = model if isinstance(model, Predictor) else load(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = list_images(inputs)
+    common = Path(*Path(files[0]).resolve().parent.parts) if len(files) == 1 else _common_parent(files)
+    for path in files:
+        image = read_image(path)
+        pred = predictor.predict(image.as_subclass(torch.Tensor))[0]
+        if conf is not None and hasattr(pred, "scores") and hasattr(pred, "boxes"):
+            keep = pred.scores >= conf
+            pred = type(pred)(**{k: (v[keep] if v is not None else None) for k, v in vars(pred).items()})
+        rel = path.resolve().relative_to(common).with_suffix("")
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        drawn = draw_prediction(image.as_subclass(torch.Tensor), pred, predictor.classes)
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out / f"{rel}.png")
+        record = {"image": str(path), **pred.to_dict(predictor.classes)}
+        (out / f"{rel}.json").write_text(json.dumps(record, indent=1))
+    return out
+
+
+def _common_parent(files: list[Path]) -> Path:
+    parts = [p.resolve().parent.parts for p in files]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return Path(*common)
+
+
+def _run_metrics(run: str | Path) -> dict[str, float]:
+    from zir.engine.checkpoint import read_meta
+    from zir.engine.predictor import find_weights
+
+    run = Path(run)
+    if (run / "val_metrics.json").is_file():
+        return json.loads((run / "val_metrics.json").read_text())
+    return read_meta(find_weights(run)).get("metrics", {})
+
+
+def error_reduction(e_old: float, e_new: float) -> float:
+    """The lecture's relative error reduction in percent: ``(E_old - E_new) / E_old * 100``."""
+    return (e_old - e_new) / e_old * 100 if e_old > 0 else 0.0
+
+
+def compare(run_a: str | Path, run_b: str | Path) -> str:
+    """Both runs' metrics side by side, and the error reduction of B over A for accuracy-like metrics."""
+    a, b = _run_metrics(run_a), _run_metrics(run_b)
+    keys = [k for k in a if k in b and isinstance(a[k], (int, float))]
+    lines = [f"{'metric':>24s}  {'A':>9s}  {'B':>9s}  error reduction B vs A",
+             f"{'':>24s}  {Path(run_a).name[:9]:>9s}  {Path(run_b).name[:9]:>9s}"]
+    for k in keys:
+        line = f"{k:>24s}  {a[k]:9.4f}  {b[k]:9.4f}"
+        if k in ("accuracy", "top5", "macro_f1", "miou", "pixel_accuracy") or "AP" in k:
+            line += f"  {error_reduction(1 - a[k], 1 - b[k]):+.1f}%  (error {1 - a[k]:.3f} -> {1 - b[k]:.3f})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def synth(task: str = "detect", n: int = 200, seed: int = 0, out: str | Path = "shapes", image_size: int = 128) -> Path:
+    """Write a synthetic dataset (see ``zir data synth``)."""
+    from zir.data.synth import SynthConfig, write_synth
+
+    return write_synth(SynthConfig(task=task, n=n, seed=seed, image_size=image_size), Path(out))
+
+
+def demo(out: str | Path = "runs", minutes: float = 2.0) -> Path:
+    """The main job on built-in data: synthesise shapes, train for ``minutes``, evaluate, draw, report."""
+    out = Path(out)
+    data_dir = out / "demo-data" / "shapes-classify"
+    if not data_dir.is_dir():
+        print(f"synthesising 1500 shape images in {data_dir}")
+        synth("classify", n=1500, seed=0, out=data_dir, image_size=64)
+    run_dir = out / "demo"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # the demo's own previous run; nothing of the user's
+    t0 = time.time()
+    result = train(model="convnet", data=str(data_dir), project=str(out), name="demo", epochs=12,
+                   batch_size=64, lr=3e-3, image_size=64, time_limit=minutes, warmup_epochs=0.5,
+                   model_args={"width": 24})
+    print(f"trained {result.epochs_done} epochs in {time.time() - t0:.0f} s; best validation "
+          f"accuracy {result.best_metrics.get('accuracy', float('nan')):.4f}")
+    predict_to_folder(result.run_dir, [data_dir / "star"], result.run_dir / "predict-examples")
+    return result.run_dir / "report.html"

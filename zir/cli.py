@@ -1,0 +1,257 @@
+"""The ``zir`` command: one CLI for every task and mode.
+
+    zir train [CONFIG.yaml] [key=value ...] [--resume RUN]
+    zir eval RUN [key=value ...]
+    zir predict RUN_OR_MODEL IMAGE_OR_FOLDER ... [--out DIR]
+    zir export RUN [--format torchscript|onnx]
+    zir models
+    zir data synth|check|stats|convert ...
+    zir augment preview IMAGE --out grid.png
+    zir compare RUN_A RUN_B
+    zir demo
+
+Every command has ``--help``. Errors a user can fix print one line (``zir: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from zir.errors import ZirError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except ZirError as e:
+        print(f"zir: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zir: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from zir.config import describe_settings
+
+    p = argparse.ArgumentParser(prog="zir", description="zir: computer vision on PyTorch.")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    t = sub.add_parser("train", help="train a model", formatter_class=raw,
+                       description="Train a model. Settings come from an optional YAML file and key=value "
+                                   "overrides, e.g.\n  zir train model=convnet data=shapes/ epochs=5\n\n"
+                                   "Settings and defaults:\n" + describe_settings())
+    t.add_argument("settings", nargs="*", help="[CONFIG.yaml] key=value ...")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in RUN (runs/NAME) exactly where it stopped")
+    t.add_argument("--skip-bad", action="store_true", help="leave out samples that fail the data checks")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained run on its validation data (or data=PATH)")
+    e.add_argument("run", help="runs/NAME or a .safetensors file")
+    e.add_argument("settings", nargs="*", help="key=value overrides of the data settings, e.g. data=test/")
+    e.add_argument("--json", metavar="FILE", help="also write the metrics to FILE")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="predict on images and draw the results")
+    pr.add_argument("model", help="runs/NAME or a .safetensors file")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", default="predictions", help="output folder (drawn images and one JSON per image)")
+    pr.add_argument("--conf", type=float, default=None, help="score threshold (detection)")
+    pr.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="export a trained model for deployment")
+    x.add_argument("run", help="runs/NAME or a .safetensors file")
+    x.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    x.add_argument("--out", help="output file (default: RUN/weights/model.{pt,onnx})")
+    x.set_defaults(func=cmd_export)
+
+    m = sub.add_parser("models", help="list the models zir can train")
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("data", help="synthesise, check, describe and convert datasets")
+    dsub = d.add_subparsers(title="data commands", metavar="COMMAND")
+    s = dsub.add_parser("synth", help="write a deterministic synthetic dataset of shapes")
+    s.add_argument("--task", default="detect", choices=("classify", "detect", "segment", "instance", "panoptic"))
+    s.add_argument("--n", type=int, default=200, help="number of images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=cmd_synth)
+    c = dsub.add_parser("check", help="list every problem of a dataset; exit status 1 if there are errors")
+    c.add_argument("path")
+    c.add_argument("--format", default="auto")
+    c.add_argument("--no-images", action="store_true", help="do not decode images (faster, fewer checks)")
+    c.set_defaults(func=cmd_check)
+    st = dsub.add_parser("stats", help="print dataset statistics and plot histograms")
+    st.add_argument("path")
+    st.add_argument("--format", default="auto")
+    st.add_argument("--out", default="stats.png", help="histogram plot file")
+    st.set_defaults(func=cmd_stats)
+    cv = dsub.add_parser("convert", help="convert a detection dataset between COCO, YOLO and VOC")
+    cv.add_argument("src")
+    cv.add_argument("dst")
+    cv.add_argument("--to", required=True, choices=("coco", "yolo", "voc"))
+    cv.add_argument("--from", dest="src_format", default="auto")
+    cv.add_argument("--skip-bad", action="store_true", help="drop records with errors instead of stopping")
+    cv.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty DST")
+    cv.set_defaults(func=cmd_convert)
+
+    a = sub.add_parser("augment", help="look at augmentation")
+    asub = a.add_subparsers(title="augment commands", metavar="COMMAND")
+    ap = asub.add_parser("preview", help="draw an image under each augmentation family and weather effect")
+    ap.add_argument("image")
+    ap.add_argument("--out", default="augment_preview.png")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.set_defaults(func=cmd_augment_preview)
+
+    cmp = sub.add_parser("compare", help="compare two runs' metrics and the error reduction")
+    cmp.add_argument("run_a")
+    cmp.add_argument("run_b")
+    cmp.set_defaults(func=cmd_compare)
+
+    dm = sub.add_parser("demo", help="synthesise data, train for about two minutes, evaluate, write a report")
+    dm.add_argument("--minutes", type=float, default=2.0, help="training time budget")
+    dm.add_argument("--out", default="runs", help="folder for the demo data and run")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def _split_settings(items: list[str]) -> tuple[str | None, list[str]]:
+    if items and "=" not in items[0] and items[0].endswith((".yaml", ".yml")):
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from zir.config import load_config
+    from zir.engine.trainer import train
+
+    if args.resume:
+        if args.settings:
+            print("zir: note: settings are ignored with --resume (the run's own config.yaml is used)", file=sys.stderr)
+        result = train(load_config(), resume=args.resume)
+    else:
+        path, overrides = _split_settings(args.settings)
+        cfg = load_config(path, overrides + (["data.skip_bad=true"] if args.skip_bad else []))
+        result = train(cfg)
+    print(f"run: {result.run_dir}\nbest: {json.dumps(_round(result.best_metrics))}\n"
+          f"report: {result.run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zir.api import evaluate
+
+    metrics = evaluate(args.run, **dict(_kv(s) for s in args.settings))
+    for k, v in metrics.items():
+        print(f"{k:>24s}  {v:.4f}" if isinstance(v, float) else f"{k:>24s}  {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _kv(item: str) -> tuple[str, str]:
+    from zir.config import _split
+
+    return _split(item)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from zir.api import predict_to_folder
+
+    out = predict_to_folder(args.model, args.inputs, args.out, conf=args.conf)
+    print(f"wrote predictions to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from zir.export import export
+
+    out = export(args.run, args.format, args.out)
+    print(f"exported {out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from zir.models import MODELS
+
+    width = max(len(n) for n in MODELS)
+    for name, spec in MODELS.items():
+        print(f"{name:<{width}}  {spec.task:<9}  {spec.summary}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from zir.data.synth import SynthConfig, write_synth
+
+    out = write_synth(SynthConfig(task=args.task, n=args.n, seed=args.seed, image_size=args.size), Path(args.out))
+    print(f"wrote {args.n} {args.task} images to {out}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from zir.data.check import check_path
+
+    report = check_path(args.path, format=args.format, open_images=not args.no_images)
+    print(report.format_text())
+    return 0 if report.ok else 1
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from zir.data.formats import open_dataset
+    from zir.data.stats import dataset_stats, format_stats, plot_stats
+
+    stats = dataset_stats(open_dataset(args.path, format=args.format))
+    print(format_stats(stats))
+    print(f"histograms: {plot_stats(stats, Path(args.out))}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from zir.data.convert import convert
+
+    out = convert(args.src, args.dst, to=args.to, src_format=args.src_format, overwrite=args.overwrite,
+                  skip_bad=args.skip_bad)
+    print(f"wrote {args.to} dataset: {out}")
+    return 0
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from zir.augment import preview_grid
+    from zir.data.image_io import read_image
+
+    out = preview_grid({"image": read_image(args.image)}, Path(args.out), seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from zir.api import compare
+
+    print(compare(args.run_a, args.run_b))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from zir.api import demo
+
+    report = demo(out=args.out, minutes=args.minutes)
+    print(f"\nreport: {report}")
+    return 0
+
+
+def _round(d: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

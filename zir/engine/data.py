@@ -1,0 +1,175 @@
+"""From a :class:`~zir.config.DataConfig` to data loaders: read, check, split, transform, batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import v2
+
+from zir.config import DataConfig
+from zir.data.contract import DatasetIndex, Problem
+from zir.errors import DataError
+
+
+@dataclass
+class Batch:
+    """What the training loop gets from the loader.
+
+    Attributes:
+        images: float32 ``(B, 3, H, W)`` in [0, 1]; images of different sizes are zero-padded at the
+            bottom and right to the largest one (``targets[i]["size"]`` keeps each one's own size).
+        targets: one dict per image: the sample's annotations (``label``, ``boxes``, ``labels``,
+            ``masks``, ``semantic``, ``image_id``, ``path``) and ``size`` ``(H, W)``.
+        skipped: errors of samples dropped with ``skip_bad``.
+    """
+
+    images: Tensor
+    targets: list[dict[str, Any]]
+    skipped: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device) -> Batch:
+        moved = [{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in self.targets]
+        return Batch(self.images.to(device, non_blocking=True), moved, self.skipped)
+
+
+def collate(samples: list[dict[str, Any]]) -> Batch:
+    """Batch samples: uint8 images become float in [0, 1] (after augmentation, which is faster on uint8)."""
+    skipped = [s["bad"] for s in samples if "bad" in s]
+    good = [s for s in samples if "bad" not in s]
+    if not good:
+        return Batch(torch.zeros(0, 3, 1, 1), [], skipped)
+    sizes = [tuple(s["image"].shape[-2:]) for s in good]
+    H, W = max(h for h, _ in sizes), max(w for _, w in sizes)
+    images = torch.zeros(len(good), 3, H, W, dtype=torch.float32)
+    for i, s in enumerate(good):
+        im = s["image"]
+        im = im.float() / 255 if im.dtype == torch.uint8 else im.float()
+        images[i, :, : im.shape[-2], : im.shape[-1]] = im
+    targets = []
+    for s, size in zip(good, sizes):
+        t = {k: v for k, v in s.items() if k != "image"}
+        t["size"] = size
+        targets.append(t)
+    return Batch(images, targets, skipped)
+
+
+def eval_transform(task: str, image_size: int) -> v2.Transform:
+    """The resize every image gets before the model (training adds augmentation after it).
+
+    Classifiers see square ``image_size`` inputs. Dense models keep the image's own size: they
+    resize inside ``loss``/``predict`` and map results back to the input's pixels.
+    """
+    if task == "classify":
+        return v2.Resize((image_size, image_size), antialias=True)
+    return v2.Identity()
+
+
+def train_transform(task: str, image_size: int, preset: str) -> v2.Transform:
+    if preset == "none":
+        return eval_transform(task, image_size)
+    from zir.augment import build_augment  # imported lazily: only training with augmentation needs it
+
+    return v2.Compose([eval_transform(task, image_size), build_augment(preset, task=task, image_size=image_size)])
+
+
+@dataclass
+class DataBundle:
+    """Train and validation datasets with what the rest of the run needs to know about them."""
+
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+    task: str
+    problems: list[Problem] = field(default_factory=list)
+
+
+def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
+    """Read (or synthesise) the data, apply the data checks, split train/val and attach transforms.
+
+    Raises:
+        DataError: for the first bad record unless ``cfg.skip_bad`` (then bad records are dropped and
+            listed in ``DataBundle.problems``).
+    """
+    if not cfg.path:
+        raise DataError("<config>", "no dataset given; pass data=PATH (or data=synth:classify for built-in shapes)")
+    if cfg.path.startswith("synth:"):
+        return _synth_datasets(cfg, seed)
+
+    from zir.data.formats import open_dataset
+
+    index = _usable(open_dataset(cfg.path, format=cfg.format), cfg)
+    task = index.task
+    if cfg.val_path:
+        val_index = _usable(open_dataset(cfg.val_path, format=cfg.format), cfg)
+        if val_index.classes != index.classes:
+            raise DataError(cfg.val_path, f"validation classes {val_index.classes} differ from training "
+                                          f"classes {index.classes}; use the same class list in both")
+        train_records, val_records = index.records, val_index.records
+    else:
+        train_records, val_records = _split(index.records, cfg.val_split, seed)
+        val_index = index
+    from zir.data.dataset import ZirDataset
+
+    train = ZirDataset(index, train_transform(task, cfg.image_size, cfg.augment), cfg.skip_bad, train_records)
+    val = ZirDataset(val_index, eval_transform(task, cfg.image_size), cfg.skip_bad, val_records)
+    return DataBundle(train, val, index.classes, task, index.problems + (val_index.problems if cfg.val_path else []))
+
+
+def _usable(index: DatasetIndex, cfg: DataConfig) -> DatasetIndex:
+    """Apply the reader's findings: raise on the first error, or drop bad records with ``skip_bad``."""
+    errors = [p for p in index.problems if p.severity == "error"]
+    if errors and not cfg.skip_bad:
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        raise DataError(errors[0].file, f"{errors[0].message}{more}; run `zir data check {cfg.path}` to list "
+                                        "them all, or train with data.skip_bad=true to leave them out",
+                        where=errors[0].where)
+    bad = {p.record for p in errors if p.record is not None}
+    if bad:
+        index.records = [r for i, r in enumerate(index.records) if i not in bad]
+    if not index.records:
+        raise DataError(cfg.path, "the dataset has no usable images")
+    return index
+
+
+def _split(records: list, val_split: float, seed: int) -> tuple[list, list]:
+    if not 0 < val_split < 1:
+        raise DataError("<config>", f"data.val_split must be between 0 and 1, got {val_split}; "
+                                    "or give data.val_path")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(records), generator=g).tolist()
+    n_val = max(1, round(len(records) * val_split))
+    return [records[i] for i in sorted(perm[n_val:])], [records[i] for i in sorted(perm[:n_val])]
+
+
+def _synth_datasets(cfg: DataConfig, seed: int) -> DataBundle:
+    from zir.data.synth import SynthDataset
+
+    task = cfg.path.split(":", 1)[1] or "classify"
+    n_val = max(1, round(cfg.synth_n * cfg.val_split))
+    size = cfg.image_size if task == "classify" else max(cfg.image_size, 64)
+    # Validation scenes come from another seed, so they are never training scenes.
+    train = SynthDataset(task=task, n=cfg.synth_n, seed=seed, image_size=size,
+                         transform=train_transform(task, cfg.image_size, cfg.augment))
+    val = SynthDataset(task=task, n=n_val, seed=seed + 10_000, image_size=size,
+                       transform=eval_transform(task, cfg.image_size))
+    return DataBundle(train, val, list(train.classes), task)
+
+
+def build_loader(dataset: Dataset, cfg: DataConfig, *, train: bool, seed: int, rank: int = 0,
+                 world: int = 1) -> DataLoader:
+    """A loader whose order depends only on ``(seed, epoch)``: the same in one process and across ranks.
+
+    Training uses DistributedSampler even in one process (``num_replicas=1``), so the sequence of
+    global batches of a single-process run equals that of an N-process run with 1/N the batch each.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed,
+                                 drop_last=False) if train else None
+    n_local = len(sampler) if sampler is not None else len(dataset)
+    drop_last = train and n_local % cfg.batch_size == 1  # a batch of one breaks BatchNorm
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, shuffle=False,
+                      num_workers=cfg.workers, collate_fn=collate, drop_last=drop_last,
+                      persistent_workers=False, pin_memory=False)

@@ -1,0 +1,76 @@
+"""Evaluation: run ``predict`` over a loader and feed a task's metric (metrics know nothing of models)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from zir.errors import ConfigError
+from zir.models.base import ZirModel
+
+# The metric that picks the best checkpoint and drives early stopping, per task (higher is better).
+MONITOR = {"classify": "accuracy", "detect": "bbox/AP", "instance": "segm/AP", "segment": "miou",
+           "panoptic": "PQ"}
+
+
+def make_metric(task: str, classes: list[str]) -> Any:
+    """The metric object of a task: ``update(predictions, targets)``, then ``compute()``."""
+    if task == "classify":
+        from zir.metrics.classification import ClassificationMetrics
+
+        return ClassificationMetrics(len(classes), classes)
+    if task == "segment":
+        from zir.metrics.semantic import SemanticMetrics
+
+        return SemanticMetrics(len(classes), classes=classes)
+    if task in ("detect", "instance"):
+        from zir.metrics.coco import CocoEvaluator
+
+        return CocoEvaluator(classes, iou_types=("bbox", "segm") if task == "instance" else ("bbox",))
+    raise ConfigError(f"no evaluation for task {task!r} yet")
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the CPU (AMX) or CUDA, fp16 on CUDA, or nothing."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs CUDA; on the CPU use amp=bf16")
+    if amp not in ("bf16", "fp16"):
+        raise ConfigError(f"train.amp must be none, bf16 or fp16, got {amp!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(model: ZirModel, loader: DataLoader, task: str, classes: list[str], device: torch.device,
+             amp: str = "none", progress: bool = True) -> tuple[dict[str, float], Any]:
+    """Predict every batch of ``loader`` and return ``(metrics, metric_object)``."""
+    was_training = model.training
+    model.eval()
+    metric = make_metric(task, classes)
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        if not batch.targets:
+            continue
+        batch = batch.to(device)
+        images = [im[:, : t["size"][0], : t["size"][1]] for im, t in zip(batch.images, batch.targets)] \
+            if task != "classify" else batch.images
+        with autocast(device, amp):
+            predictions = model.predict(images)
+        targets = [t["label"] for t in batch.targets] if task == "classify" else [_to_cpu(t) for t in batch.targets]
+        metric.update([_to_cpu(p) for p in predictions], targets)
+    model.train(was_training)
+    return metric.compute(), metric
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if hasattr(obj, "__dataclass_fields__"):
+        return type(obj)(**{k: _to_cpu(getattr(obj, k)) for k in obj.__dataclass_fields__})
+    return obj

@@ -1,0 +1,96 @@
+"""A trained model ready to use: ``zir.load("runs/NAME")`` and ``predict`` on files, PIL images or tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zir.config import RunConfig
+from zir.data.contract import Prediction
+from zir.data.image_io import read_image, to_rgb_array
+from zir.engine.checkpoint import load_weights, read_meta
+from zir.errors import CheckpointError
+from zir.models import build_model
+from zir.models.base import ZirModel
+
+ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+
+
+class Predictor:
+    """A model with its classes and config.
+
+    Attributes:
+        model: the :class:`~zir.models.base.ZirModel`, in eval mode.
+        classes: class names, index = class id.
+        config: the :class:`~zir.config.RunConfig` that trained it.
+        task: ``classify``, ``detect``, ``segment``, ``instance`` or ``panoptic``.
+    """
+
+    def __init__(self, model: ZirModel, classes: list[str], config: RunConfig, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.classes = classes
+        self.config = config
+        self.task = model.task
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16) -> list[Prediction]:
+        """Predict on one image or many; always returns a list with one prediction per image.
+
+        Images can be file paths, PIL images, ``(H, W, 3)`` uint8 arrays, or ``(3, H, W)`` tensors
+        (uint8, or float in [0, 1]). Results are in each input image's own pixels.
+        """
+        items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+        out: list[Prediction] = []
+        for i in range(0, len(items), batch_size):
+            tensors = [to_float_image(x).to(self.device) for x in items[i: i + batch_size]]
+            out += self.model.predict(tensors)
+        return out
+
+    __call__ = predict
+
+
+def _is_single(x: Any) -> bool:
+    return isinstance(x, (str, Path, Image.Image, np.ndarray)) or (isinstance(x, torch.Tensor) and x.ndim == 3)
+
+
+def to_float_image(x: ImageLike) -> torch.Tensor:
+    """Any supported image -> float32 ``(3, H, W)`` RGB in [0, 1]."""
+    if isinstance(x, (str, Path)):
+        t = read_image(x)
+    elif isinstance(x, Image.Image):
+        t = torch.from_numpy(to_rgb_array(x)).permute(2, 0, 1)
+    elif isinstance(x, np.ndarray):
+        arr = x if x.ndim == 3 else np.repeat(x[..., None], 3, axis=2)
+        t = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1)
+    else:
+        t = x
+    return t.float() / 255 if t.dtype == torch.uint8 else t.float()
+
+
+def find_weights(path: str | Path) -> Path:
+    """``runs/NAME`` -> its best (else last) weights; a ``.safetensors`` path is taken as it is."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for name in ("best.safetensors", "last.safetensors"):
+        if (path / "weights" / name).is_file():
+            return path / "weights" / name
+    raise CheckpointError(f"{path}: no weights found (expected {path}/weights/best.safetensors); "
+                          "pass a run folder made by `zir train` or a .safetensors file")
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """Load a trained run (``runs/NAME``) or weights file; it needs nothing else."""
+    weights = find_weights(path)
+    meta = read_meta(weights)
+    if "config" not in meta or "classes" not in meta:
+        raise CheckpointError(f"{weights}: has no zir config/classes metadata; was it written by zir?")
+    cfg = RunConfig.from_dict(meta["config"])
+    model = build_model(cfg.model, len(meta["classes"]), cfg.data.image_size, cfg.model_args)
+    load_weights(model, weights)
+    return Predictor(model, list(meta["classes"]), cfg, device)
