@@ -136,20 +136,17 @@ def _run_metrics(run: str | Path) -> dict[str, float]:
     return read_meta(find_weights(run)).get("metrics", {})
 
 
-def error_reduction(e_old: float, e_new: float) -> float:
-    """The lecture's relative error reduction in percent: ``(E_old - E_new) / E_old * 100``."""
-    return (e_old - e_new) / e_old * 100 if e_old > 0 else 0.0
-
-
 def compare(run_a: str | Path, run_b: str | Path) -> str:
     """Both runs' metrics side by side, and the error reduction of B over A for accuracy-like metrics."""
+    from zir.metrics.classification import error_reduction
+
     a, b = _run_metrics(run_a), _run_metrics(run_b)
     keys = [k for k in a if k in b and isinstance(a[k], (int, float))]
     lines = [f"{'metric':>24s}  {'A':>9s}  {'B':>9s}  error reduction B vs A",
              f"{'':>24s}  {Path(run_a).name[:9]:>9s}  {Path(run_b).name[:9]:>9s}"]
     for k in keys:
         line = f"{k:>24s}  {a[k]:9.4f}  {b[k]:9.4f}"
-        if k in ("accuracy", "top5", "macro_f1", "miou", "pixel_accuracy") or "AP" in k:
+        if (k in ("accuracy", "top5", "macro_f1", "miou", "pixel_accuracy") or "AP" in k) and a[k] < 1:
             line += f"  {error_reduction(1 - a[k], 1 - b[k]):+.1f}%  (error {1 - a[k]:.3f} -> {1 - b[k]:.3f})"
         lines.append(line)
     return "\n".join(lines)

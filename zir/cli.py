@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     s.set_defaults(func=cmd_synth)
     c = dsub.add_parser("check", help="list every problem of a dataset; exit status 1 if there are errors")
     c.add_argument("path")
@@ -193,7 +194,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from zir.data.synth import SynthConfig, write_synth
 
-    out = write_synth(SynthConfig(task=args.task, n=args.n, seed=args.seed, image_size=args.size), Path(args.out))
+    cfg = SynthConfig(task=args.task, n=args.n, seed=args.seed, image_size=args.size)
+    out = write_synth(cfg, Path(args.out), overwrite=args.overwrite)
     print(f"wrote {args.n} {args.task} images to {out}")
     return 0
 

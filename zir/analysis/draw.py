@@ -55,5 +55,5 @@ def draw_prediction(image: torch.Tensor, prediction: Prediction, classes: list[s
         text = f"{classes[prediction.label]} {float(prediction.scores[prediction.label]):.2f}"
         d.rectangle([0, 0, pil.width, 14], fill=(0, 140, 0) if ok else (200, 0, 0))
         d.text((3, 2), text, fill=(255, 255, 255))
-        return torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(pil)).permute(2, 0, 1)
     raise TypeError(f"cannot draw {type(prediction).__name__}")

@@ -42,7 +42,7 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
 
 
 def open_pil(path: str | Path) -> Image.Image:

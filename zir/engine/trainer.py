@@ -152,7 +152,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         best_metrics = read_meta(run_dir / "weights" / "best.safetensors").get("metrics", {}) \
             if (run_dir / "weights" / "best.safetensors").is_file() else {}
         if main:
-            logger.resume(state["epoch"])
+            logger.resume(last_epoch=state["epoch"] + 1)  # rows count epochs from 1
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
@@ -201,8 +201,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
                 scheduler.step()
             n_images += len(batch.targets)
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(batch.targets)
-            bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{n_images * world / (time.time() - t_epoch):.0f}")
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch.targets)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{n_images * world / (time.time() - t_epoch):.0f}")
 
         last_epoch = epoch + 1 == t.epochs
         out_of_time = t.time_limit > 0 and (time.time() - t_start) / 60 >= t.time_limit

@@ -1,0 +1,144 @@
+"""The training engine: a run's files, exact resume after SIGKILL, DDP equivalence, bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zir.config import load_config
+from zir.engine.trainer import cosine_with_warmup, train
+from zir.errors import CheckpointError, ConfigError
+
+# A tiny run: 64 synthetic 32x32 images, a 2-block ConvNet, one thread so results are bit-reproducible.
+TINY = ["model=convnet", "data=synth:classify", "synth_n=64", "image_size=32", "batch_size=8",
+        "model_args={width: 8, depth: 2, dropout: 0.0}", "epochs=3", "lr=0.01", "threads=1"]
+
+
+def tiny(tmp_path: Path, name: str, *extra: str):
+    return load_config(overrides=TINY + [f"project={tmp_path}", f"name={name}", *extra])
+
+
+def weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run / "weights" / f"{which}.safetensors"))
+
+
+def test_run_folder_has_everything(tmp_path):
+    result = train(tiny(tmp_path, "a", "epochs=2"), progress=False)
+    run = result.run_dir
+    for f in ["config.yaml", "weights/best.safetensors", "weights/last.safetensors", "weights/last_state.pt",
+              "metrics.jsonl", "results.csv", "curves.png", "report.html", "val_metrics.json"]:
+        assert (run / f).is_file(), f
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all("train/cls" in r and "val/accuracy" in r for r in rows)
+    assert result.epochs_done == 2
+    # A second run with the same name does not overwrite the first.
+    assert train(tiny(tmp_path, "a", "epochs=1"), progress=False).run_dir.name == "a-2"
+
+
+def test_loss_falls(tmp_path):
+    result = train(tiny(tmp_path, "fall", "epochs=4"), progress=False)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train/cls"] < rows[0]["train/cls"]
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    """Kill the process (SIGKILL) right after epoch 1's checkpoint; resuming must end bit-identical."""
+    reference = train(tiny(tmp_path, "ref"), progress=False).run_dir
+
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal
+        from zir.config import load_config
+        from zir.engine.trainer import train
+
+        def kill_after_first_epoch(state):
+            if state["epoch"] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        cfg = load_config(overrides={TINY!r} + ["project={tmp_path}", "name=killed"])
+        train(cfg, callbacks=[kill_after_first_epoch], progress=False)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr  # really killed, not a clean exit
+    killed = tmp_path / "killed"
+    assert not (killed / "report.html").exists()
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 1
+
+    result = train(load_config(), resume=killed, progress=False)
+    assert result.epochs_done == 3
+    ref_w, res_w = weights(reference), weights(killed)
+    assert ref_w.keys() == res_w.keys()
+    for k in ref_w:
+        assert torch.equal(ref_w[k], res_w[k]), k
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(CheckpointError, match="not a zir run folder"):
+        train(load_config(), resume=tmp_path)
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    """torchrun, 2 CPU processes on gloo with batch 4 each == 1 process with batch 8.
+
+    GroupNorm instead of BatchNorm: CPU processes cannot synchronise BatchNorm statistics (PyTorch's
+    SyncBatchNorm is CUDA-only), so per-process batch statistics would legitimately differ.
+    """
+    common = TINY + ["epochs=2", "model_args={width: 8, depth: 2, dropout: 0.0, norm: group}",
+                     f"project={tmp_path}"]
+    single = train(load_config(overrides=common + ["name=single"]), progress=False).run_dir
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "zir", "train",
+                           *[c for c in common if not c.startswith("batch_size")], "batch_size=4", "name=ddp"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = weights(single), weights(tmp_path / "ddp")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    # The runs really trained (weights moved away from the shared initialisation).
+    init = train(load_config(overrides=common + ["name=init", "epochs=1", "lr=0.0"]), progress=False).run_dir
+    assert any(not torch.allclose(weights(init)[k], a[k]) for k in a)
+
+
+def test_cosine_schedule_with_warmup():
+    f = cosine_with_warmup(warmup_steps=10, total_steps=110, final=0.01)
+    assert f(0) == pytest.approx(0.01)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.505)  # half-way through the cosine: (1 + 0.01) / 2
+    assert f(110) == pytest.approx(0.01)
+
+
+def test_gradient_accumulation_matches_bigger_batch(tmp_path):
+    """4 micro-batches of 2 accumulated == one batch of 8 (GroupNorm: no batch statistics)."""
+    common = TINY + ["epochs=1", "model_args={width: 8, depth: 2, dropout: 0.0, norm: group}", "clip_grad=0"]
+    big = train(tiny(tmp_path, "big", *common[len(TINY):]), progress=False).run_dir
+    acc = train(tiny(tmp_path, "acc", *common[len(TINY):], "batch_size=2", "accumulate=4"), progress=False).run_dir
+    for k, v in weights(big).items():
+        torch.testing.assert_close(v, weights(acc)[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    result = train(tiny(tmp_path, "bf16", "epochs=2", "amp=bf16"), progress=False)
+    assert 0.0 <= result.best_metrics["accuracy"] <= 1.0
+
+
+def test_bad_settings_raise_our_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(overrides=["epochz=3"])
+    with pytest.raises(ConfigError, match="optimizer"):
+        train(tiny(tmp_path, "x", "optimizer=lion"), progress=False)
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        train(tiny(tmp_path, "y", "amp=fp16", "device=cpu"), progress=False)
+    with pytest.raises(ConfigError, match="no settings"):
+        train(tiny(tmp_path, "z", "model_args={wdth: 3}"), progress=False)
