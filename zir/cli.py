@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export a trained model for deployment")
     x.add_argument("run", help="runs/NAME or a .safetensors file")
-    x.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
-    x.add_argument("--out", help="output file (default: RUN/weights/model.{pt,onnx})")
+    x.add_argument("--format", choices=("pt2", "torchscript", "onnx"), default="pt2",
+                   help="pt2: torch.export program (default); torchscript; onnx (needs pip install onnx)")
+    x.add_argument("--out", help="output file (default: RUN/weights/model.{pt2,torchscript.pt,onnx})")
     x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="list the models zir can train")

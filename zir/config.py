@@ -150,12 +150,16 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
+    if isinstance(default, float) and isinstance(value, (int, str)):
+        try:
+            return float(value)  # also "1e-3", which YAML 1.1 reads as a string
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
     if isinstance(default, (int, float, str)) and not isinstance(value, type(default)):
         if isinstance(default, str):
             return str(value)
-        raise ConfigError(f"{key} must be a {type(default).__name__}, got {value!r}")
+        article = "an" if isinstance(default, int) else "a"
+        raise ConfigError(f"{key} must be {article} {type(default).__name__}, got {value!r}")
     return value
 
 

@@ -120,16 +120,21 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
 
 
 def _usable(index: DatasetIndex, cfg: DataConfig) -> DatasetIndex:
-    """Apply the reader's findings: raise on the first error, or drop bad records with ``skip_bad``."""
-    errors = [p for p in index.problems if p.severity == "error"]
+    """Apply ``zir data check``'s checks (headers only, so it stays fast): raise on the first error, or
+    drop the bad records with ``skip_bad``. Truncated image data is caught when the image is loaded."""
+    from zir.data.check import bad_records, check_dataset
+
+    report = check_dataset(index, open_images=False, progress=False)
+    errors = report.errors()
     if errors and not cfg.skip_bad:
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
         raise DataError(errors[0].file, f"{errors[0].message}{more}; run `zir data check {cfg.path}` to list "
                                         "them all, or train with data.skip_bad=true to leave them out",
                         where=errors[0].where)
-    bad = {p.record for p in errors if p.record is not None}
+    bad = bad_records(index, report)
     if bad:
         index.records = [r for i, r in enumerate(index.records) if i not in bad]
+        index.problems = errors
     if not index.records:
         raise DataError(cfg.path, "the dataset has no usable images")
     return index

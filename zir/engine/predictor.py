@@ -66,7 +66,7 @@ def to_float_image(x: ImageLike) -> torch.Tensor:
         t = torch.from_numpy(to_rgb_array(x)).permute(2, 0, 1)
     elif isinstance(x, np.ndarray):
         arr = x if x.ndim == 3 else np.repeat(x[..., None], 3, axis=2)
-        t = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1)
+        t = torch.from_numpy(np.array(arr[..., :3], dtype=np.uint8)).permute(2, 0, 1)
     else:
         t = x
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()

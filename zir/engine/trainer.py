@@ -165,7 +165,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
 
     monitor = MONITOR[data.task]
     meta = {"config": cfg.to_dict(), "classes": data.classes, "task": data.task, "zir_version": zir.__version__}
-    skipped: list[str] = []
+    skipped: list[str] = [str(p) for p in data.problems if p.severity == "error"]  # dropped by skip_bad
     t_start, stopped_early, epoch = time.time(), False, start_epoch - 1
     for epoch in range(start_epoch, t.epochs):
         seed_everything(t.seed * 1_000_003 + epoch * 1009 + rank)
@@ -238,7 +238,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
             break
 
     if main and skipped:
-        tqdm.write(f"skipped {len(skipped)} bad samples (data.skip_bad=true):\n  " + "\n  ".join(sorted(set(skipped))))
+        skipped = sorted(set(skipped))
+        tqdm.write(f"skipped {len(skipped)} bad samples (data.skip_bad=true):\n  " + "\n  ".join(skipped))
     if main:
         from zir.analysis.report import write_report
 

@@ -1,7 +1,9 @@
 """Export trained models for deployment. Runtime workarounds live here, never in model files.
 
-* ``torchscript``: ``torch.jit.trace`` of the model's tensor-to-tensor ``forward`` (for classifiers:
-  float ``(B, 3, S, S)`` in [0, 1] -> logits); loads with ``torch.jit.load`` and no zir installed.
+* ``pt2`` (default): ``torch.export`` of the model's tensor-to-tensor ``forward`` (for classifiers:
+  float ``(B, 3, S, S)`` in [0, 1] -> logits) with a dynamic batch size; loads with
+  ``torch.export.load(path).module()`` and no zir installed.
+* ``torchscript``: ``torch.jit.trace`` of the same graph, for runtimes that still take TorchScript.
 * ``onnx``: ``torch.onnx.export`` of the same graph (needs the ``onnx`` package; ``pip install onnx``).
 
 The class names and the input size are written next to the file as ``<file>.json``.
@@ -17,7 +19,7 @@ import torch
 from zir.errors import ConfigError, ZirError
 
 
-def export(run: str | Path, format: str = "torchscript", out: str | Path | None = None) -> Path:
+def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) -> Path:
     """Export the run's best weights; returns the written file."""
     from zir.engine.predictor import find_weights, load
 
@@ -28,7 +30,13 @@ def export(run: str | Path, format: str = "torchscript", out: str | Path | None 
         raise ConfigError(f"export of {predictor.task} models is not supported yet; classifiers export today")
     example = torch.rand(1, 3, size, size)
     weights = find_weights(run)
-    if format == "torchscript":
+    if format == "pt2":
+        out = Path(out) if out else weights.with_name("model.pt2")
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        program = torch.export.export(model, (example.expand(2, -1, -1, -1).contiguous(),),
+                                      dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(out))
+    elif format == "torchscript":
         out = Path(out) if out else weights.with_name("model.torchscript.pt")
         with torch.no_grad():
             traced = torch.jit.trace(model, example)
@@ -42,7 +50,7 @@ def export(run: str | Path, format: str = "torchscript", out: str | Path | None 
         torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     else:
-        raise ConfigError(f"unknown export format {format!r}; use torchscript or onnx")
+        raise ConfigError(f"unknown export format {format!r}; use pt2, torchscript or onnx")
     sidecar = {"classes": predictor.classes, "task": predictor.task, "input": [3, size, size],
                "input_range": "float32 RGB in [0, 1]", "output": "logits (apply softmax)"}
     Path(f"{out}.json").write_text(json.dumps(sidecar, indent=1))
