@@ -17,6 +17,11 @@ def test_overrides_short_and_dotted_forms():
     assert cfg.train.amp == "bf16" and cfg.data.skip_bad is True
 
 
+def test_model_settings_without_prefix_go_to_model_args():
+    cfg = load_config(overrides=["model=convnet", "width=16", "task=classify"])
+    assert cfg.model_args == {"width": 16} and cfg.task == "classify"
+
+
 def test_yaml_file_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model: convnet\ntrain: {epochs: 3, lr: 1}\ndata: {path: a/}\n")
@@ -33,6 +38,7 @@ def test_round_trip_through_yaml(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     (["epochz=1"], "unknown setting"),
+    (["model=convnet", "transfer=finetune"], "not a run, train or data setting"),
     (["train.nope=1"], "unknown setting"),
     (["epochs=many"], "must be an int"),
     (["skip_bad=3"], "true or false"),

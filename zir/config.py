@@ -100,7 +100,9 @@ class RunConfig:
 
     Attributes:
         model: registry name (``zir models`` lists them).
-        model_args: fields of the model's config dataclass (e.g. ``{"width": 32}``).
+        model_args: fields of the model's config dataclass (e.g. ``{"width": 32}``). On the command
+            line a key that is not a run, train or data setting goes here (``transfer=finetune``).
+        task: optional; when given, the data and the model must be of this task.
         name: run name; the run lives in ``project/name``.
         project: folder holding runs.
         exist_ok: reuse ``project/name`` instead of making ``name-2``, ``name-3``...
@@ -110,6 +112,7 @@ class RunConfig:
 
     model: str = "convnet"
     model_args: dict[str, Any] = field(default_factory=dict)
+    task: str = ""
     name: str = "exp"
     project: str = "runs"
     exist_ok: bool = False
@@ -180,7 +183,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
     for key, value in items:
         _set(d, key, value)
-    return RunConfig.from_dict(d)
+    cfg = RunConfig.from_dict(d)
+    _check_model_args(cfg)
+    return cfg
+
+
+def _check_model_args(cfg: RunConfig) -> None:
+    from zir.models import MODELS
+
+    if cfg.model not in MODELS:
+        return  # reported with the list of models when the run starts
+    known = {f.name for f in fields(MODELS[cfg.model].config)}
+    unknown = set(cfg.model_args) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}: not a run, train or data setting, nor a "
+                          f"setting of model {cfg.model!r} ({', '.join(sorted(known))}); see `zir train --help`")
 
 
 def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
@@ -212,7 +229,8 @@ def _set(d: dict[str, Any], key: str, value: Any) -> None:
             if key in section and not (section is d and key in ("data", "train")):
                 section[key] = value
                 return
-        raise ConfigError(f"unknown setting {key!r}; see `zir train --help` for the list")
+        d["model_args"][key] = value  # a model setting; checked against the model's config below
+        return
     target = d
     for p in parts[:-1]:
         if p not in target or not isinstance(target[p], dict):

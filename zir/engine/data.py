@@ -60,12 +60,13 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
 def eval_transform(task: str, image_size: int) -> v2.Transform:
     """The resize every image gets before the model (training adds augmentation after it).
 
-    Classifiers see square ``image_size`` inputs. Dense models keep the image's own size: they
-    resize inside ``loss``/``predict`` and map results back to the input's pixels.
+    Classifiers see square ``image_size`` inputs. For dense tasks the longer side becomes ``image_size``
+    (aspect kept; boxes and masks follow); batches pad to the largest image, and each model's
+    ``predict`` maps its results back to the pixels of whatever image it is given.
     """
     if task == "classify":
         return v2.Resize((image_size, image_size), antialias=True)
-    return v2.Identity()
+    return v2.Resize(size=None, max_size=image_size, antialias=True)
 
 
 def train_transform(task: str, image_size: int, preset: str) -> v2.Transform:

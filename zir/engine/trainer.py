@@ -123,7 +123,11 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         run_dir = Path(dist.broadcast_object(make_run_dir(cfg) if dist.is_main() else None))  # type: ignore[arg-type]
     main = dist.is_main()
 
+    if cfg.data.path == "synth":  # data=synth task=detect
+        cfg.data.path = f"synth:{cfg.task or 'classify'}"
     data = build_datasets(cfg.data, seed=t.seed)
+    if cfg.task and cfg.task != data.task:
+        raise ConfigError(f"task={cfg.task} but {cfg.data.path} is a {data.task} dataset")
     train_loader = build_loader(data.train, cfg.data, train=True, seed=t.seed, rank=rank, world=world)
     val_loader = build_loader(data.val, cfg.data, train=False, seed=t.seed)
 
