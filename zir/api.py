@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from zir.config import RunConfig, load_config
+from zir.data.contract import ClassPrediction
 from zir.data.image_io import is_image_file, read_image
 from zir.engine.predictor import Predictor, load
 from zir.engine.trainer import TrainResult
@@ -112,6 +113,9 @@ def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path
         drawn = draw_prediction(image.as_subclass(torch.Tensor), pred, predictor.classes)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out / f"{rel}.png")
         record = {"image": str(path), **pred.to_dict(predictor.classes)}
+        if isinstance(pred, ClassPrediction):  # a person asked: print the top-5 at once
+            top = ", ".join(f"{predictor.classes[i]} {s:.3f}" for i, s in pred.topk(5))
+            print(f"{path}: {top}")
         (out / f"{rel}.json").write_text(json.dumps(record, indent=1))
     return out
 

@@ -74,9 +74,16 @@ def _metric_plots(metric: Any, task: str, classes: list[str], run_dir: Path) -> 
     from zir.metrics import plots
 
     out = []
-    if task == "classify":
+    if task in ("classify", "segment"):
         plots.plot_confusion(metric.confusion_matrix(), classes, run_dir / "confusion_matrix.png")
-        out.append(("Confusion matrix (rows: true class)", "confusion_matrix.png"))
+        what = "images" if task == "classify" else "pixels"
+        out.append((f"Confusion matrix of {what} (rows: true class)", "confusion_matrix.png"))
+    elif task in ("detect", "instance"):
+        plots.plot_pr_curves(metric.pr_curves("bbox"), run_dir / "pr_curves.png")
+        out.append(("Precision-recall per class (box IoU 0.5)", "pr_curves.png"))
+        plots.plot_confusion(metric.confusion_matrix(), [*classes, "background"], run_dir / "confusion_matrix.png")
+        out.append(("Detection confusion matrix (rows: true class; background row = false positives, "
+                    "background column = missed objects)", "confusion_matrix.png"))
     return out
 
 
