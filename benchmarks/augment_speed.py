@@ -62,13 +62,14 @@ def scenes(n: int = 8, boxes: int = 5, seed: int = 0) -> list[tuple[dict, np.nda
             img[:, y:y + h, x:x + w] = torch.rand(3, 1, 1, generator=g) * 255
             bxs.append([x, y, x + w, y + h])
         img += torch.randn(3, H, W, generator=g) * 6  # texture, so JPEG and blur see a photo, not flat paint
-        img = img.clamp(0, 255).to(torch.uint8)
+        hwc = img.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
         labels = list(range(boxes))
-        sample = {"image": tv_tensors.Image(img),
+        # zir's read_image gives a (3, H, W) view of the decoded (H, W, 3) array; so do we
+        sample = {"image": tv_tensors.Image(torch.from_numpy(hwc).permute(2, 0, 1)),
                   "boxes": tv_tensors.BoundingBoxes(torch.tensor(bxs, dtype=torch.float32), format="XYXY",
                                                     canvas_size=(H, W)),
                   "labels": torch.tensor(labels)}
-        out.append((sample, img.permute(1, 2, 0).contiguous().numpy(), bxs, labels))
+        out.append((sample, hwc, bxs, labels))
     return out
 
 
@@ -174,7 +175,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--images", type=int, default=40, help="images per round")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's; DataLoader workers use 1)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         import albumentations as A

@@ -14,7 +14,16 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-from zir.augment._base import PhotometricTransform, ProbabilityMixin, check_p, to_uint8, uniform
+from zir.augment._base import (
+    PhotometricTransform,
+    ProbabilityMixin,
+    as_float,
+    channel_max,
+    check_p,
+    to_uint8,
+    trunc_to_uint8,
+    uniform,
+)
 
 # Greyscale keeps torchvision's (it has p, and it is already fast).
 RandomGrayscale = v2.RandomGrayscale
@@ -74,14 +83,13 @@ def hue_matrix(turns: float) -> torch.Tensor:
 
 def hsv_gains(image: torch.Tensor, h: float, s: float, v: float) -> torch.Tensor:
     """Shift hue by ``h`` turns, multiply saturation by ``s`` and value by ``v``; uint8 ``(3, H, W)`` in and out."""
-    C, H, W = image.shape
-    x = image.float()
+    x = as_float(image)
     if h != 0.0:
-        x = (hue_matrix(h) @ x.view(3, -1)).view(C, H, W)
-    vmax = x.amax(0, keepdim=True)  # (1, H, W) HSV value
-    # v * (vmax - s * (vmax - x)) = v*s * x + v*(1-s) * vmax, fused in two in-place ops
-    x.mul_(v * s).add_(vmax, alpha=v * (1 - s))
-    return x.clamp_(0, 255).to(torch.uint8)
+        x = torch.einsum("ij,jhw->ihw", hue_matrix(h), x)
+    vmax = channel_max(x)  # (H, W) HSV value
+    # v * (vmax - s * (vmax - x)) = v*s * x + v*(1-s) * vmax, with the rounding offset folded in
+    x.mul_(v * s).add_(vmax.mul_(v * (1 - s)).add_(0.5))
+    return trunc_to_uint8(x)
 
 
 class RandomGamma(PhotometricTransform):

@@ -44,9 +44,10 @@ RandomVerticalFlip = v2.RandomVerticalFlip
 
 
 class RandomRotation(GeometricMixin, v2.RandomRotation):
-    """Rotate by an angle drawn from ``[-degrees, degrees]`` about the centre, same canvas size."""
+    """Rotate by an angle drawn from ``[-degrees, degrees]`` (or a ``(lo, hi)`` range) about the centre,
+    counter-clockwise for positive angles; same canvas size."""
 
-    def __init__(self, degrees: float = 10.0, p: float = 1.0, fill: float | dict | None = None) -> None:
+    def __init__(self, degrees: float | tuple[float, float] = 10.0, p: float = 1.0, fill: float | dict | None = None) -> None:
         super().__init__(degrees, interpolation=BILINEAR, fill=default_fill(fill))
         self.p = check_p(p)
 

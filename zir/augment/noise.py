@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from zir.augment._base import IMAGE_FILL, PhotometricTransform, uniform
+from zir.augment._base import IMAGE_FILL, PhotometricTransform, as_float, to_uint8, uniform
 from zir.augment.colour import from_pil, to_pil
 
 
@@ -33,8 +33,8 @@ class GaussianNoise(PhotometricTransform):
         return dict(sigma=uniform(*self.sigma))
 
     def apply(self, image: torch.Tensor, sigma: float) -> torch.Tensor:
-        noise = torch.randn(image.shape)
-        return noise.mul_(sigma).add_(image).clamp_(0, 255).to(torch.uint8)
+        x = as_float(image).add_(torch.randn(image.shape), alpha=sigma)
+        return to_uint8(x)  # rounded: truncation would darken by 0.5 on average
 
 
 class SaltPepperNoise(PhotometricTransform):

@@ -89,7 +89,7 @@ def build_augment(preset: str = "standard", task: str = "detect", image_size: in
     steps = _classify(preset, S) if task == "classify" else _dense(preset, task, S)
     if task in ("detect", "instance", "panoptic") and preset != "none":
         steps.append(SanitizeBoxes())
-    return v2.Compose(steps)
+    return v2.Compose(steps or [v2.Identity()])  # Compose refuses an empty list
 
 
 def _weather(p: float) -> v2.Transform:

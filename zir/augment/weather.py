@@ -19,7 +19,15 @@ from typing import Any
 import torch
 import torch.nn.functional as TF
 
-from zir.augment._base import PhotometricTransform, to_uint8, uniform
+from zir.augment._base import (
+    PhotometricTransform,
+    as_float,
+    channel_max,
+    channel_min,
+    to_uint8,
+    trunc_to_uint8,
+    uniform,
+)
 from zir.augment.noise import Blur
 
 
@@ -28,7 +36,8 @@ class RandomRain(PhotometricTransform):
 
     Args:
         drops: streaks per 1000 pixels (albumentations: one per 600 pixels, 1.7).
-        blur: the scene is blurred by this factor (:class:`~zir.augment.noise.Blur`), 1 for none.
+        blur: the scene is blurred by this factor (:class:`~zir.augment.noise.Blur`), 1 for none (the
+            default, as albumentations 2; 2-3 gives albumentations 1's softer look at ~2 ms more).
         slant: streaks lean by a horizontal shift drawn from ``[-slant, slant]`` per streak length.
         length: streak length as a fraction of the image height.
         brightness: the image is multiplied by this (overcast light).
@@ -37,7 +46,7 @@ class RandomRain(PhotometricTransform):
     """
 
     def __init__(self, drops: float = 1.7, slant: float = 10.0, length: float = 0.04, brightness: float = 0.7,
-                 colour: tuple[int, int, int] = (200, 200, 200), blur: float = 2.0, p: float = 1.0) -> None:
+                 colour: tuple[int, int, int] = (200, 200, 200), blur: float = 1.0, p: float = 1.0) -> None:
         super().__init__(p)
         self.drops, self.slant, self.length, self.brightness = drops, slant, length, brightness
         self.colour, self.blur = colour, blur
@@ -57,13 +66,14 @@ class RandomRain(PhotometricTransform):
 
     def apply(self, image: torch.Tensor, index: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
         C, H, W = image.shape
-        if self.blur > 1:  # rain blurs the scene (albumentations 1.x blurred the image 7x7): downscale-upscale
+        if self.blur > 1:  # rain blurs the scene (albumentations 1.x blurred the image 7x7)
             image = Blur.blur(image, self.blur)
-        layer = torch.zeros(H * W)
-        layer[index] = opacity
-        x = image.float().mul_(self.brightness)
-        colour = torch.tensor(self.colour, dtype=torch.float32).view(C, 1, 1).expand(C, H, W)
-        x.lerp_(colour, layer.view(1, H, W))
+        x = as_float(image).mul_(self.brightness)
+        # streaks touch ~2 % of the pixels: blend them sparsely instead of through a full-size layer
+        ys, xs = index // W, index % W
+        streak = x[:, ys, xs]  # (3, n)
+        colour = torch.tensor(self.colour, dtype=torch.float32).view(C, 1)
+        x[:, ys, xs] = streak.lerp_(colour.expand_as(streak), opacity)
         return to_uint8(x)
 
 
@@ -89,22 +99,22 @@ class RandomSnow(PhotometricTransform):
     def apply(self, image: torch.Tensor, threshold: float, flakes: torch.Tensor, big: torch.Tensor,
               alpha: torch.Tensor) -> torch.Tensor:
         C, H, W = image.shape
-        x = image.float()
-        L = (x.amax(0) + x.amin(0)).mul_(0.5)  # (H, W) HLS lightness, 0-255
-        L2 = torch.where(L < threshold, L * self.brightness, L).clamp_(max=255)
-        # HLS with hue and saturation kept: every channel's distance from L scales with the chroma
-        # the new lightness allows, (255 - |2L' - 255|) / (255 - |2L - 255|)
-        ratio = (255 - (2 * L2 - 255).abs_()).div_((255 - (2 * L - 255).abs_()).clamp_(min=1e-3))
-        x.sub_(L).mul_(ratio).add_(L2)
-        # flakes: an alpha layer with 1-px dots, some grown to 2x2 by writing their right/lower neighbours
-        layer = torch.zeros(H * W)
-        layer[flakes] = alpha
-        b, a = flakes[big], alpha[big]
-        for step in (1, W, W + 1):
-            layer[(b + step).clamp_(max=H * W - 1)] = a
-        layer = layer.view(1, H, W)
-        x.mul_(1 - layer).add_(layer, alpha=255.0)
-        return x.clamp_(0, 255).to(torch.uint8)
+        k = self.brightness
+        x = as_float(image)
+        L = (channel_max(x) + channel_min(x)).mul_(0.5)  # (H, W) HLS lightness
+        # HLS lightness L -> min(255, k L) keeping hue and saturation moves every channel as
+        # c' = L' + r (c - L), r = chroma ratio = min(k, (255 - k L) / L) for L < 127.5 (r = k: plain scaling)
+        dark = L < threshold
+        r = torch.where(dark, (255 - k * L).div_(L.clamp(min=1e-3)).clamp_(0, k), 1.0)
+        L2 = torch.where(dark, (k * L).clamp_(max=255), L)
+        x.mul_(r).add_(L2.sub_(L * r).add_(0.5))  # c r + (L' - L r), +0.5 to round
+        # flakes: sparse white dots (some 2x2), blended where they fall
+        for dy, dx, sel in ((0, 0, slice(None)), (0, 1, big), (1, 0, big), (1, 1, big)):
+            f, a = flakes[sel], alpha[sel]
+            ys, xs = (f // W + dy).clamp_(max=H - 1), (f % W + dx).clamp_(max=W - 1)
+            px = x[:, ys, xs]
+            x[:, ys, xs] = px.lerp_(torch.full_like(px, 255.5), a)
+        return trunc_to_uint8(x)
 
 
 class RandomFog(PhotometricTransform):
@@ -132,14 +142,11 @@ class RandomFog(PhotometricTransform):
         d = TF.interpolate(coarse, (h, w), mode="bicubic", align_corners=False).mul_(0.65)
         d.add_(TF.interpolate(fine, (h, w), mode="bicubic", align_corners=False), alpha=0.35)
         d = d.mul_(0.8).add_(0.6).mul_(intensity).clamp_(0, 0.95)  # opacity intensity x (1 +- 0.4): haze, uneven
-        # a blurred copy of the image: fog scatters light, far details wash out
-        small = TF.interpolate(image.float()[None], (h, w), mode="area")
-        base = TF.interpolate(small, (H, W), mode="bilinear", align_corners=False)[0]  # (3, H, W)
         alpha = TF.interpolate(d, (H, W), mode="bilinear", align_corners=False)[0]  # (1, H, W)
-        x = image.float()
-        x.lerp_(base, alpha.clamp(max=0.6))  # soften where fog is dense
-        x.mul_(1 - alpha).add_(alpha, alpha=float(self.colour))
-        return to_uint8(x)
+        # fog scatters light, so details wash out: blend towards a blurred copy (uint8 resize kernels)
+        x = as_float(image).lerp_(as_float(Blur.blur(image, 4.0)), alpha.clamp(max=0.6))
+        x.mul_(1 - alpha).add_(alpha.mul_(float(self.colour)).add_(0.5))
+        return trunc_to_uint8(x)
 
 
 class RandomSunFlare(PhotometricTransform):
@@ -175,7 +182,7 @@ class RandomSunFlare(PhotometricTransform):
 
     def apply(self, image: torch.Tensor, cx: float, cy: float, R: float, ghosts: list) -> torch.Tensor:
         C, H, W = image.shape
-        x = image.float()
+        x = as_float(image)
         for gx, gy, r, a, rgb in ghosts:  # ghost discs, each on its own bounding box only
             t, b = max(0, int(gy - r)), min(H, int(gy + r) + 1)
             l, rr = max(0, int(gx - r)), min(W, int(gx + r) + 1)
@@ -229,7 +236,7 @@ class RandomShadow(PhotometricTransform):
         return dict(polygons=polygons, box=box)
 
     def apply(self, image: torch.Tensor, polygons: list, box: tuple[int, int, int, int]) -> torch.Tensor:
-        x = image.float()
+        x = as_float(image)
         for poly, light in polygons:  # poly (K, 2) x, y in pixels, counter-clockwise in (x, y)
             # the polygon's bounding box cut to the roi: the shadow is polygon & roi, still convex
             l, t = max(box[0], int(poly[:, 0].min())), max(box[1], int(poly[:, 1].min()))

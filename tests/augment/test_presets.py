@@ -1,0 +1,105 @@
+"""Every preset runs for every task, keeps the data contract, and the preview grid is written."""
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from zir.augment import PRESETS, build_augment, preview, preview_grid
+from zir.data.contract import IGNORE_INDEX, TASKS
+from zir.errors import ConfigError
+
+
+def make_sample(task, H=72, W=96):
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=g)
+    s = {"image": tv_tensors.Image(image), "image_id": 1, "path": "x.jpg"}
+    if task == "classify":
+        s["label"] = 2
+        return s
+    rects = [(5, 5, 40, 30), (50, 20, 90, 70), (0, 60, 20, 72)]
+    masks = torch.zeros(3, H, W, dtype=torch.uint8)
+    semantic = torch.zeros(H, W, dtype=torch.int64)
+    for i, (x1, y1, x2, y2) in enumerate(rects):
+        masks[i, y1:y2, x1:x2] = 1
+        semantic[y1:y2, x1:x2] = i + 1
+    semantic[0, 0] = IGNORE_INDEX
+    s["boxes"] = tv_tensors.BoundingBoxes(torch.tensor(rects, dtype=torch.float32), format="XYXY", canvas_size=(H, W))
+    s["labels"] = torch.tensor([0, 1, 2])
+    s["iscrowd"] = torch.tensor([False, False, True])
+    s["masks"] = tv_tensors.Mask(masks)
+    s["semantic"] = tv_tensors.Mask(semantic)
+    return s
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("image_size", [None, 64])
+def test_every_preset_runs_for_every_task(preset, task, image_size):
+    pipe = build_augment(preset, task, image_size)
+    assert isinstance(pipe, v2.Compose)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        s = make_sample(task)
+        out = pipe(s)
+        image = out["image"]
+        assert isinstance(image, tv_tensors.Image) and image.dtype == torch.uint8 and image.shape[0] == 3
+        H, W = image.shape[-2:]
+        if image_size:
+            assert (H, W) == (image_size, image_size)
+        else:
+            assert (H, W) == (72, 96)
+        assert out["image_id"] == 1 and out["path"] == "x.jpg"
+        if task == "classify":
+            assert out["label"] == 2
+            continue
+        n = len(out["boxes"])
+        assert out["boxes"].canvas_size == (H, W)
+        assert len(out["labels"]) == len(out["iscrowd"]) == len(out["masks"]) == n
+        assert out["masks"].shape[-2:] == (H, W) and out["semantic"].shape == (H, W)
+        assert set(out["masks"].unique().tolist()) <= {0, 1}
+        assert set(out["semantic"].unique().tolist()) <= {0, 1, 2, 3, IGNORE_INDEX}
+        if n:
+            b = out["boxes"]
+            assert (b[:, 0] >= 0).all() and (b[:, 2] <= W).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= H).all()
+
+
+def test_none_without_size_is_identity():
+    s = make_sample("instance")
+    out = build_augment("none", "instance")(s)
+    for k in ("image", "boxes", "masks", "semantic", "labels"):
+        assert torch.equal(out[k], s[k])
+
+
+def test_letterbox_pads_semantic_with_ignore():
+    s = make_sample("segment")  # 72x96 -> 128x128: scale 4/3, 16 rows of padding above and below
+    out = build_augment("none", "segment", 128)(s)
+    assert (out["semantic"][:16] == IGNORE_INDEX).all() and (out["semantic"][-16:] == IGNORE_INDEX).all()
+    assert (out["semantic"][16:-16] != IGNORE_INDEX).float().mean() > 0.99
+
+
+def test_segment_standard_leaves_out_occlusion():
+    names = {type(t).__name__ for t in build_augment("heavy", "segment").transforms}
+    assert "ElasticDeform" in names and not {"Cutout", "GridMask"} & names
+    assert {"Cutout", "GridMask"} <= {type(t).__name__ for t in build_augment("heavy", "detect").transforms}
+
+
+@pytest.mark.parametrize("bad", [dict(preset="extreme"), dict(task="depth"), dict(image_size=2)])
+def test_bad_settings_raise_config_error(bad):
+    with pytest.raises(ConfigError):
+        build_augment(**bad)
+
+
+def test_preview_grid_writes_png(tmp_path):
+    s = make_sample("instance")
+    out = preview_grid(s, tmp_path / "grid.png", seed=0)
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width > 600 and img.height > 300
+
+
+def test_preview_from_image_file_with_boxes(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(torch.randint(0, 256, (60, 80, 3), dtype=torch.uint8).numpy()).save(path)
+    out = preview(path, tmp_path / "out" / "grid.png", boxes=[[10, 10, 40, 30]])
+    assert out.is_file()
