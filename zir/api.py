@@ -67,7 +67,9 @@ def evaluate(run: str | Path, progress: bool = True, **data_settings: Any) -> di
         cfg.data.val_path = cfg.data.path  # evaluate on all of the given data, not a split of it
     bundle = build_datasets(cfg.data, seed=cfg.train.seed)
     if bundle.classes != predictor.classes:
-        raise DataError(cfg.data.path, f"classes {bundle.classes} differ from the model's {predictor.classes}")
+        raise DataError(cfg.data.path, f"the data has {len(bundle.classes)} classes {bundle.classes[:10]}, the "
+                                          f"model {len(predictor.classes)} {predictor.classes[:10]}; evaluate on "
+                                          "data with the classes the model was trained on")
     loader = build_loader(bundle.val, cfg.data, train=False, seed=cfg.train.seed)
     metrics, _ = _evaluate(predictor.model, loader, bundle.task, bundle.classes, predictor.device,
                            progress=progress)

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="predict on images and draw the results")
-    pr.add_argument("model", help="runs/NAME or a .safetensors file")
+    pr.add_argument("model", help="runs/NAME, a .safetensors file, or efficientnet_lite0 (ImageNet top-5)")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", default="predictions", help="output folder (drawn images and one JSON per image)")
     pr.add_argument("--conf", type=float, default=None, help="score threshold (detection)")

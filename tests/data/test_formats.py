@@ -41,7 +41,7 @@ def test_imagefolder_classes_sorted_and_nested_images(build, tmp_path):
     index = read_imagefolder(build.imagefolder(tmp_path / "cls"))
     assert index.classes == ["ant", "zebra"] and index.task == "classify"
     assert [(r.path.name, r.label) for r in index.records] == [("a1.jpg", 0), ("a2.png", 0), ("z1.png", 1)]
-    assert [p.severity for p in index.problems] == ["warning"] and "empty" in index.problems[0].file
+    assert [p.severity for p in index.problems] == ["error"] and "empty" in index.problems[0].file
 
 
 def test_imagefolder_refuses_the_folder_above_the_splits(build, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ class RunLogger:
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "results.csv"
         self.rows: list[dict[str, Any]] = []
+        self._last_plot = -math.inf
 
     def resume(self, last_epoch: int) -> None:
         """Keep the rows of epochs up to ``last_epoch`` (a killed run may have logged one more)."""
@@ -34,7 +37,15 @@ class RunLogger:
         with self.jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self._write_csv()
-        plot_curves(self.rows, self.run_dir / "curves.png")
+        # Redraw the curves at most every 30 s: matplotlib costs ~0.3 s, which dominates short epochs.
+        if time.monotonic() - self._last_plot > 30:
+            self.plot()
+
+    def plot(self) -> None:
+        """Draw ``curves.png`` now (the trainer calls it once more when training ends)."""
+        if self.rows:
+            plot_curves(self.rows, self.run_dir / "curves.png")
+        self._last_plot = time.monotonic()
 
     def _rewrite(self) -> None:
         self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.rows))

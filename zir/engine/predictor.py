@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zir.config import RunConfig
+from zir.config import DataConfig, RunConfig
 from zir.data.contract import Prediction
 from zir.data.image_io import read_image, to_rgb_array
 from zir.engine.checkpoint import load_weights, read_meta
 from zir.errors import CheckpointError
-from zir.models import build_model
+from zir.models import build_model, get_spec
 from zir.models.base import ZirModel
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -85,12 +86,23 @@ def find_weights(path: str | Path) -> Path:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-    """Load a trained run (``runs/NAME``) or weights file; it needs nothing else."""
+    """Load a trained run (``runs/NAME``) or weights file; it needs nothing else. A model name that is
+    not a path (``efficientnet_lite0``) gives that ImageNet classifier with its offline weights."""
+    if not Path(path).exists() and "/" not in str(path) and not str(path).endswith(".safetensors"):
+        from zir.models.imagenet import IMAGENET_SIZE, imagenet_classes, imagenet_classifier
+
+        model = imagenet_classifier(str(path))  # ConfigError for a name without offline weights
+        cfg = RunConfig(model="classifier", model_args={"backbone": str(path), "pretrained": "imagenet"},
+                        data=DataConfig(image_size=IMAGENET_SIZE))
+        return Predictor(model, imagenet_classes(), cfg, device)
     weights = find_weights(path)
     meta = read_meta(weights)
     if "config" not in meta or "classes" not in meta:
         raise CheckpointError(f"{weights}: has no zir config/classes metadata; was it written by zir?")
     cfg = RunConfig.from_dict(meta["config"])
-    model = build_model(cfg.model, len(meta["classes"]), cfg.data.image_size, cfg.model_args)
+    args = dict(cfg.model_args)
+    if "pretrained" in {f.name for f in dataclasses.fields(get_spec(cfg.model).config)}:
+        args["pretrained"] = "none"  # the checkpoint's weights replace them anyway: skip loading ImageNet's
+    model = build_model(cfg.model, len(meta["classes"]), cfg.data.image_size, args)
     load_weights(model, weights)
     return Predictor(model, list(meta["classes"]), cfg, device)

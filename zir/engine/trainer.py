@@ -135,6 +135,14 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size, cfg.model_args).to(device)
     if data.task != model.task:
         raise ConfigError(f"model {cfg.model!r} is for {model.task}, but {cfg.data.path} is a {data.task} dataset")
+    fit: ZirModel = model  # what the loop trains and evaluates; the checkpoints always hold `model`
+    if getattr(model, "trains_on_features", False):  # transfer=features: the backbone runs once, the head trains
+        from zir.engine.features import HeadOnFeatures, feature_loaders
+
+        train_loader, val_loader = feature_loaders(model, data, cfg, device, run_dir / "features.safetensors",
+                                                   reuse_cache=resume is not None, rank=rank, world=world,
+                                                   progress=progress and main)
+        fit = HeadOnFeatures(model)  # type: ignore[arg-type]
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / t.accumulate))
     schedule = cosine_with_warmup(round(t.warmup_epochs * steps_per_epoch), t.epochs * steps_per_epoch, t.final_lr)
@@ -161,7 +169,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
 
-    net: nn.Module = LossOf(model)
+    net: nn.Module = LossOf(fit)
     if distributed:
         if device.type == "cuda":
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -175,6 +183,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         seed_everything(t.seed * 1_000_003 + epoch * 1009 + rank)
         train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         model.train()
+        if hasattr(model, "set_epoch"):  # e.g. the classifier's freeze_epochs: state from the epoch number
+            model.set_epoch(epoch)
         sums: dict[str, float] = {}
         n_images, t_epoch = 0, time.time()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False)
@@ -215,7 +225,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         row["images_per_s"] = n_images * world / (time.time() - t_epoch)
         metrics: dict[str, float] = {}
         if main and ((epoch + 1) % t.eval_every == 0 or last_epoch or out_of_time):
-            metrics, _ = evaluate(model, val_loader, data.task, data.classes, device, t.amp, progress)
+            metrics, _ = evaluate(fit, val_loader, data.task, data.classes, device, t.amp, progress)
             row.update({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         row["time_s"] = time.time() - t_start
 
@@ -247,6 +257,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
     if main:
         from zir.analysis.report import write_report
 
+        logger.plot()
         write_report(run_dir, progress=progress)
     dist.barrier()
     dist.cleanup()

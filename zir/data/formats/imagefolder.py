@@ -17,7 +17,8 @@ SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 def read_imagefolder(root: str | Path, classes: list[str] | None = None) -> DatasetIndex:
     """Read ``ROOT/<class>/**/<image>``; classes are the folder names sorted, unless ``classes`` is given.
 
-    Folders without images are reported as warnings; with ``classes`` given, other folders are ignored
+    A class folder without images is an error (a class nothing can teach; ``--skip-bad`` leaves it
+    out); with ``classes`` given, other folders are ignored
     and a missing class folder is a warning.
     """
     root = Path(root)
@@ -31,8 +32,8 @@ def read_imagefolder(root: str | Path, classes: list[str] | None = None) -> Data
     if classes is None:
         for name, files in folders.items():
             if not files:
-                problems.append(Problem(str(root / name), "", "folder has no images, so it is not used as "
-                                                              "a class; remove it", "warning"))
+                problems.append(Problem(str(root / name), "", "class folder has no images; add images of "
+                                                              "this class or remove the folder"))
         classes = [n for n, files in folders.items() if files]
     if not classes:
         raise DataError(root, "no class folders with images; expected ROOT/<class name>/<image files>")
