@@ -1,0 +1,69 @@
+"""Every registered model, through the interface the engine uses (timm-style loop over the registry):
+``loss`` returns a dict of finite scalars whose sum gives every trainable parameter a gradient, and
+``predict`` returns one prediction of the task's type per image, in that image's pixels, whatever its size.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zir.data.contract import ClassPrediction, DetectionPrediction, SemanticPrediction
+from zir.data.synth import SynthDataset
+from zir.engine.data import collate, eval_transform
+from zir.models import MODELS, build_model
+
+SIZE = 64
+# Small settings per model so the whole loop stays fast; every model in MODELS must be listed here.
+TINY: dict[str, dict] = {
+    "convnet": {"width": 8, "depth": 2},
+    "classifier": {"pretrained": "none"},
+    "efficientnet_lite0": {"pretrained": "none"},
+    "yolo_v1": {"backbone": "convnet", "width": 8, "S": 4, "hidden": 32, "neck": 32},
+    "faster_rcnn": {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32},
+    "fcn": {"pretrained": "none"},
+    "unet": {"depth": 2, "width": 8},
+}
+PREDICTION = {"classify": ClassPrediction, "detect": DetectionPrediction, "instance": DetectionPrediction,
+              "segment": SemanticPrediction}
+
+
+def test_every_model_has_tiny_settings():
+    assert set(MODELS) <= set(TINY), f"add tiny settings for {set(MODELS) - set(TINY)}"
+    for name, spec in MODELS.items():
+        assert set(TINY[name]) <= set(spec.config.__dataclass_fields__), name
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_loss_backward_and_predict(name):
+    spec = MODELS[name]
+    torch.manual_seed(0)
+    args = TINY[name]
+    ds = SynthDataset(task=spec.task, n=2, seed=3, image_size=SIZE, transform=eval_transform(spec.task, SIZE))
+    model = build_model(name, len(ds.classes), SIZE, args)
+    batch = collate([ds[0], ds[1]])
+    model.train()
+    losses = model.loss(batch.images, batch.targets)
+    assert isinstance(losses, dict) and losses
+    for k, v in losses.items():
+        assert v.ndim == 0 and torch.isfinite(v), k
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing[:5]}"
+
+    model.eval()
+    images = [torch.rand(3, 50, 70), torch.rand(3, 90, 40)]  # sizes the model was not trained at
+    preds = model.predict(images)
+    assert len(preds) == 2 and all(isinstance(p, PREDICTION[spec.task]) for p in preds)
+    for p, im in zip(preds, images):
+        H, W = im.shape[-2:]
+        if isinstance(p, DetectionPrediction):
+            assert p.boxes.shape[1:] == (4,) and len(p.boxes) == len(p.scores) == len(p.labels)
+            if len(p.boxes):
+                assert p.boxes[:, [0, 2]].min() >= 0 and p.boxes[:, [0, 2]].max() <= W + 1e-3
+                assert p.boxes[:, [1, 3]].max() <= H + 1e-3
+        elif isinstance(p, SemanticPrediction):
+            assert p.semantic.shape == (H, W) and p.semantic.dtype == torch.int64
+        else:
+            assert p.scores.shape == (len(ds.classes),)
+            torch.testing.assert_close(p.scores.sum(), torch.tensor(1.0))
