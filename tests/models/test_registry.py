@@ -23,6 +23,7 @@ TINY: dict[str, dict] = {
     "faster_rcnn": {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32},
     "fcn": {"pretrained": "none"},
     "unet": {"depth": 2, "width": 8},
+    "mask_rcnn": {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32, "mask_channels": 16},
 }
 PREDICTION = {"classify": ClassPrediction, "detect": DetectionPrediction, "instance": DetectionPrediction,
               "segment": SemanticPrediction}

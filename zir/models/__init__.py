@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from zir.errors import ConfigError
-from zir.models import convnet
+from zir.models import classifier, convnet
+from zir.models import yolo_v1
+from zir.models import faster_rcnn
+from zir.models import mask_rcnn
+from zir.models import fcn, unet
 from zir.models.base import ZirModel
 
 
@@ -29,6 +33,20 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "convnet": ModelSpec("classify", convnet.ConvNetConfig, convnet.build,
                          "small ConvNet: conv-BN-ReLU-pool blocks, linear head, softmax + cross-entropy"),
+    "classifier": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
+                            "timm backbone + linear head; transfer=scratch|features|finetune, backbone=NAME"),
+    "efficientnet_lite0": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
+                                    "classifier on EfficientNet-Lite0 with ImageNet weights (offline)"),
+    "yolo_v1": ModelSpec("detect", yolo_v1.YoloV1Config, yolo_v1.build,
+                         "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss"),
+    "faster_rcnn": ModelSpec("detect", faster_rcnn.FasterRCNNConfig, faster_rcnn.build,
+                             "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS"),
+    "fcn": ModelSpec("segment", fcn.FCNConfig, fcn.build,
+                     "FCN-32s/16s/8s: pretrained backbone, 1x1 classifier, bilinear-initialised transposed convs"),
+    "unet": ModelSpec("segment", unet.UNetConfig, unet.build,
+                      "U-Net: encoder-decoder with concatenated skips; border-weighted loss, overlap-tile predict"),
+    "mask_rcnn": ModelSpec("instance", mask_rcnn.MaskRCNNConfig, mask_rcnn.build,
+                           "Mask R-CNN: Faster R-CNN + FPN plus a 4-conv + deconv head, 28x28 mask per class"),
 }
 
 

@@ -1,0 +1,256 @@
+"""Faster R-CNN: shapes of every stage, gradients, overfitting, RoI pooling, empty images, crowds, and the
+mapping of predictions back to the input's pixels. Tiny configs (no pretrained weights, 128 px)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou, roi_align
+
+from zir.data.synth import SynthDataset
+from zir.models import build_model
+from zir.models.faster_rcnn import FasterRCNNConfig, GroundTruth, build, ground_truth
+from zir.models.fpn import FPN
+from zir.models.roi_heads import RoIPooler
+from zir.models.rpn import match_to_ground_truth
+from zir.ops.matching import BELOW_LOW, BETWEEN
+
+SIZE = 128
+
+
+def tiny_config(**kw) -> FasterRCNNConfig:
+    args = dict(num_classes=4, image_size=SIZE, backbone="mobilenetv3_small_050", pretrained="none",
+                fpn_channels=32, box_hidden=64,
+                anchor_sizes=((16,), (32,), (64,), (128,)), rpn_pre_nms_top_n=(300, 200),
+                rpn_post_nms_top_n=(150, 50), roi_batch_size=64)
+    args.update(kw)
+    return FasterRCNNConfig(**args)
+
+
+def synth_batch(n: int = 2, seed: int = 3) -> tuple[torch.Tensor, list[dict]]:
+    ds = SynthDataset(task="detect", n=n, seed=seed, image_size=SIZE, max_objects=3, min_scale=0.25, max_scale=0.5)
+    samples = [ds[i] for i in range(n)]
+    images = torch.stack([s["image"].float() / 255 for s in samples])
+    targets = [{"boxes": s["boxes"], "labels": s["labels"], "iscrowd": s["iscrowd"], "size": (SIZE, SIZE)}
+               for s in samples]
+    return images, targets
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on busy cores extra threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny model overfitted on two synthetic images, with its loss history."""
+    torch.manual_seed(0)
+    model = build(tiny_config())
+    images, targets = synth_batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(80):
+        losses = model.loss(images, targets)
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        history.append(total.item())
+    return model.eval(), images, targets, history
+
+
+def test_fpn_levels_have_input_strides_and_one_pooled_level():
+    fpn = FPN([8, 16, 24], [8, 16, 32], out_channels=12)
+    feats = [torch.randn(2, 8, 13, 17), torch.randn(2, 16, 7, 9), torch.randn(2, 24, 4, 5)]  # odd sizes
+    out = fpn(feats)
+    assert fpn.strides == [8, 16, 32, 64]
+    assert [tuple(o.shape) for o in out] == [(2, 12, 13, 17), (2, 12, 7, 9), (2, 12, 4, 5), (2, 12, 2, 3)]
+
+
+def test_shapes_of_every_stage():
+    cfg = tiny_config(backbone="efficientnet_lite0")  # the default backbone
+    model = build(cfg).eval()
+    images = [torch.rand(3, 96, 128), torch.rand(3, 128, 80)]
+    x, sizes = model.prepare(images)
+    assert tuple(x.shape) == (2, 3, 128, 128) and sizes == [(96, 128), (128, 80)]
+    big, big_sizes = model.prepare([torch.rand(3, 300, 417)])  # longer side -> 128, padded to 32s
+    assert big_sizes == [(92, 128)] and tuple(big.shape) == (1, 3, 96, 128) and (big[..., 92:, :] == 0).all()
+    features = model.features(x)
+    assert model.fpn.strides == [8, 16, 32, 64]
+    assert [tuple(f.shape) for f in features] == [(2, 32, 128 // s, 128 // s) for s in (8, 16, 32)] + [(2, 32, 2, 2)]
+    A = len(cfg.aspect_ratios) * len(cfg.anchor_sizes[0])
+    anchors = model.rpn.anchors([f.shape[-2:] for f in features], x.device)
+    assert [len(a) for a in anchors] == [f.shape[-2] * f.shape[-1] * A for f in features]
+    out = model.rpn(features, sizes)
+    N = sum(len(a) for a in anchors)
+    assert out.objectness.shape == (2, N) and out.deltas.shape == (2, N, 4) and out.anchors.shape == (N, 4)
+    assert all(len(p) <= cfg.rpn_post_nms_top_n[1] for p in out.proposals)
+    for p, (h, w) in zip(out.proposals, sizes):  # clipped to each image's own size
+        assert (p[:, 2] <= w).all() and (p[:, 3] <= h).all() and (p >= 0).all()
+    logits, deltas = model.roi_heads(features, out.proposals)
+    R = sum(len(p) for p in out.proposals)
+    assert logits.shape == (R, cfg.num_classes + 1) and deltas.shape == (R, 4 * cfg.num_classes)
+    model.train()
+    assert all(len(p) <= cfg.rpn_post_nms_top_n[0] for p in model.rpn(features, sizes).proposals)
+
+
+def test_every_parameter_gets_a_gradient_from_the_four_losses():
+    torch.manual_seed(0)
+    model = build(tiny_config())
+    images, targets = synth_batch()
+    losses = model.loss(images, targets)
+    assert set(losses) == {"rpn_objectness", "rpn_box", "roi_cls", "roi_box"}
+    assert all(v.dtype == torch.float32 and v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing
+
+
+def test_overfitting_two_images_lowers_the_loss_and_finds_the_objects(trained):
+    model, images, targets, history = trained
+    assert history[-1] < 0.4 * history[0], history
+    predictions = model.predict(list(images))
+    for pred, target in zip(predictions, targets):
+        assert len(pred.boxes) > 0
+        boxes = target["boxes"].as_subclass(torch.Tensor)
+        same_class = target["labels"][:, None] == pred.labels[None, :]
+        best = (box_iou(boxes, pred.boxes) * same_class).max()
+        assert best > 0.5
+
+
+def test_predict_maps_boxes_back_to_the_input_pixels(trained):
+    model, images, targets, _ = trained
+    # the same picture at 2.5x the resolution; the model brings it to its 128 px working frame itself
+    big = F.interpolate(images[:1], size=(320, 320), mode="bilinear", align_corners=False)
+    small = F.interpolate(big, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+    small_pred, big_pred = model.predict([small[0], big[0]])
+    assert len(small_pred.boxes) > 0
+    torch.testing.assert_close(big_pred.boxes, small_pred.boxes * 2.5, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(big_pred.scores, small_pred.scores)
+    # and at that resolution it still finds a training object, in the big image's pixels
+    gt = targets[0]["boxes"].as_subclass(torch.Tensor) * 2.5
+    same_class = targets[0]["labels"][:, None] == big_pred.labels[None, :]
+    assert (box_iou(gt, big_pred.boxes) * same_class).max() > 0.5
+    # an image of another size and shape: every box lies inside it
+    odd = F.interpolate(images[:1], size=(300, 417), mode="bilinear", align_corners=False)[0]
+    pred = model.predict(odd)[0]
+    assert pred.boxes.shape[1] == 4 and len(pred.boxes) > 0
+    assert (pred.boxes >= 0).all() and (pred.boxes[:, 2] <= 417).all() and (pred.boxes[:, 3] <= 300).all()
+    assert (pred.scores[:-1] >= pred.scores[1:]).all()
+
+
+def test_roi_pool_runs_and_trains():
+    torch.manual_seed(0)
+    model = build(tiny_config(roi_op="pool"))
+    images, targets = synth_batch(n=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    first = last = None
+    for _ in range(8):
+        total = sum(model.loss(images, targets).values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        first = total.item() if first is None else first
+        last = total.item()
+    assert last < first
+    assert isinstance(model.eval().predict(images)[0].boxes, torch.Tensor)
+
+
+def test_empty_images_give_finite_losses_and_train():
+    torch.manual_seed(0)
+    model = build(tiny_config())
+    images, targets = synth_batch()
+    targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                  "iscrowd": torch.zeros(0, dtype=torch.bool), "size": (SIZE, SIZE)}
+    losses = model.loss(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    empty = [{**targets[1]}]
+    losses = model.loss(images[1:], empty)  # a batch without any object
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["rpn_box"] == 0 and losses["roi_box"] == 0
+    sum(losses.values()).backward()
+
+
+def test_crowd_and_degenerate_boxes_are_never_positives():
+    target = {"boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 120, 120], [5, 5, 5, 30]]),
+              "labels": torch.tensor([1, 2, 3]), "iscrowd": torch.tensor([False, True, False])}
+    gt = ground_truth(target, (128, 128), (64, 64))  # also resized to a 64 px working frame
+    assert torch.equal(gt.boxes, torch.tensor([[5.0, 5, 25, 25]])) and gt.labels.tolist() == [1]
+    assert torch.equal(gt.crowd, torch.tensor([[30.0, 30, 60, 60]])) and gt.index.tolist() == [0]
+    candidates = torch.tensor([[5.0, 5, 25, 25],    # the object
+                               [30, 30, 60, 60],    # exactly the crowd region
+                               [35, 35, 50, 50],    # inside the crowd region
+                               [0, 40, 20, 60]])    # plain background
+    matched = match_to_ground_truth(gt, candidates, 0.5, 0.5)
+    assert matched.tolist() == [0, BETWEEN, BETWEEN, BELOW_LOW]
+    # the RoI heads' sampling: the crowd box itself is not added to the proposals nor drawn as a positive
+    model = build(tiny_config(num_classes=4))
+    sampled = model.roi_heads.sample([candidates], [gt])
+    fg = sampled.labels[0] > 0
+    assert box_iou(sampled.proposals[0][fg], gt.crowd).max() < 0.5
+    assert sampled.labels[0][fg].tolist() == [2, 2]  # the candidate and the added ground truth: class 1 + 1
+
+
+def test_roi_pooler_picks_the_fpn_level_of_equation_1():
+    torch.manual_seed(0)
+    feats = [torch.randn(1, 4, 64 // s, 64 // s) for s in (1, 2, 4)]  # strides 8, 16, 32 of 512 px
+    pooler = RoIPooler([8, 16, 32], "align", output_size=3)
+    # sqrt(area) 112 -> k = floor(4 + log2(112 / 224)) = 3; 224 -> 4; 448 -> 5; 20 -> 0, clamped to 3
+    boxes = torch.tensor([[10.0, 20, 122, 132], [0, 0, 224, 224], [30, 40, 478, 488], [5, 5, 25, 25]])
+    out = pooler(feats, [boxes])
+    for i, level in enumerate([0, 1, 2, 0]):
+        rois = torch.cat([torch.zeros(1), boxes[i]])[None]
+        expected = roi_align(feats[level], rois, 3, 1 / [8, 16, 32][level], 2, aligned=True)
+        torch.testing.assert_close(out[i:i + 1], expected)
+
+
+def test_registered_and_built_from_the_registry():
+    model = build_model("faster_rcnn", 3, 96, {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32})
+    assert model.task == "detect" and model.cfg.image_size == 96 and model.roi_heads.predictor.cls_score.out_features == 4
+
+
+def test_rpn_matches_torchvision_on_a_fixed_case():
+    """Same anchors (offset 0), head weights and thresholds: the same proposals and the same losses."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+    from torchvision.models.detection.rpn import RPNHead as TVHead
+
+    from zir.models.rpn import RPN
+
+    torch.manual_seed(0)
+    sizes, ratios = ((16, 24), (32, 48)), ((0.5, 1.0, 2.0),) * 2
+    ours = RPN(8, [8, 16], sizes, ratios, pre_nms_top_n=(50, 40), post_nms_top_n=(30, 20),
+               batch_size_per_image=10**6, anchor_offset=0.0)
+    for p in ours.head.parameters():  # a head that is not all zeros, so scores differ
+        torch.nn.init.normal_(p, std=0.3)
+    head = TVHead(8, 6)
+    head.conv[0][0].load_state_dict(ours.head.conv.state_dict())
+    head.cls_logits.load_state_dict(ours.head.cls_logits.state_dict())
+    head.bbox_pred.load_state_dict(ours.head.bbox_pred.state_dict())
+    theirs = RegionProposalNetwork(AnchorGenerator(sizes, ratios), head, 0.7, 0.3, 10**6, 0.5,
+                                   dict(training=50, testing=40), dict(training=30, testing=20), 0.7)
+    features = [torch.randn(2, 8, 8, 8), torch.randn(2, 8, 4, 4)]
+    image_sizes = [(64, 64), (60, 50)]
+    images = ImageList(torch.zeros(2, 3, 64, 64), image_sizes)
+    boxes = [torch.tensor([[4.0, 6, 30, 40], [20, 20, 60, 50]]), torch.tensor([[10.0, 5, 40, 30]])]
+    for mode in (False, True):
+        ours.train(mode), theirs.train(mode)
+        targets = [{"boxes": b} for b in boxes] if mode else None
+        tv_props, tv_losses = theirs(images, dict(zip("ab", features)), targets)
+        out = ours(features, image_sizes)
+        for p, q in zip(out.proposals, tv_props):
+            torch.testing.assert_close(p, q)
+    gts = [GroundTruth(b, torch.zeros(len(b), dtype=torch.int64), torch.zeros(0, 4), torch.arange(len(b)))
+           for b in boxes]
+    losses = ours.loss(out, gts)
+    torch.testing.assert_close(losses["rpn_objectness"], tv_losses["loss_objectness"])
+    torch.testing.assert_close(losses["rpn_box"], tv_losses["loss_rpn_box_reg"])
+    assert math.isfinite(losses["rpn_box"].item()) and losses["rpn_box"] > 0

@@ -1,0 +1,264 @@
+"""Faster R-CNN (Ren et al. 2015) with a Feature Pyramid Network (Lin et al. 2017).
+
+A two-stage detector: a Region Proposal Network proposes boxes that may hold an object, and the RoI
+heads of Fast R-CNN (Girshick 2015) classify and refine each of them, both on shared convolutional
+features (Ren et al., section 3)::
+
+    image -> resize (longer side image_size) -> normalise -> pad to a multiple of 32
+      -> backbone (EfficientNet-Lite0, strides 8/16/32)    zir.models.backbones
+      -> FPN (d channels, + a stride-64 level)             zir.models.fpn
+      -> RPN: anchors, objectness, deltas -> proposals     zir.models.rpn
+      -> RoI heads: RoI Align / pool -> 2 FC -> softmax over K+1 classes + per-class box deltas
+                                                           zir.models.roi_heads
+      -> per-class NMS -> boxes mapped back to the input image's pixels
+
+Training sums the four losses (section 3.2, "approximate joint training"): the RPN's objectness and
+box terms and the RoI heads' classification and box terms. The pretrained backbone's BatchNorm is
+frozen (a few images per batch give too noisy statistics) and so are its first blocks (generic,
+high-resolution features that need no fine-tuning, and whose gradients would cost the most time).
+
+The parts are separate modules so that Mask R-CNN adds a mask head by composition
+(``FasterRCNN.features``, ``rpn``, ``roi_heads.loss`` returning its :class:`SampledRoIs`,
+``roi_heads.detect``) and Fast R-CNN reuses the RoI heads with external proposals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import freeze_batch_norm_2d
+from torch import Tensor
+
+from zir.data.contract import DetectionPrediction
+from zir.errors import ConfigError
+from zir.models.backbones import Backbone, build_backbone
+from zir.models.base import ZirModel
+from zir.models.fpn import FPN
+from zir.models.roi_heads import ROI_OPS, BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
+from zir.models.rpn import RPN, GroundTruth
+from zir.ops.boxes import clip, remove_small_boxes
+
+
+@dataclass
+class FasterRCNNConfig:
+    """Attributes:
+    num_classes: object classes K (background is added internally).
+    image_size: the working frame's longer side in pixels: ``predict`` resizes any image to it and maps
+        boxes back (torchvision's ``max_size``).
+    min_size: if > 0, also limit the shorter side to this (torchvision's ``min_size``: the scale is
+        ``min(min_size / short side, image_size / long side)``); 0 = longer side only.
+    backbone: a timm model name (``zir.models.backbones``); ``pretrained``: ``imagenet``, ``timm``, ``none``.
+    backbone_levels: timm ``out_indices`` feeding the FPN (2, 3, 4: strides 8, 16, 32 for EfficientNet).
+    frozen_blocks: with pretrained weights, the stem and this many of the backbone's ``blocks`` are frozen.
+    fpn_channels: width ``d`` of the pyramid (256 in the paper; 128 is much cheaper on a CPU).
+    anchor_sizes: per pyramid level (the backbone's levels, then the pooled one), anchor sizes in pixels.
+    aspect_ratios: anchor ``height / width`` ratios, the same at every level.
+    anchor_offset: anchor centre within its cell: 0.5 (centred, zir) or 0.0 (torchvision).
+    rpn_pre_nms_top_n, rpn_post_nms_top_n: ``[train, test]`` proposals per level before NMS, per image
+        after it.
+    rpn_nms_iou: the proposals' NMS IoU (0.7); rpn_batch_size: anchors sampled per image (256).
+    roi_op: ``align`` (RoI Align, Mask R-CNN) or ``pool`` (RoI max pooling, Fast R-CNN).
+    roi_size: RoI grid side S (7); box_hidden: width of the two FC layers.
+    roi_batch_size, roi_positive_fraction: RoIs sampled per image (512) and the foreground share (0.25).
+    box_loss: ``smooth_l1`` or ``l1``, the RoI heads' box regression loss (the RPN's is smooth-L1).
+    score_thresh, nms_iou, detections_per_img: post-processing of the detections.
+    """
+
+    num_classes: int = 20
+    image_size: int = 512
+    min_size: int = 0
+    backbone: str = "efficientnet_lite0"
+    pretrained: str = "imagenet"
+    backbone_levels: tuple[int, ...] = (2, 3, 4)
+    frozen_blocks: int = 2
+    fpn_channels: int = 128
+    anchor_sizes: tuple[tuple[float, ...], ...] = ((32, 48), (64, 96), (128, 192), (256, 384))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_offset: float = 0.5
+    rpn_pre_nms_top_n: tuple[int, int] = (1000, 500)
+    rpn_post_nms_top_n: tuple[int, int] = (1000, 100)
+    rpn_nms_iou: float = 0.7
+    rpn_batch_size: int = 256
+    roi_op: str = "align"
+    roi_size: int = 7
+    box_hidden: int = 512
+    roi_batch_size: int = 512
+    roi_positive_fraction: float = 0.25
+    box_loss: str = "smooth_l1"
+    score_thresh: float = 0.05
+    nms_iou: float = 0.5
+    detections_per_img: int = 100
+
+
+# --------------------------------------------------------------------------------------------------
+# The transform: resize inside the model, as torchvision's GeneralizedRCNNTransform
+
+
+SIZE_DIVISIBLE = 32  # the coarsest backbone stride: every level then divides the padded batch exactly
+
+
+def resize_scale(size: tuple[int, int], image_size: int, min_size: int = 0) -> float:
+    """Scale factor that brings an ``(h, w)`` image into the working frame."""
+    h, w = size
+    scale = image_size / max(h, w)
+    return min(scale, min_size / min(h, w)) if min_size > 0 else scale
+
+
+def _resize(image: Tensor, scale: float) -> Tensor:
+    """``(3, h, w)`` -> ``(3, round(h * scale), round(w * scale))``, antialiased when shrinking."""
+    h, w = image.shape[-2:]
+    new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if new == (h, w):
+        return image
+    return F.interpolate(image[None], size=new, mode="bilinear", align_corners=False,
+                         antialias=scale < 1)[0]
+
+
+def _pad_batch(images: Sequence[Tensor]) -> Tensor:
+    """Zero-pad ``(3, h_i, w_i)`` images to one ``(B, 3, H, W)`` with ``H, W`` multiples of 32."""
+    H = math.ceil(max(im.shape[-2] for im in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+    W = math.ceil(max(im.shape[-1] for im in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+    batch = images[0].new_zeros((len(images), 3, H, W))
+    for b, im in zip(batch, images):
+        b[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+class FasterRCNN(ZirModel):
+    """Backbone + FPN + RPN + RoI heads, with the resize in and the mapping back out.
+
+    ``loss`` and ``predict`` take float images in [0, 1]: a ``(B, 3, H, W)`` batch (with ``size`` in
+    each target for padded batches) or a list of ``(3, h, w)`` images of any sizes.
+    """
+
+    task = "detect"
+
+    def __init__(self, cfg: FasterRCNNConfig, backbone: Backbone, fpn: FPN, rpn: RPN, roi_heads: RoIHeads) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone, self.fpn, self.rpn, self.roi_heads = backbone, fpn, rpn, roi_heads
+        # normalise with the statistics the backbone's weights expect
+        self.mean.copy_(torch.tensor(backbone.mean).view(1, 3, 1, 1))
+        self.std.copy_(torch.tensor(backbone.std).view(1, 3, 1, 1))
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Normalised ``(B, 3, H, W)`` -> pyramid levels ``[(B, d, H / s, W / s)]``, finest first."""
+        return self.fpn(self.backbone(x))
+
+    def prepare(self, images: Tensor | Sequence[Tensor], sizes: Sequence[tuple[int, int]] | None = None
+                ) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Resize each image into the working frame, normalise, pad into one batch.
+
+        Args:
+            images: ``(B, 3, H, W)`` or a list of ``(3, h, w)``, in [0, 1].
+            sizes: each image's own ``(h, w)`` inside a padded batch (default: the whole tensor).
+
+        Returns:
+            ``(batch (B, 3, H', W'), each image's (h, w) in the working frame)``.
+        """
+        if sizes is None:
+            sizes = [tuple(im.shape[-2:]) for im in images]
+        resized = []
+        for im, (h, w) in zip(images, sizes):
+            im = _resize(im[:, :h, :w], resize_scale((h, w), self.cfg.image_size, self.cfg.min_size))
+            resized.append((im - self.mean[0]) / self.std[0])  # padding stays 0 = the mean colour
+        return _pad_batch(resized), [tuple(im.shape[-2:]) for im in resized]
+
+    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """``{"rpn_objectness", "rpn_box", "roi_cls", "roi_box"}``, each a float32 scalar."""
+        sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
+        x, work_sizes = self.prepare(images, sizes)
+        gts = [ground_truth(t, size, work) for t, size, work in zip(targets, sizes, work_sizes)]
+        features = self.features(x)
+        rpn_out = self.rpn(features, work_sizes)
+        roi_losses, _ = self.roi_heads.loss(features, rpn_out.proposals, gts)
+        return {**self.rpn.loss(rpn_out, gts), **roi_losses}
+
+    @torch.no_grad()
+    def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
+        """Detections in each input image's own pixels, best first."""
+        if isinstance(images, Tensor) and images.ndim == 3:
+            images = images[None]
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        x, work_sizes = self.prepare(images, sizes)
+        features = self.features(x)
+        proposals = self.rpn(features, work_sizes).proposals
+        detections = self.roi_heads.detect(features, proposals, work_sizes)
+        return [to_input_pixels(d.boxes, d.scores, d.labels, work, size)
+                for d, work, size in zip(detections, work_sizes, sizes)]
+
+
+def ground_truth(target: dict[str, Any], size: tuple[int, int], work_size: tuple[int, int]) -> GroundTruth:
+    """A sample's annotations in the working frame, without degenerate boxes, crowds set apart."""
+    boxes = torch.as_tensor(target["boxes"]).as_subclass(Tensor).float().reshape(-1, 4)
+    labels = torch.as_tensor(target["labels"], device=boxes.device).long().reshape(-1)
+    crowd = torch.as_tensor(target.get("iscrowd", torch.zeros(len(boxes))), device=boxes.device).bool()
+    boxes = boxes * boxes.new_tensor([work_size[1] / size[1], work_size[0] / size[0]] * 2)
+    index = torch.arange(len(boxes), device=boxes.device)
+    # BoxCoder takes the log of box sizes: zero-size boxes must not become targets
+    valid = torch.zeros_like(crowd)
+    valid[remove_small_boxes(boxes, 1e-2)] = True
+    keep = valid & ~crowd
+    return GroundTruth(boxes[keep], labels[keep], boxes[valid & crowd], index[keep])
+
+
+def to_input_pixels(boxes: Tensor, scores: Tensor, labels: Tensor, work_size: tuple[int, int],
+                    size: tuple[int, int]) -> DetectionPrediction:
+    """Map working-frame detections back to the ``(h, w)`` input image."""
+    scale = boxes.new_tensor([size[1] / work_size[1], size[0] / work_size[0]] * 2)
+    return DetectionPrediction(boxes=clip(boxes * scale, size).float(), scores=scores.float(), labels=labels)
+
+
+# --------------------------------------------------------------------------------------------------
+# build()
+
+
+def freeze_blocks(backbone: Backbone, n: int) -> None:
+    """Freeze the stem and the first ``n`` of the backbone's ``blocks`` (timm EfficientNet / MobileNet
+    layout): every parameter registered before ``blocks.{n}``."""
+    if n <= 0:
+        return
+    names = [name for name, _ in backbone.body.named_parameters()]
+    if not any(name.startswith(f"blocks.{n}.") for name in names):
+        raise ConfigError(f"frozen_blocks={n}: backbone {backbone.name!r} has no 'blocks.{n}' "
+                          "(EfficientNet/MobileNet layout); use frozen_blocks=0")
+    for name, p in backbone.body.named_parameters():
+        if name.startswith(f"blocks.{n}."):
+            break
+        p.requires_grad_(False)
+
+
+def build(cfg: FasterRCNNConfig) -> FasterRCNN:
+    if cfg.roi_op not in ROI_OPS:
+        raise ConfigError(f"roi_op must be one of {', '.join(ROI_OPS)}, got {cfg.roi_op!r}")
+    if cfg.box_loss not in ("smooth_l1", "l1"):
+        raise ConfigError(f"box_loss must be smooth_l1 or l1, got {cfg.box_loss!r}")
+    backbone = build_backbone(cfg.backbone, cfg.pretrained, tuple(cfg.backbone_levels))
+    if cfg.pretrained != "none":
+        # timm's version: it also freezes BatchNormAct2d (BatchNorm + activation) without dropping the activation
+        backbone.body = freeze_batch_norm_2d(backbone.body)
+        freeze_blocks(backbone, cfg.frozen_blocks)
+    fpn = FPN(backbone.channels, backbone.strides, cfg.fpn_channels, extra_level=True)
+    if len(cfg.anchor_sizes) != len(fpn.strides):
+        raise ConfigError(f"anchor_sizes has {len(cfg.anchor_sizes)} levels but the pyramid has "
+                          f"{len(fpn.strides)} (strides {fpn.strides}); give one tuple of sizes per level")
+    rpn = RPN(cfg.fpn_channels, fpn.strides, cfg.anchor_sizes, [cfg.aspect_ratios] * len(fpn.strides),
+              pre_nms_top_n=tuple(cfg.rpn_pre_nms_top_n), post_nms_top_n=tuple(cfg.rpn_post_nms_top_n),
+              nms_iou=cfg.rpn_nms_iou, batch_size_per_image=cfg.rpn_batch_size, anchor_offset=cfg.anchor_offset)
+    roi_heads = RoIHeads(
+        RoIPooler(backbone.strides, cfg.roi_op, cfg.roi_size),  # RoIs use P3-P5, not the pooled level
+        TwoMLPHead(cfg.fpn_channels * cfg.roi_size**2, cfg.box_hidden),
+        BoxPredictor(cfg.box_hidden, cfg.num_classes),
+        batch_size_per_image=cfg.roi_batch_size, positive_fraction=cfg.roi_positive_fraction,
+        box_loss=cfg.box_loss, score_thresh=cfg.score_thresh, nms_iou=cfg.nms_iou,
+        detections_per_img=cfg.detections_per_img)
+    return FasterRCNN(cfg, backbone, fpn, rpn, roi_heads)
