@@ -98,9 +98,12 @@ def prepare_synth(out: Path, n_train: int = 800, n_test: int = 200, size: int = 
 
 
 def coco_images(gt_json: Path) -> list[tuple[int, Path]]:
-    """``(image_id, path)`` of every image of a COCO file whose file names are relative to its folder."""
+    """``(image_id, path)`` of every image of a COCO file, found where zir's COCO reader finds them."""
+    from zir.data.formats._common import choose_image_root
+
     data = json.loads(gt_json.read_text())
-    return [(im["id"], gt_json.parent / im["file_name"]) for im in data["images"]]
+    root = choose_image_root(gt_json.parent, [im["file_name"] for im in data["images"]])
+    return [(im["id"], root / im["file_name"]) for im in data["images"]]
 
 
 # --------------------------------------------------------------------------------------------------

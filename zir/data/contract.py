@@ -146,7 +146,7 @@ class DatasetIndex:
     task: str
     format: str
     root: Path
-    problems: list["Problem"] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     # Semantic mask PNGs: pixel value -> class id; values not in it become IGNORE_INDEX.
     # ``None`` means the values are the class ids already.
     value_map: dict[int, int] | None = None

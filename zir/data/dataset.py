@@ -177,6 +177,6 @@ class ZirDataset(torch.utils.data.Dataset):
             sample = self.transform(sample)
         return sample
 
-    def subset(self, ids: list[int]) -> "ZirDataset":
+    def subset(self, ids: list[int]) -> ZirDataset:
         """A dataset over some of this one's records (same index, classes and transform)."""
         return ZirDataset(self.index, self.transform, self.skip_bad, [self.records[i] for i in ids])

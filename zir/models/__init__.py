@@ -12,11 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zir.errors import ConfigError
-from zir.models import classifier, convnet
-from zir.models import yolo_v1
-from zir.models import faster_rcnn
-from zir.models import mask_rcnn
-from zir.models import fcn, unet
+from zir.models import classifier, convnet, faster_rcnn, fcn, mask_rcnn, unet, yolo_v1
 from zir.models.base import ZirModel
 
 

@@ -115,24 +115,3 @@ class Backbone(nn.Module):
 def build_backbone(name: str = "efficientnet_lite0", pretrained: str = "imagenet",
                    out_indices: tuple[int, ...] = (1, 2, 3, 4)) -> Backbone:
     return Backbone(name, pretrained, out_indices)
-
-
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d (statistics and affine fixed).
-
-    Detection and segmentation fine-tune with a few images per batch, where batch statistics are too
-    noisy to update a pretrained backbone's BatchNorm.
-    """
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            frozen.weight.copy_(child.weight.detach())
-            frozen.bias.copy_(child.bias.detach())
-            frozen.running_mean.copy_(child.running_mean)
-            frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
-    return module

@@ -78,7 +78,7 @@ class FCN(ZirModel):
                               f"fcn-{cfg.variant} needs {sorted(self.strides)}")
         if cfg.freeze_bn:
             # timm's freeze keeps the activation fused into EfficientNet's BatchNormAct2d (ReLU6);
-            # zir.models.backbones.freeze_batchnorm drops it, and the features then blow up.
+            # a plain FrozenBatchNorm2d would drop it, and the features then blow up.
             freeze_batch_norm_2d(self.backbone)
         channels = dict(zip(self.backbone.strides, self.backbone.channels))
         # the classifier as 1x1 convolutions, one per fused stride (score_fr, score_pool4, score_pool3)

@@ -154,9 +154,9 @@ class YoloV1(ZirModel):
         else:
             self.backbone = build_backbone(cfg.backbone, cfg.pretrained, out_indices=(4,))
             if cfg.pretrained != "none":
-                # timm's EfficientNet fuses BN and activation in BatchNormAct2d; zir's freeze_batchnorm
-                # turns it into a plain FrozenBatchNorm2d and so drops the activation. timm's own
-                # freeze keeps it (FrozenBatchNormAct2d); both store the same state-dict keys.
+                # timm's EfficientNet fuses BN and activation in BatchNormAct2d; a plain
+                # FrozenBatchNorm2d would drop the activation. timm's own freeze keeps it
+                # (FrozenBatchNormAct2d) with the same state-dict keys.
                 self.backbone.body = freeze_batch_norm_2d(self.backbone.body)
         self.mean.copy_(torch.tensor(self.backbone.mean).view(1, 3, 1, 1))
         self.std.copy_(torch.tensor(self.backbone.std).view(1, 3, 1, 1))
