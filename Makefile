@@ -28,9 +28,15 @@ test: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check zir tests benchmarks
 
+# The benchmarks behind the README's tables (long: about an hour and a half of CPU in all).
 bench: $(TEST_STAMP)
 	$(BIN)/pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/convnet_synth.py
+	$(BIN)/python benchmarks/augment_speed.py --threads 1
+	$(BIN)/python benchmarks/classify_transfer.py
+	$(BIN)/python benchmarks/detect.py --data raccoon --raccoon ../shared/data/raccoon --threads 1
+	$(BIN)/python benchmarks/faster_rcnn_speed.py --threads 1
+	$(BIN)/python benchmarks/segment.py
 
 clean:
 	rm -rf $(VENV) runs demo_data

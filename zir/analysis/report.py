@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 
 from zir.analysis.draw import draw_prediction
+from zir.data.contract import DetectionPrediction
 from zir.engine.checkpoint import read_meta
 
 N_IMAGES = 12
+DRAW_SCORE = 0.3  # detections drawn in the report (metrics use every detection)
 
 
 def write_report(run_dir: Path, n_images: int = N_IMAGES, progress: bool = True) -> Path:
@@ -45,6 +47,10 @@ def write_report(run_dir: Path, n_images: int = N_IMAGES, progress: bool = True)
             continue
         image = sample["image"].as_subclass(torch.Tensor)
         pred = predictor.predict(image)[0]
+        if isinstance(pred, DetectionPrediction):  # evaluation keeps low scores; pictures show confident ones
+            keep = pred.scores >= DRAW_SCORE
+            pred = DetectionPrediction(pred.boxes[keep], pred.scores[keep], pred.labels[keep],
+                                       None if pred.masks is None else pred.masks[keep])
         drawn = draw_prediction(image, pred, data.classes, truth=sample.get("label"))
         name = f"predictions/{i:03d}.png"
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(run_dir / name)
