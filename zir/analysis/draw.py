@@ -28,14 +28,18 @@ def draw_prediction(image: torch.Tensor, prediction: Prediction, classes: list[s
     """
     colors = class_colors(len(classes))
     if isinstance(prediction, DetectionPrediction):
-        out = image
+        # Small images are enlarged (nearest) first, so that the labels stay readable.
+        k = max(1, 384 // max(1, max(image.shape[-2:])))
+        out = image.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1) if k > 1 else image
         labels = prediction.labels.tolist()
         if prediction.masks is not None and len(labels):
-            out = draw_segmentation_masks(out, prediction.masks.bool(), alpha=0.45,
-                                          colors=[colors[i] for i in labels])
+            masks = prediction.masks.bool()
+            if k > 1:
+                masks = masks.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+            out = draw_segmentation_masks(out, masks, alpha=0.45, colors=[colors[i] for i in labels])
         if len(labels):
             text = [f"{classes[c]} {s:.2f}" for c, s in zip(labels, prediction.scores.tolist())]
-            out = draw_bounding_boxes(out, prediction.boxes, labels=text, colors=[colors[i] for i in labels],
+            out = draw_bounding_boxes(out, prediction.boxes * k, labels=text, colors=[colors[i] for i in labels],
                                       width=2)
         return out
     if isinstance(prediction, SemanticPrediction):
