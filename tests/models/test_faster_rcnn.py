@@ -39,13 +39,6 @@ def synth_batch(n: int = 2, seed: int = 3) -> tuple[torch.Tensor, list[dict]]:
     return images, targets
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on busy cores extra threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

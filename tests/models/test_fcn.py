@@ -9,15 +9,6 @@ from zir.models import MODELS, build_model
 from zir.ops.transposed import bilinear_kernel
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convolutions on a busy 2-core machine run far faster without intra-op threads
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fcn(variant: str = "8s", num_classes: int = 3, image_size: int = 64):
     torch.manual_seed(0)
     return build_model("fcn", num_classes, image_size, {"variant": variant, "pretrained": "none"})

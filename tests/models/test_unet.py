@@ -21,15 +21,6 @@ from zir.models.seg_losses import (
 from zir.models.unet import mirror_pad
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convolutions on a busy 2-core machine run far faster without intra-op threads
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def unet(num_classes: int = 2, image_size: int = 64, **args):
     torch.manual_seed(0)
     return build_model("unet", num_classes, image_size, {"width": 8, "depth": 3, **args})

@@ -15,15 +15,6 @@ from zir.ops.boxes import iou
 from zir.ops.coder import encode_yolo_v1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP's synchronisation cost on busy cores (10-100x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**kw) -> yolo.YoloV1:
     cfg = dict(num_classes=3, image_size=64, S=2, B=2, backbone="convnet", width=8, neck=8, hidden=16)
     return yolo.build(YoloV1Config(**{**cfg, **kw}))

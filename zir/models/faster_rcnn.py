@@ -183,16 +183,25 @@ class FasterRCNN(ZirModel):
         roi_losses, _ = self.roi_heads.loss(features, rpn_out.proposals, gts)
         return {**self.rpn.loss(rpn_out, gts), **roi_losses}
 
-    @torch.no_grad()
-    def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
-        """Detections in each input image's own pixels, best first."""
+    def detect_in_working_frame(self, images: Tensor | Sequence[Tensor]) -> tuple[list[Tensor], list, list, list]:
+        """The shared first half of ``predict`` (Mask R-CNN's too): resize, backbone + FPN, RPN, box head.
+
+        Returns:
+            ``(features, detections, work_sizes, sizes)``: FPN maps, per-image detections in the working
+            frame, each image's working and original ``(h, w)``.
+        """
         if isinstance(images, Tensor) and images.ndim == 3:
             images = images[None]
         sizes = [tuple(im.shape[-2:]) for im in images]
         x, work_sizes = self.prepare(images, sizes)
         features = self.features(x)
         proposals = self.rpn(features, work_sizes).proposals
-        detections = self.roi_heads.detect(features, proposals, work_sizes)
+        return features, self.roi_heads.detect(features, proposals, work_sizes), work_sizes, sizes
+
+    @torch.no_grad()
+    def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
+        """Detections in each input image's own pixels, best first."""
+        _, detections, work_sizes, sizes = self.detect_in_working_frame(images)
         return [to_input_pixels(d.boxes, d.scores, d.labels, work, size)
                 for d, work, size in zip(detections, work_sizes, sizes)]
 

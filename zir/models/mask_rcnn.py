@@ -131,13 +131,7 @@ class MaskRCNN(FasterRCNN):
     @torch.no_grad()
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
         """Detections with ``masks`` bool ``(N, h, w)`` in each input image's own pixels, best first."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
-        sizes = [tuple(im.shape[-2:]) for im in images]
-        x, work_sizes = self.prepare(images, sizes)
-        features = self.features(x)
-        proposals = self.rpn(features, work_sizes).proposals
-        detections = self.roi_heads.detect(features, proposals, work_sizes)
+        features, detections, work_sizes, sizes = self.detect_in_working_frame(images)
         out = []
         for i, (d, work, size) in enumerate(zip(detections, work_sizes, sizes)):
             pred = to_input_pixels(d.boxes, d.scores, d.labels, work, size)
