@@ -27,3 +27,7 @@ class ConfigError(ZirError):
 
 class CheckpointError(ZirError):
     """A run folder or checkpoint is missing or incomplete."""
+
+
+class TrainingError(ZirError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""

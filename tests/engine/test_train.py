@@ -142,3 +142,18 @@ def test_bad_settings_raise_our_errors(tmp_path):
         train(tiny(tmp_path, "y", "amp=fp16", "device=cpu"), progress=False)
     with pytest.raises(ConfigError, match="wdth"):
         train(tiny(tmp_path, "z", "model_args={wdth: 3}"), progress=False)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tmp_path):
+    from zir.errors import TrainingError
+
+    def poison(state):  # after epoch 1's checkpoint, make every later loss NaN
+        for p in state["model"].parameters():
+            p.data.fill_(float("nan"))
+
+    cfg = tiny(tmp_path, "nan", "epochs=3")
+    with pytest.raises(TrainingError, match=r"epoch 2, batch 0") as e:
+        train(cfg, callbacks=[poison], progress=False)
+    assert "last good checkpoint" in str(e.value)
+    w = weights(tmp_path / "nan")
+    assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())

@@ -35,7 +35,7 @@ from zir.engine.checkpoint import load_state, load_weights, read_meta, save_stat
 from zir.engine.data import Batch, build_datasets, build_loader
 from zir.engine.evaluate import MONITOR, autocast, evaluate
 from zir.engine.logger import RunLogger
-from zir.errors import CheckpointError, ConfigError
+from zir.errors import CheckpointError, ConfigError, TrainingError
 from zir.models import build_model
 from zir.models.base import ZirModel
 
@@ -168,6 +168,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
+        for stale in ("metrics.jsonl", "results.csv"):  # exist_ok reuses the folder: start the logs afresh
+            (run_dir / stale).unlink(missing_ok=True)
 
     net: nn.Module = LossOf(fit)
     if distributed:
@@ -202,8 +204,11 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
                     losses = net(batch.images, batch.targets)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i}; "
-                                             "lower train.lr or check the data with `zir data check`")
+                    terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
+                    raise TrainingError(f"loss is {loss.item()} ({terms}) at epoch {epoch + 1}, batch {i} "
+                                        f"(optimizer step {scheduler.last_epoch}); the last good checkpoint "
+                                        f"is kept in {run_dir}/weights. Lower train.lr, or check the data "
+                                        "with `zir data check`")
                 scaler.scale(loss / t.accumulate).backward()
             if step_now:
                 if t.clip_grad > 0:
