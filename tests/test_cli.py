@@ -108,3 +108,15 @@ def test_console_script_help():
     exe = Path(sys.executable).with_name("zir")
     out = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "data.image_size" in out.stdout
+
+
+def test_eval_on_data_with_other_classes_names_both_counts(trained, tmp_path, capsys):
+    import shutil
+
+    _, data, run = trained
+    other = tmp_path / "two"
+    for name in ("circle", "star"):
+        shutil.copytree(data / name, other / name)
+    assert main(["eval", str(run), f"data={other}"]) == 2
+    err = capsys.readouterr().err
+    assert "2 classes" in err and "model 4" in err
