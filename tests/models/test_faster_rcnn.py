@@ -247,3 +247,18 @@ def test_rpn_matches_torchvision_on_a_fixed_case():
     torch.testing.assert_close(losses["rpn_objectness"], tv_losses["loss_objectness"])
     torch.testing.assert_close(losses["rpn_box"], tv_losses["loss_rpn_box_reg"])
     assert math.isfinite(losses["rpn_box"].item()) and losses["rpn_box"] > 0
+
+
+def test_multi_scale_training_varies_the_frame_and_prediction_does_not():
+    from zir.models.faster_rcnn import FasterRCNNConfig, build
+
+    cfg = FasterRCNNConfig(num_classes=2, image_size=128, backbone="mobilenetv3_small_050", pretrained="none",
+                           fpn_channels=16, box_hidden=32, train_scales=(0.5, 1.0))
+    model = build(cfg)
+    image = [torch.rand(3, 100, 80)]
+    torch.manual_seed(0)
+    model.train()
+    frames = {model.prepare(image)[1][0] for _ in range(12)}
+    assert frames == {(64, 51), (128, 102)}
+    model.eval()
+    assert {model.prepare(image)[1][0] for _ in range(5)} == {(128, 102)}

@@ -66,6 +66,9 @@ class FasterRCNNConfig:
     roi_size: RoI grid side S (7); box_hidden: width of the two FC layers.
     roi_batch_size, roi_positive_fraction: RoIs sampled per image (512) and the foreground share (0.25).
     box_loss: ``smooth_l1`` or ``l1``, the RoI heads' box regression loss (the RPN's is smooth-L1).
+    train_scales: multi-scale training: each training batch works at ``image_size`` times one of these,
+        drawn at random (e.g. ``[0.75, 0.875, 1.0]``); empty: always ``image_size``. Prediction always
+        uses ``image_size``.
     score_thresh, nms_iou, detections_per_img: post-processing of the detections.
     """
 
@@ -90,6 +93,7 @@ class FasterRCNNConfig:
     roi_batch_size: int = 512
     roi_positive_fraction: float = 0.25
     box_loss: str = "smooth_l1"
+    train_scales: tuple[float, ...] = ()
     score_thresh: float = 0.05
     nms_iou: float = 0.5
     detections_per_img: int = 100
@@ -167,9 +171,13 @@ class FasterRCNN(ZirModel):
         """
         if sizes is None:
             sizes = [tuple(im.shape[-2:]) for im in images]
+        frame = self.cfg.image_size
+        if self.training and self.cfg.train_scales:  # multi-scale training, one scale per batch
+            scales = list(self.cfg.train_scales)
+            frame = round(frame * scales[int(torch.randint(len(scales), ()))])
         resized = []
         for im, (h, w) in zip(images, sizes):
-            im = _resize(im[:, :h, :w], resize_scale((h, w), self.cfg.image_size, self.cfg.min_size))
+            im = _resize(im[:, :h, :w], resize_scale((h, w), frame, self.cfg.min_size))
             resized.append((im - self.mean[0]) / self.std[0])  # padding stays 0 = the mean colour
         return _pad_batch(resized), [tuple(im.shape[-2:]) for im in resized]
 
