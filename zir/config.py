@@ -41,6 +41,7 @@ class DataConfig:
         augment: preset of ``zir.augment``: ``none``, ``light``, ``standard`` or ``heavy``.
         skip_bad: drop samples that fail the data checks (reported once) instead of stopping.
         synth_n: number of images when ``path`` is ``synth:TASK``.
+        mosaic: probability of YOLOv4's mosaic (four training images tiled into one) for ``detect`` data.
     """
 
     path: str = ""
@@ -53,6 +54,7 @@ class DataConfig:
     augment: str = "none"
     skip_bad: bool = False
     synth_n: int = 1000
+    mosaic: float = 0.0
 
 
 @dataclass

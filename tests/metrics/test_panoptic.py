@@ -22,6 +22,7 @@ def _hand_case() -> tuple[torch.Tensor, dict, torch.Tensor, dict]:
     pred[5, :5] = 1        # sky, 55 px: IoU 50 / 55 = 10/11 -> TP
     pred[6:, :5] = 2       # car, 20 px inside car A: IoU 20 / 25 = 0.8 -> TP
     pred[8:, 5:] = 3       # car, 10 px inside car B: IoU 10 / 25 = 0.4 -> FP, and car B is an FN
+    # (car B is 60% unlabelled in the prediction: torchmetrics would drop that FN, the paper counts it)
     return pred, {1: 0, 2: 1, 3: 1}, gt, {1: 0, 2: 1, 3: 1}
 
 

@@ -89,6 +89,16 @@ class DataBundle:
 
 
 def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
+    """See :func:`_build_datasets`; adds mosaic to detection training data when ``cfg.mosaic > 0``."""
+    bundle = _build_datasets(cfg, seed)
+    if cfg.mosaic > 0 and bundle.task == "detect":
+        from zir.augment.mosaic import Mosaic
+
+        bundle.train = Mosaic(bundle.train, p=cfg.mosaic, size=cfg.image_size)
+    return bundle
+
+
+def _build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
     """Read (or synthesise) the data, apply the data checks, split train/val and attach transforms.
 
     Raises:
