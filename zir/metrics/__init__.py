@@ -5,16 +5,19 @@
 * :mod:`zir.metrics.coco`: COCO bbox / segm AP and AR through faster-coco-eval, per-class AP,
   precision-recall curves, the detection confusion matrix, COCO results files.
 * :mod:`zir.metrics.semantic`: pixel accuracy, IoU and Dice from one confusion matrix.
+* :mod:`zir.metrics.panoptic`: panoptic quality PQ = SQ x RQ per class, things / stuff / all.
 * :mod:`zir.metrics.plots`: the pictures of a run report (imported on its own: it loads matplotlib).
 """
 
 from zir.metrics.classification import ClassificationMetrics, Reliability, error_reduction
 from zir.metrics.coco import CocoEvaluator, evaluate_results_json, to_coco_results
+from zir.metrics.panoptic import PanopticMetrics
 from zir.metrics.semantic import SemanticMetrics
 
 __all__ = [
     "ClassificationMetrics",
     "CocoEvaluator",
+    "PanopticMetrics",
     "Reliability",
     "SemanticMetrics",
     "error_reduction",
