@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import torch
 from PIL import Image
 
 from zir.config import RunConfig, load_config
-from zir.data.contract import ClassPrediction
+from zir.data.contract import ClassPrediction, DetectionPrediction
 from zir.data.image_io import is_image_file, read_image
 from zir.engine.predictor import Predictor, load
 from zir.engine.trainer import TrainResult
@@ -103,13 +104,12 @@ def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = list_images(inputs)
-    common = Path(*Path(files[0]).resolve().parent.parts) if len(files) == 1 else _common_parent(files)
+    common = Path(os.path.commonpath([p.resolve().parent for p in files]))
     for path in files:
         image = read_image(path)
         pred = predictor.predict(image.as_subclass(torch.Tensor))[0]
-        if conf is not None and hasattr(pred, "scores") and hasattr(pred, "boxes"):
-            keep = pred.scores >= conf
-            pred = type(pred)(**{k: (v[keep] if v is not None else None) for k, v in vars(pred).items()})
+        if conf is not None and isinstance(pred, DetectionPrediction):
+            pred = pred.above(conf)
         rel = path.resolve().relative_to(common).with_suffix("")
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         drawn = draw_prediction(image.as_subclass(torch.Tensor), pred, predictor.classes)
@@ -120,16 +120,6 @@ def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path
             print(f"{path}: {top}")
         (out / f"{rel}.json").write_text(json.dumps(record, indent=1))
     return out
-
-
-def _common_parent(files: list[Path]) -> Path:
-    parts = [p.resolve().parent.parts for p in files]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    return Path(*common)
 
 
 def _run_metrics(run: str | Path) -> dict[str, float]:

@@ -48,9 +48,7 @@ def write_report(run_dir: Path, n_images: int = N_IMAGES, progress: bool = True)
         image = sample["image"].as_subclass(torch.Tensor)
         pred = predictor.predict(image)[0]
         if isinstance(pred, DetectionPrediction):  # evaluation keeps low scores; pictures show confident ones
-            keep = pred.scores >= DRAW_SCORE
-            pred = DetectionPrediction(pred.boxes[keep], pred.scores[keep], pred.labels[keep],
-                                       None if pred.masks is None else pred.masks[keep])
+            pred = pred.above(DRAW_SCORE)
         drawn = draw_prediction(image, pred, data.classes, truth=sample.get("label"))
         name = f"predictions/{i:03d}.png"
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(run_dir / name)

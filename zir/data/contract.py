@@ -221,6 +221,12 @@ class DetectionPrediction:
     labels: torch.Tensor
     masks: torch.Tensor | None = None
 
+    def above(self, score: float) -> DetectionPrediction:
+        """The detections with ``scores >= score`` (evaluation keeps low scores; people want fewer)."""
+        keep = self.scores >= score
+        return DetectionPrediction(self.boxes[keep], self.scores[keep], self.labels[keep],
+                                   None if self.masks is None else self.masks[keep])
+
     def to_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
         return {
             "boxes": self.boxes.tolist(),

@@ -14,6 +14,7 @@ from torchvision import tv_tensors
 from zir.data.contract import IGNORE_INDEX, DatasetIndex, Record, Sample
 from zir.data.image_io import read_image, read_label_png, read_panoptic_png
 from zir.errors import DataError
+from zir.ops.masks import masks_to_boxes
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -79,13 +80,8 @@ def load_sample(record: Record, index: DatasetIndex) -> Sample:
 
 
 def masks_to_boxes_np(masks: np.ndarray) -> np.ndarray:
-    """Tight XYXY boxes (exclusive x2, y2) around ``(N, H, W)`` masks; empty masks give zeros."""
-    boxes = np.zeros((len(masks), 4), np.float32)
-    for i, m in enumerate(masks):
-        ys, xs = np.nonzero(m)
-        if len(xs):
-            boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    return boxes
+    """:func:`zir.ops.masks.masks_to_boxes` for numpy ``(N, H, W)`` masks -> float32 ``(N, 4)``."""
+    return masks_to_boxes(torch.from_numpy(np.asarray(masks) != 0)).numpy().astype(np.float32)
 
 
 def _check_size(arr: np.ndarray, H: int, W: int, path: Path | str) -> None:

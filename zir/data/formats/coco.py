@@ -79,6 +79,16 @@ def xywh_to_xyxy(bbox: Any) -> list[float] | None:
     return [x, y, x + w, y + h]
 
 
+def image_entry(im: Any, k: int, path: Path, problems: list[Problem]) -> tuple[int, str] | None:
+    """``(id, file_name)`` of the ``k``-th entry of a COCO ``images`` list, or ``None`` with a problem noted."""
+    try:
+        return int(im["id"]), str(im["file_name"])
+    except (KeyError, TypeError, ValueError):
+        problems.append(Problem(str(path), f"images[{k}]", "image entry needs an integer 'id' and a "
+                                                           "'file_name'; fix the entry"))
+        return None
+
+
 def _has_segmentation(seg: Any) -> bool:
     return isinstance(seg, dict) or (isinstance(seg, list) and len(seg) > 0)
 
@@ -108,12 +118,10 @@ def read_coco(json_path: str | Path, image_root: str | Path | None = None) -> Da
     records: list[Record] = []
     by_id: dict[int, int] = {}  # COCO image id -> record index
     for k, im in enumerate(images):
-        try:
-            image_id, file_name = int(im["id"]), str(im["file_name"])
-        except (KeyError, TypeError, ValueError):
-            problems.append(Problem(str(path), f"images[{k}]", "image entry needs an integer 'id' and a "
-                                                               "'file_name'; fix the entry"))
+        entry = image_entry(im, k, path, problems)
+        if entry is None:
             continue
+        image_id, file_name = entry
         if image_id in by_id:
             problems.append(Problem(str(path), f"image id {image_id}", "duplicate image id; ids must be "
                                                                        "unique", record=by_id[image_id]))

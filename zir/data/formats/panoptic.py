@@ -12,7 +12,7 @@ import numpy as np
 
 from zir.data.contract import DatasetIndex, Problem, Record
 from zir.data.formats._common import box_problem, choose_image_root, missing_image
-from zir.data.formats.coco import category_map, image_table, load_json, xywh_to_xyxy
+from zir.data.formats.coco import category_map, image_entry, image_table, load_json, xywh_to_xyxy
 from zir.errors import DataError
 
 
@@ -44,12 +44,10 @@ def read_coco_panoptic(json_path: str | Path, png_root: str | Path | None = None
     problems: list[Problem] = []
     records: list[Record] = []
     for k, im in enumerate(images):
-        try:
-            image_id, file_name = int(im["id"]), str(im["file_name"])
-        except (KeyError, TypeError, ValueError):
-            problems.append(Problem(str(path), f"images[{k}]", "image entry needs an integer 'id' and a "
-                                                               "'file_name'; fix the entry"))
+        entry = image_entry(im, k, path, problems)
+        if entry is None:
             continue
+        image_id, file_name = entry
         r = len(records)
         where = f"image {image_id}"
         width, height = im.get("width"), im.get("height")
