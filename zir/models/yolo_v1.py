@@ -145,6 +145,7 @@ class YoloHead(nn.Module):
 
 class YoloV1(ZirModel):
     task = "detect"
+    stages = 1
 
     def __init__(self, cfg: YoloV1Config) -> None:
         super().__init__()
