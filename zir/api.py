@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from zir.config import RunConfig, load_config
-from zir.data.contract import ClassPrediction, DetectionPrediction
+from zir.data.contract import ClassPrediction, DetectionPrediction, PanopticPrediction, SemanticPrediction
 from zir.data.image_io import is_image_file, read_image
 from zir.engine.predictor import Predictor, load
 from zir.engine.trainer import TrainResult
@@ -96,16 +97,26 @@ def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path
                       conf: float | None = None) -> Path:
     """Predict on images and write, per image, the drawn result (PNG) and the prediction (JSON).
 
-    Output names keep the input's relative path, so two ``img.jpg`` in different folders do not clash.
+    Masks are also written as label PNGs a user can load (output names keep the input's relative path,
+    so two ``img.jpg`` in different folders do not clash):
+
+    * semantic segmentation: ``NAME_mask.png``, the class id per pixel (zir's mask-folder format);
+    * instance segmentation: ``NAME_instances.png``, 0 = background and ``k`` = the ``k``-th object of the
+      JSON (16-bit when there are more than 255);
+    * panoptic: ``NAME_panoptic.png`` (COCO panoptic ids) and one ``panoptic.json`` for all images, a COCO
+      panoptic file that ``zir data check`` and panopticapi read.
     """
     from zir.analysis.draw import draw_prediction
+    from zir.data.formats.panoptic import segments_info, write_coco_panoptic, write_panoptic_png
+    from zir.data.image_io import save_png
 
     predictor = model if isinstance(model, Predictor) else load(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = list_images(inputs)
     common = Path(os.path.commonpath([p.resolve().parent for p in files]))
-    for path in files:
+    panoptic_images, panoptic_annotations = [], []
+    for k, path in enumerate(files):
         image = read_image(path)
         pred = predictor.predict(image.as_subclass(torch.Tensor))[0]
         if conf is not None and isinstance(pred, DetectionPrediction):
@@ -118,7 +129,25 @@ def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path
         if isinstance(pred, ClassPrediction):  # a person asked: print the top-5 at once
             top = ", ".join(f"{predictor.classes[i]} {s:.3f}" for i, s in pred.topk(5))
             print(f"{path}: {top}")
+        elif isinstance(pred, SemanticPrediction):
+            dtype = np.uint8 if len(predictor.classes) <= 256 else np.uint16
+            save_png(pred.semantic.cpu().numpy().astype(dtype), out / f"{rel}_mask.png")
+        elif isinstance(pred, DetectionPrediction) and pred.masks is not None:
+            ids = np.zeros(pred.masks.shape[-2:], np.int64)
+            for i, m in reversed(list(enumerate(pred.masks.cpu().numpy()))):  # best on top
+                ids[m] = i + 1
+            save_png(ids.astype(np.uint8 if len(pred.masks) < 256 else np.uint16), out / f"{rel}_instances.png")
+        elif isinstance(pred, PanopticPrediction):
+            ids = pred.ids.cpu().numpy()
+            write_panoptic_png(ids, out / f"{rel}_panoptic.png")
+            panoptic_images.append({"id": k, "file_name": str(path.resolve().relative_to(common)),
+                                    "height": int(ids.shape[0]), "width": int(ids.shape[1])})
+            panoptic_annotations.append({"image_id": k, "file_name": f"{rel}_panoptic.png",
+                                         "segments_info": segments_info(ids, pred.segments)})
         (out / f"{rel}.json").write_text(json.dumps(record, indent=1))
+    if panoptic_images:
+        write_coco_panoptic(out / "panoptic.json", panoptic_images, panoptic_annotations, predictor.classes,
+                            predictor.model.thing_classes)
     return out
 
 

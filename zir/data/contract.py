@@ -18,7 +18,7 @@ A **sample** (what a dataset's ``__getitem__`` returns) is a :class:`Sample` dic
 writers consume and ``zir data check`` validates.
 
 A **prediction** has one type per task: :class:`ClassPrediction`, :class:`DetectionPrediction`
-(instance segmentation adds ``masks``) and :class:`SemanticPrediction`.
+(instance segmentation adds ``masks``), :class:`SemanticPrediction` and :class:`PanopticPrediction`.
 """
 
 from __future__ import annotations
@@ -254,4 +254,25 @@ class SemanticPrediction:
                                      for i, c in zip(ids.tolist(), counts.tolist())}}
 
 
-Prediction = ClassPrediction | DetectionPrediction | SemanticPrediction
+@dataclass
+class PanopticPrediction:
+    """Every pixel of one image assigned to one segment: a thing instance or a stuff region.
+
+    Attributes:
+        ids: int64 ``(H, W)`` segment id per pixel at the input image's size; 0 = unlabelled.
+        segments: one dict per segment: ``id`` (>= 1), ``category_id`` (0-based class id), ``isthing``,
+            ``score`` (the instance's detection score; 1.0 for stuff) and ``area`` in pixels.
+    """
+
+    ids: torch.Tensor
+    segments: list[dict[str, Any]]
+
+    def segment_classes(self) -> dict[int, int]:
+        """Segment id -> class id."""
+        return {int(s["id"]): int(s["category_id"]) for s in self.segments}
+
+    def to_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
+        return {"segments": [{**s, "class": classes[s["category_id"]] if classes else None} for s in self.segments]}
+
+
+Prediction = ClassPrediction | DetectionPrediction | SemanticPrediction | PanopticPrediction

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from zir.data.contract import TASKS, Record, Sample
 from zir.data.dataset import encode_mask, masks_to_boxes_np
 from zir.data.formats.coco import write_coco_json
+from zir.data.formats.panoptic import segments_info, write_coco_panoptic, write_panoptic_png
 from zir.data.image_io import save_png
 from zir.errors import ConfigError, DataError
 
@@ -471,33 +472,25 @@ def write_synth(cfg: SynthConfig, out_dir: Path, progress: bool = True, overwrit
     if task in ("detect", "instance", "panoptic"):
         _write_instances(records, out_dir / "annotations.json", out_dir / "images")
     if task == "panoptic":
-        _write_json(out_dir / "panoptic.json", {
-            "images": [{"id": r.image_id, "file_name": r.path.name, "width": r.width, "height": r.height}
-                       for r in records],
-            "annotations": panoptic_annotations,
-            "categories": [{"id": k + 1, "name": name, "isthing": int(k < len(CLASSES)),
-                            "supercategory": "shape" if k < len(CLASSES) else "stuff"}
-                           for k, name in enumerate(PANOPTIC_CLASSES)],
-        })
+        write_coco_panoptic(out_dir / "panoptic.json",
+                            [{"id": r.image_id, "file_name": r.path.name, "width": r.width, "height": r.height}
+                             for r in records], panoptic_annotations,
+                            PANOPTIC_CLASSES, [k < len(CLASSES) for k in range(len(PANOPTIC_CLASSES))])
     return out_dir
 
 
 def _write_panoptic_png(scene: Scene, image_id: int, path: Path) -> dict[str, Any]:
-    """Write the COCO panoptic PNG (``id = R + 256 G + 256^2 B``, 0 = void) and return its annotation.
+    """Write the COCO panoptic PNG (0 = void) and return its annotation.
 
     Segment ids are ``1..M`` in :func:`panoptic_segments` order (things, then sky and ground).
     """
     masks, labels = panoptic_segments(scene)
-    H, W = scene.image.shape[:2]
-    ids = np.zeros((H, W), np.int64)
-    segments_info = []
-    for k, (m, label, box) in enumerate(zip(masks, labels, masks_to_boxes_np(masks))):
+    ids = np.zeros(scene.image.shape[:2], np.int64)
+    for k, m in enumerate(masks):
         ids[m] = k + 1
-        x1, y1, x2, y2 = (int(v) for v in box)
-        segments_info.append({"id": k + 1, "category_id": int(label) + 1, "iscrowd": 0,
-                              "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(m.sum())})
-    save_png(np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8), path)
-    return {"image_id": image_id, "file_name": path.name, "segments_info": segments_info}
+    write_panoptic_png(ids, path)
+    segments = [{"id": k + 1, "category_id": int(label)} for k, label in enumerate(labels)]
+    return {"image_id": image_id, "file_name": path.name, "segments_info": segments_info(ids, segments)}
 
 
 def _write_json(path: Path, data: Any) -> None:

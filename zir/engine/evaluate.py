@@ -17,8 +17,11 @@ MONITOR = {"classify": "accuracy", "detect": "bbox/AP", "instance": "segm/AP", "
            "panoptic": "PQ"}
 
 
-def make_metric(task: str, classes: list[str]) -> Any:
-    """The metric object of a task: ``update(predictions, targets)``, then ``compute()``."""
+def make_metric(task: str, classes: list[str], thing_classes: list[bool] | None = None) -> Any:
+    """The metric object of a task: ``update(predictions, targets)``, then ``compute()``.
+
+    ``thing_classes`` (panoptic only): True for thing classes, False for stuff.
+    """
     if task == "classify":
         from zir.metrics.classification import ClassificationMetrics
 
@@ -31,6 +34,12 @@ def make_metric(task: str, classes: list[str]) -> Any:
         from zir.metrics.coco import CocoEvaluator
 
         return CocoEvaluator(classes, iou_types=("bbox", "segm") if task == "instance" else ("bbox",))
+    if task == "panoptic":
+        from zir.metrics.panoptic import PanopticMetrics
+
+        if thing_classes is None:
+            raise ConfigError("panoptic evaluation needs to know which classes are things (thing_classes)")
+        return PanopticMetrics(classes, thing_classes)
     raise ConfigError(f"no evaluation for task {task!r} yet")
 
 
@@ -51,7 +60,7 @@ def evaluate(model: ZirModel, loader: DataLoader, task: str, classes: list[str],
     """Predict every batch of ``loader`` and return ``(metrics, metric_object)``."""
     was_training = model.training
     model.eval()
-    metric = make_metric(task, classes)
+    metric = make_metric(task, classes, getattr(model, "thing_classes", None))
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         if not batch.targets:
             continue

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from zir.data.contract import IGNORE_INDEX
+from zir.data.contract import IGNORE_INDEX, PanopticPrediction
 
 
 class PanopticMetrics:
@@ -66,12 +66,13 @@ class PanopticMetrics:
     # ---------------------------------------------------------------------------------------------
     # Accumulation
 
-    def update(self, predictions: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]]) -> None:
+    def update(self, predictions: Sequence[PanopticPrediction | Mapping[str, Any]],
+               targets: Sequence[Mapping[str, Any]]) -> None:
         """Add a batch of images.
 
         Args:
-            predictions: per image ``{"ids": int (H, W), "segments": {id: class}}``; pixels whose id has no
-                segment are unlabelled.
+            predictions: per image a :class:`~zir.data.contract.PanopticPrediction` or
+                ``{"ids": int (H, W), "segments": {id: class}}``; pixels whose id has no segment are unlabelled.
             targets: per image a panoptic sample with ``masks`` uint8/bool ``(N, H, W)``, ``labels`` int
                 ``(N,)`` and ``iscrowd`` bool ``(N,)``; pixels in no mask are void.
         """
@@ -87,8 +88,12 @@ class PanopticMetrics:
             gt_ids = (masks * ids).amax(0) if N else torch.zeros(masks.shape[1:], dtype=torch.int64)
             gt_segments = {i + 1: int(c) for i, c in enumerate(labels)}
             gt_crowd = {i + 1 for i, c in enumerate(crowd) if c}
-            self._add(torch.as_tensor(pred["ids"]), {int(k): int(v) for k, v in pred["segments"].items()},
-                      gt_ids, gt_segments, gt_crowd, str(target.get("path", "target")))
+            if isinstance(pred, PanopticPrediction):
+                pred_ids, pred_segments = pred.ids, pred.segment_classes()
+            else:
+                pred_ids, pred_segments = pred["ids"], {int(k): int(v) for k, v in pred["segments"].items()}
+            self._add(torch.as_tensor(pred_ids), pred_segments, gt_ids, gt_segments, gt_crowd,
+                      str(target.get("path", "target")))
 
     @torch.no_grad()
     def update_maps(self, pred_ids: torch.Tensor, pred_segments: Mapping[int, int], gt_ids: torch.Tensor,

@@ -100,8 +100,13 @@ class MaskRCNN(FasterRCNN):
         """``{"rpn_objectness", "rpn_box", "roi_cls", "roi_box", "roi_mask"}``, each a float32 scalar."""
         sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
         x, work_sizes = self.prepare(images, sizes)
+        return self.losses_on_features(self.features(x), targets, sizes, work_sizes)
+
+    def losses_on_features(self, features: list[Tensor], targets: Sequence[dict[str, Any]],
+                           sizes: Sequence[tuple[int, int]], work_sizes: Sequence[tuple[int, int]]
+                           ) -> dict[str, Tensor]:
+        """The five loss terms from the FPN maps of a prepared batch (Panoptic FPN adds its own term)."""
         gts = [ground_truth(t, size, work) for t, size, work in zip(targets, sizes, work_sizes)]
-        features = self.features(x)
         rpn_out = self.rpn(features, work_sizes)
         roi_losses, sampled = self.roi_heads.loss(features, rpn_out.proposals, gts)
         mask_logits, labels, mask_targets = self._mask_batch(features, sampled, gts, targets, sizes, work_sizes)
@@ -131,7 +136,11 @@ class MaskRCNN(FasterRCNN):
     @torch.no_grad()
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
         """Detections with ``masks`` bool ``(N, h, w)`` in each input image's own pixels, best first."""
-        features, detections, work_sizes, sizes = self.detect_in_working_frame(images)
+        return self.instances(*self.detect_in_working_frame(images))
+
+    def instances(self, features: list[Tensor], detections: Sequence[Any], work_sizes: Sequence[tuple[int, int]],
+                  sizes: Sequence[tuple[int, int]]) -> list[DetectionPrediction]:
+        """The mask branch on the kept detections (section 3.1), masks pasted into the input images."""
         out = []
         for i, (d, work, size) in enumerate(zip(detections, work_sizes, sizes)):
             pred = to_input_pixels(d.boxes, d.scores, d.labels, work, size)

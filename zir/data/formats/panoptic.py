@@ -2,17 +2,22 @@
 
 Each PNG pixel holds a segment id encoded as ``R + 256 G + 256^2 B`` (0 = unlabelled); the JSON says which
 category every segment id belongs to and whether the category is a *thing* (countable) or *stuff*.
+Categories are written with ``id = class id + 1`` (COCO ids start at 1).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from zir.data.contract import DatasetIndex, Problem, Record
 from zir.data.formats._common import box_problem, choose_image_root, missing_image
 from zir.data.formats.coco import category_map, image_entry, image_table, load_json, xywh_to_xyxy
+from zir.data.image_io import save_png
 from zir.errors import DataError
 
 
@@ -90,3 +95,50 @@ def read_coco_panoptic(json_path: str | Path, png_root: str | Path | None = None
     thing_classes = [bool(c.get("isthing", 1)) for c in cats]
     return DatasetIndex(records, classes, "panoptic", "coco-panoptic", path.parent, problems,
                         thing_classes=thing_classes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_panoptic_png(ids: np.ndarray, path: str | Path) -> None:
+    """Write an int ``(H, W)`` segment-id map as a COCO panoptic PNG (``id = R + 256 G + 256^2 B``)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.min(initial=0) < 0 or ids.max(initial=0) >= 256**3:
+        raise ValueError(f"panoptic segment ids must be in [0, 2^24), got {ids.min()}..{ids.max()}")
+    save_png(np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8), path)
+
+
+def segments_info(ids: np.ndarray, segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """COCO ``segments_info`` of the segments (``id``, 0-based ``category_id``) in an id map: the
+    category id becomes COCO's (+1); ``bbox`` ``[x, y, w, h]`` and ``area`` come from the pixels."""
+    ids = np.asarray(ids)
+    out = []
+    for s in segments:
+        m = ids == int(s["id"])
+        ys, xs = np.nonzero(m)
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] \
+            if len(xs) else [0, 0, 0, 0]
+        out.append({"id": int(s["id"]), "category_id": int(s["category_id"]) + 1, "iscrowd": int(s.get("iscrowd", 0)),
+                    "bbox": bbox, "area": int(m.sum())})
+    return out
+
+
+def panoptic_categories(classes: Sequence[str], thing_classes: Sequence[bool]) -> list[dict[str, Any]]:
+    """COCO panoptic ``categories`` (``id = class id + 1``, ``isthing``)."""
+    return [{"id": k + 1, "name": name, "isthing": int(thing), "supercategory": "thing" if thing else "stuff"}
+            for k, (name, thing) in enumerate(zip(classes, thing_classes))]
+
+
+def write_coco_panoptic(json_path: str | Path, images: Sequence[dict[str, Any]],
+                        annotations: Sequence[dict[str, Any]], classes: Sequence[str],
+                        thing_classes: Sequence[bool]) -> Path:
+    """Write the panoptic JSON: ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations``
+    (``image_id``, ``file_name`` of the PNG, ``segments_info``) and the categories; readable by
+    :func:`read_coco_panoptic` and panopticapi."""
+    json_path = Path(json_path)
+    data = {"images": list(images), "annotations": list(annotations),
+            "categories": panoptic_categories(classes, thing_classes)}
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(data, f, sort_keys=True, allow_nan=False)
+    return json_path
