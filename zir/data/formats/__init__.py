@@ -28,7 +28,7 @@ from typing import Any
 from zir.data.contract import DatasetIndex
 from zir.data.formats._common import find_subdir, list_images, subdirs
 from zir.data.formats.coco import read_coco, write_coco, write_coco_json
-from zir.data.formats.imagefolder import read_imagefolder
+from zir.data.formats.imagefolder import SPLIT_NAMES, read_imagefolder
 from zir.data.formats.masks import (
     IMAGE_DIRS,
     INSTANCE_MASK_DIRS,
@@ -108,8 +108,22 @@ def _has_images(folder: Path) -> bool:
     return any(p.is_file() and is_image_file(p) for p in folder.rglob("*"))
 
 
+def split_folder(path: Path, split: str) -> Path | None:
+    """``path/<split>`` when ``path`` only holds split folders (``train/``, ``val/``, ``test/``, ...), as
+    ISBI's ``train/`` + ``test/`` or an ImageFolder's ``train/`` + ``val/``; else None."""
+    folders = subdirs(path)
+    if not folders or any(d.name.lower() not in SPLIT_NAMES for d in folders):
+        return None
+    if any(p.is_file() and p.suffix.lower() in (".json", ".yaml", ".yml") for p in path.iterdir()):
+        return None  # annotation files at the top: the folders are image folders of one layout
+    names = {d.name.lower(): d for d in folders}
+    wanted = ("val", "valid", "validation") if split in ("val", "valid", "validation") else (split,)
+    return next((names[n] for n in wanted if n in names), None)
+
+
 def detect_format(path: str | Path, split: str = "train") -> tuple[str, Path]:
-    """``(format, path to pass to its reader)`` of a dataset file or folder.
+    """``(format, path to pass to its reader)`` of a dataset file or folder. A folder of split folders
+    (``train/``, ``val/``, ``test/``) stands for its ``split`` folder.
 
     Raises:
         DataError: the path does not exist, or matches no layout zir understands.
@@ -125,6 +139,9 @@ def detect_format(path: str | Path, split: str = "train") -> tuple[str, Path]:
         raise DataError(path, f"not a dataset file (.json or data.yaml); {LAYOUTS}")
     if find_data_yaml(path) is not None:
         return "yolo", path
+    split_dir = split_folder(path, split)
+    if split_dir is not None:
+        return detect_format(split_dir, split)
     json_path = _find_json(path, split)
     if json_path is not None:
         return _json_format(json_path), json_path
