@@ -8,6 +8,7 @@
     zir data synth|check|stats|convert ...
     zir augment preview IMAGE --out grid.png
     zir compare RUN_A RUN_B
+    zir bench detectors DATA [--minutes 5] [--models a,b] [--runs NAME=RUN ...] [--out runs/bench]
     zir demo
 
 Every command has ``--help``. Errors a user can fix print one line (``zir: error: ...``) and exit 2.
@@ -119,6 +120,37 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_a")
     cmp.add_argument("run_b")
     cmp.set_defaults(func=cmd_compare)
+
+    b = sub.add_parser("bench", help="benchmark models against each other on this machine")
+    bsub = b.add_subparsers(title="bench commands", metavar="COMMAND")
+    bd = bsub.add_parser(
+        "detectors", formatter_class=raw,
+        help="train every detector on the same data and budget; chart mAP against ms per image",
+        description="Train (or take trained runs of) every detector in the registry on the same data with the\n"
+                    "same budget, score all on the same test split (one image at a time, batch 1), and write\n"
+                    "OUT/table.md, OUT/results.json and OUT/chart.png (mAP50 and mAP50-95 against ms per\n"
+                    "image, one-stage and two-stage marked). Examples:\n"
+                    "  zir bench detectors synth --minutes 5 --threads 1\n"
+                    "  zir bench detectors raccoon/ --test-split 0.2 --models yolo_v1,faster_rcnn\n"
+                    "  zir bench detectors data.yaml --runs faster_rcnn=runs/frcnn --set yolo_v1.lr=1e-3")
+    bd.add_argument("data", help="detection dataset (COCO, YOLO, VOC: any format zir reads) or synth "
+                                 "(synthetic shapes, training and test scenes from different seeds)")
+    bd.add_argument("--test", default="", metavar="PATH",
+                    help="a separate test set (default: hold out --test-split of DATA, as zir train's val_split)")
+    bd.add_argument("--test-split", type=float, default=0.2, metavar="FRACTION", help="held-out test fraction")
+    bd.add_argument("--synth-n", type=int, default=800, metavar="N",
+                    help="synth only: training scenes (the test scenes are a quarter as many)")
+    bd.add_argument("--minutes", type=float, default=5.0, help="training budget per model (at least one epoch)")
+    bd.add_argument("--models", default="all",
+                    help="comma list of registry detectors, all (task detect) or none (only --runs)")
+    bd.add_argument("--runs", action="extend", nargs="+", default=[], metavar="NAME=RUN_DIR",
+                    help="score these trained runs as they are; a NAME among --models is not trained")
+    bd.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="MODEL.KEY=VALUE",
+                    help="override a recommended setting of one model, e.g. yolo_v1.lr=1e-3 faster_rcnn.epochs=4")
+    bd.add_argument("--threads", type=int, default=0, help="torch threads for training and inference (0: default)")
+    bd.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    bd.add_argument("--out", default="runs/bench", help="output folder")
+    bd.set_defaults(func=cmd_bench_detectors)
 
     dm = sub.add_parser("demo", help="synthesise data, train for about two minutes, evaluate, write a report")
     dm.add_argument("--minutes", type=float, default=2.0, help="training time budget")
@@ -242,6 +274,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     print(compare(args.run_a, args.run_b))
     return 0
+
+
+def cmd_bench_detectors(args: argparse.Namespace) -> int:
+    import shlex
+
+    from zir.analysis.bench import bench_detectors, parse_runs, parse_sets
+
+    names = [m.strip() for m in args.models.split(",") if m.strip() not in ("", "none")]
+    models = None if args.models == "all" else names
+    # The command as it reproduces the results, every option spelled out, for the table's header.
+    parts = ["zir", "bench", "detectors", args.data, "--minutes", f"{args.minutes:g}", "--models", args.models,
+             "--threads", str(args.threads), "--device", args.device, "--out", args.out]
+    if args.test:
+        parts += ["--test", args.test]
+    elif args.data != "synth":
+        parts += ["--test-split", f"{args.test_split:g}"]
+    else:
+        parts += ["--synth-n", str(args.synth_n)]
+    parts += ["--runs", *args.runs] if args.runs else []
+    parts += ["--set", *args.sets] if args.sets else []
+    result = bench_detectors(args.data, args.out, models=models, minutes=args.minutes, runs=parse_runs(args.runs),
+                             overrides=parse_sets(args.sets), threads=args.threads, device=args.device,
+                             test=args.test, test_split=args.test_split, synth_n=args.synth_n,
+                             command=shlex.join(parts))
+    print(result.table.read_text())
+    print(f"wrote {result.table}, {result.results}, {result.chart}")
+    if result.failed:
+        print(f"zir: {len(result.failed)} model(s) failed: {', '.join(result.failed)} (see {result.table})",
+              file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

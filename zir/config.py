@@ -42,6 +42,9 @@ class DataConfig:
         skip_bad: drop samples that fail the data checks (reported once) instead of stopping.
         synth_n: number of images when ``path`` is ``synth:TASK``.
         mosaic: probability of YOLOv4's mosaic (four training images tiled into one) for ``detect`` data.
+        crop: ``segment`` only: train on random ``crop`` x ``crop`` windows of the images resized to
+            ``image_size`` (validation sees whole images); 0 = whole images. A fully convolutional
+            model then learns fine detail at ``image_size`` for the cost of ``crop``-sized steps.
     """
 
     path: str = ""
@@ -55,6 +58,7 @@ class DataConfig:
     skip_bad: bool = False
     synth_n: int = 1000
     mosaic: float = 0.0
+    crop: int = 0
 
 
 @dataclass

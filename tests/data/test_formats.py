@@ -216,9 +216,9 @@ def test_palette_masks_give_their_indices_and_255_is_ignored(build, tmp_path):
 def test_isbi_layout_with_classes_yaml_values(build, tmp_path):
     m = np.array([[0, 255, 128], [255, 0, 0]], np.uint8)
     root = build.masks(tmp_path / "isbi", [m], "image", "label", suffix="_mask")
-    (root / "classes.yaml").write_text("names: [membrane, cell]\nvalues: {0: 0, 255: 1}\n")
+    (root / "classes.yaml").write_text("names: [membrane, cell]\nvalues: {0: 0, 255: 1, 128: 255}\n")
     index = read_masks(root)
-    assert index.classes == ["membrane", "cell"] and index.value_map == {0: 0, 255: 1}
+    assert index.classes == ["membrane", "cell"] and index.value_map == {0: 0, 255: 1, 128: 255}
     semantic = load_sample(index.records[0], index)["semantic"].numpy()
     np.testing.assert_array_equal(semantic, [[0, 1, IGNORE_INDEX], [1, 0, 0]])
 

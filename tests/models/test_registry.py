@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zir.data.contract import ClassPrediction, DetectionPrediction, SemanticPrediction
+from zir.data.contract import ClassPrediction, DetectionPrediction, PanopticPrediction, SemanticPrediction
 from zir.data.synth import SynthDataset
 from zir.engine.data import collate, eval_transform
 from zir.models import MODELS, build_model
@@ -21,12 +21,19 @@ TINY: dict[str, dict] = {
     "efficientnet_lite0": {"pretrained": "none"},
     "yolo_v1": {"backbone": "convnet", "width": 8, "S": 4, "hidden": 32, "neck": 32},
     "faster_rcnn": {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32},
+    "rcnn": {"pretrained": "none", "crop_size": 32, "context": 4, "train_regions": 8, "ss_size": 64},
+    "fast_rcnn": {"pretrained": "none", "box_hidden": 32, "ss_size": 64},
+    "sliding_window": {"windows": [[16, 16]], "stride": 8, "scales": [1.0, 0.5], "input_size": 16, "level": 2,
+                       "width": 8, "hidden": 16},
+    "overfeat": {"window": 16, "scales": [1.0, 0.5], "level": 2, "width": 8, "hidden": 16},
     "fcn": {"pretrained": "none"},
     "unet": {"depth": 2, "width": 8},
     "mask_rcnn": {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32, "mask_channels": 16},
+    "panoptic_fpn": {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32, "mask_channels": 16,
+                     "semantic_channels": 16, "thing_classes": (True,) * 4 + (False,) * 2},
 }
 PREDICTION = {"classify": ClassPrediction, "detect": DetectionPrediction, "instance": DetectionPrediction,
-              "segment": SemanticPrediction}
+              "segment": SemanticPrediction, "panoptic": PanopticPrediction}
 
 
 def test_every_model_has_tiny_settings():
@@ -63,6 +70,8 @@ def test_loss_backward_and_predict(name):
             if len(p.boxes):
                 assert p.boxes[:, [0, 2]].min() >= 0 and p.boxes[:, [0, 2]].max() <= W + 1e-3
                 assert p.boxes[:, [1, 3]].max() <= H + 1e-3
+        elif isinstance(p, PanopticPrediction):
+            assert p.ids.shape == (H, W) and set(p.ids.unique().tolist()) <= {0} | set(p.segment_classes())
         elif isinstance(p, SemanticPrediction):
             assert p.semantic.shape == (H, W) and p.semantic.dtype == torch.int64
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,17 @@ def load_sample(record: Record, index: DatasetIndex) -> Sample:
         sample["labels"] = torch.from_numpy(record.labels.copy())
         sample["iscrowd"] = torch.from_numpy(record.iscrowd.copy())
     if task == "instance":
-        sample["masks"] = tv_tensors.Mask(torch.from_numpy(_instance_masks(record, H, W)))
+        masks = _instance_masks(record, H, W)
+        if record.mask_path is not None and not masks.any((1, 2)).all():
+            keep = masks.any((1, 2))
+            missing = [s["id"] for s, k in zip(record.segments, keep) if not k]
+            warnings.warn(f"{record.mask_path}: object id(s) {missing} have no pixels in this PNG; those "
+                          "objects are skipped (re-read the dataset if the PNG was changed)", stacklevel=2)
+            masks = masks[keep]
+            t_keep = torch.from_numpy(keep)
+            sample["boxes"] = tv_tensors.wrap(sample["boxes"][t_keep], like=sample["boxes"])
+            sample["labels"], sample["iscrowd"] = sample["labels"][t_keep], sample["iscrowd"][t_keep]
+        sample["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
     elif task == "segment":
         sample["semantic"] = tv_tensors.Mask(torch.from_numpy(_semantic_map(record, index, H, W)))
     elif task == "panoptic":
@@ -84,16 +95,17 @@ def masks_to_boxes_np(masks: np.ndarray) -> np.ndarray:
     return masks_to_boxes(torch.from_numpy(np.asarray(masks) != 0)).numpy().astype(np.float32)
 
 
-def _check_size(arr: np.ndarray, H: int, W: int, path: Path | str) -> None:
+def _check_size(arr: np.ndarray, H: int, W: int, path: Path | str, image: Path | str = "") -> None:
     if arr.shape[:2] != (H, W):
-        raise DataError(path, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {W}x{H}; "
-                              "masks must have the image's size")
+        of = f" {Path(image).name}" if image else ""
+        raise DataError(path, f"mask is {arr.shape[1]}x{arr.shape[0]} (width x height) but its image{of} is "
+                              f"{W}x{H}; masks must have the image's size: re-export the mask")
 
 
 def _instance_masks(record: Record, H: int, W: int) -> np.ndarray:
     if record.mask_path is not None:  # object-id PNG: 0 = background, segment "id" values are objects
         ids = read_label_png(record.mask_path)
-        _check_size(ids, H, W, record.mask_path)
+        _check_size(ids, H, W, record.mask_path, record.path)
         obj_ids = [s["id"] for s in record.segments]
         return np.stack([(ids == i) for i in obj_ids]).astype(np.uint8) if obj_ids else np.zeros((0, H, W), np.uint8)
     masks = np.zeros((record.num_objects, H, W), np.uint8)
@@ -109,16 +121,31 @@ def _semantic_map(record: Record, index: DatasetIndex, H: int, W: int) -> np.nda
     if record.mask_path is None:
         raise DataError(record.source, "no mask PNG for this image")
     values = read_label_png(record.mask_path)
-    _check_size(values, H, W, record.mask_path)
+    _check_size(values, H, W, record.mask_path, record.path)
     value_map = index.value_map
+    C = len(index.classes)
     if value_map is None:
-        out = values.copy()
-        out[(values < 0) | (values >= len(index.classes))] = IGNORE_INDEX
+        known = (values >= 0) & (values < C)
+        out = np.where(known, values, IGNORE_INDEX)
     else:
         lut_keys = np.array(sorted(value_map), dtype=np.int64)
         lut_vals = np.array([value_map[k] for k in lut_keys], dtype=np.int64)
         pos = np.clip(np.searchsorted(lut_keys, values), 0, len(lut_keys) - 1)
-        out = np.where(lut_keys[pos] == values, lut_vals[pos], IGNORE_INDEX)
+        known = lut_keys[pos] == values
+        out = np.where(known, lut_vals[pos], IGNORE_INDEX)
+    # 255 is "no label" by convention, mapped or not; any other value without a class is a mistake
+    # that would silently drop those pixels from training, so it stops here.
+    strange = np.unique(values[~known & (values != IGNORE_INDEX)])
+    if len(strange):
+        shown = ", ".join(map(str, strange[:10].tolist())) + (", ..." if len(strange) > 10 else "")
+        if value_map is None:
+            what = f"are not class ids 0..{C - 1} ({', '.join(index.classes)}) nor 255 (ignore)"
+        else:
+            what = f"are not in the 'values' of classes.yaml ({value_map})"
+        yaml_path = Path(index.root) / "classes.yaml" if index.root else "classes.yaml"
+        raise DataError(record.mask_path, f"pixel values {shown} {what}; map each to a class id in "
+                                          f"{yaml_path} (values: {{{strange[0]}: CLASS_ID}}), or to 255 to "
+                                          "ignore those pixels, or fix the mask")
     return out.astype(np.int64)
 
 

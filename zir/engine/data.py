@@ -10,9 +10,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
+from zir.augment._base import GeometricMixin, default_fill
 from zir.config import DataConfig
 from zir.data.contract import DatasetIndex, Problem
-from zir.errors import DataError
+from zir.errors import ConfigError, DataError
 
 
 @dataclass
@@ -69,12 +70,36 @@ def eval_transform(task: str, image_size: int) -> v2.Transform:
     return v2.Resize(size=None, max_size=image_size, antialias=True)
 
 
-def train_transform(task: str, image_size: int, preset: str) -> v2.Transform:
-    if preset == "none":
-        return eval_transform(task, image_size)
-    from zir.augment import build_augment  # imported lazily: only training with augmentation needs it
+def train_transform(task: str, image_size: int, preset: str, crop: int = 0) -> v2.Transform:
+    """``eval_transform``, then (``crop`` > 0) a random ``crop`` x ``crop`` window, then augmentation
+    ``preset`` at the crop's size."""
+    steps = [eval_transform(task, image_size)]
+    if crop:
+        steps.append(RandomCrop(crop))
+    if preset != "none":
+        from zir.augment import build_augment  # imported lazily: only training with augmentation needs it
 
-    return v2.Compose([eval_transform(task, image_size), build_augment(preset, task=task, image_size=image_size)])
+        steps.append(build_augment(preset, task=task, image_size=crop or image_size))
+    return steps[0] if len(steps) == 1 else v2.Compose(steps)
+
+
+class RandomCrop(GeometricMixin, v2.RandomCrop):
+    """A random ``size`` x ``size`` window; a smaller image is padded (image 114, semantic map 255 =
+    ignore, so padding never counts as background)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size, pad_if_needed=True, fill=default_fill(None))
+
+
+def check_crop(cfg: DataConfig, task: str) -> None:
+    """``data.crop`` is for semantic segmentation (boxes and instance masks would need cutting too)."""
+    if not cfg.crop:
+        return
+    if task != "segment":
+        raise ConfigError(f"data.crop={cfg.crop} is for task segment only (this data is {task}); "
+                          "remove it, or use augment=standard for scale and translation")
+    if not 8 <= cfg.crop <= cfg.image_size:
+        raise ConfigError(f"data.crop={cfg.crop} must be between 8 and data.image_size={cfg.image_size}")
 
 
 @dataclass
@@ -86,6 +111,7 @@ class DataBundle:
     classes: list[str]
     task: str
     problems: list[Problem] = field(default_factory=list)
+    thing_classes: list[bool] | None = None  # panoptic: True for thing classes, False for stuff
 
 
 def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
@@ -125,9 +151,12 @@ def _build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
         val_index = index
     from zir.data.dataset import ZirDataset
 
-    train = ZirDataset(index, train_transform(task, cfg.image_size, cfg.augment), cfg.skip_bad, train_records)
+    check_crop(cfg, task)
+    train = ZirDataset(index, train_transform(task, cfg.image_size, cfg.augment, cfg.crop), cfg.skip_bad,
+                       train_records)
     val = ZirDataset(val_index, eval_transform(task, cfg.image_size), cfg.skip_bad, val_records)
-    return DataBundle(train, val, index.classes, task, index.problems + (val_index.problems if cfg.val_path else []))
+    return DataBundle(train, val, index.classes, task, index.problems + (val_index.problems if cfg.val_path else []),
+                      index.thing_classes)
 
 
 def _usable(index: DatasetIndex, cfg: DataConfig) -> DatasetIndex:
@@ -167,12 +196,13 @@ def _synth_datasets(cfg: DataConfig, seed: int) -> DataBundle:
     task = cfg.path.split(":", 1)[1] or "classify"
     n_val = max(1, round(cfg.synth_n * cfg.val_split))
     size = cfg.image_size if task == "classify" else max(cfg.image_size, 64)
+    check_crop(cfg, task)
     # Validation scenes come from another seed, so they are never training scenes.
     train = SynthDataset(task=task, n=cfg.synth_n, seed=seed, image_size=size,
-                         transform=train_transform(task, cfg.image_size, cfg.augment))
+                         transform=train_transform(task, cfg.image_size, cfg.augment, cfg.crop))
     val = SynthDataset(task=task, n=n_val, seed=seed + 10_000, image_size=size,
                        transform=eval_transform(task, cfg.image_size))
-    return DataBundle(train, val, list(train.classes), task)
+    return DataBundle(train, val, list(train.classes), task, thing_classes=train.thing_classes)
 
 
 def build_loader(dataset: Dataset, cfg: DataConfig, *, train: bool, seed: int, rank: int = 0,

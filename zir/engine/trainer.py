@@ -36,7 +36,7 @@ from zir.engine.data import Batch, build_datasets, build_loader
 from zir.engine.evaluate import MONITOR, autocast, evaluate
 from zir.engine.logger import RunLogger
 from zir.errors import CheckpointError, ConfigError, TrainingError
-from zir.models import build_model
+from zir.models import build_model, get_spec
 from zir.models.base import ZirModel
 
 Callback = Callable[[dict[str, Any]], None]
@@ -132,6 +132,9 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
     val_loader = build_loader(data.val, cfg.data, train=False, seed=t.seed)
 
     seed_everything(t.seed)  # identical initial weights on every rank
+    if data.thing_classes is not None and "thing_classes" in get_spec(cfg.model).config.__dataclass_fields__:
+        # panoptic: the data says what is stuff (a new dict: the caller's settings are not changed)
+        cfg.model_args = {**cfg.model_args, "thing_classes": list(data.thing_classes)}
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size, cfg.model_args).to(device)
     if data.task != model.task:
         raise ConfigError(f"model {cfg.model!r} is for {model.task}, but {cfg.data.path} is a {data.task} dataset")
@@ -189,7 +192,11 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
             model.set_epoch(epoch)
         sums: dict[str, float] = {}
         n_images, t_epoch = 0, time.time()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and main), leave=False)
+        # A model trained in closed form instead of by gradient steps (R-CNN: cached CNN features, then
+        # SVMs and ridge regressors) has `fit`; its epoch is that call, and evaluation and checkpoints follow.
+        fitted = model.fit(data.train, run_dir, progress=progress and main) if hasattr(model, "fit") else None
+        bar = tqdm(train_loader if fitted is None else [], desc=f"epoch {epoch + 1}/{t.epochs}",
+                   disable=not (progress and main), leave=False)
         for i, batch in enumerate(bar):
             batch: Batch
             skipped += batch.skipped
@@ -227,6 +234,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         out_of_time = t.time_limit > 0 and (time.time() - t_start) / 60 >= t.time_limit
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train/{k}": dist.all_reduce_mean(v / max(n_images, 1), device) for k, v in sums.items()})
+        row.update({f"train/{k}": v for k, v in (fitted or {}).items()})
         row["images_per_s"] = n_images * world / (time.time() - t_epoch)
         metrics: dict[str, float] = {}
         if main and ((epoch + 1) % t.eval_every == 0 or last_epoch or out_of_time):

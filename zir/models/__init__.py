@@ -12,7 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from zir.errors import ConfigError
-from zir.models import classifier, convnet, faster_rcnn, fcn, mask_rcnn, unet, yolo_v1
+from zir.models import (
+    classifier,
+    convnet,
+    fast_rcnn,
+    faster_rcnn,
+    fcn,
+    mask_rcnn,
+    overfeat,
+    panoptic_fpn,
+    rcnn,
+    sliding_window,
+    unet,
+    yolo_v1,
+)
 from zir.models.base import ZirModel
 
 
@@ -37,12 +50,22 @@ MODELS: dict[str, ModelSpec] = {
                          "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss"),
     "faster_rcnn": ModelSpec("detect", faster_rcnn.FasterRCNNConfig, faster_rcnn.build,
                              "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS"),
+    "rcnn": ModelSpec("detect", rcnn.RCNNConfig, rcnn.build,
+                      "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression"),
+    "fast_rcnn": ModelSpec("detect", fast_rcnn.FastRCNNConfig, fast_rcnn.build,
+                           "Fast R-CNN: selective search, one feature map, RoI pooling, 2 FC, multi-task loss"),
+    "sliding_window": ModelSpec("detect", sliding_window.SlidingWindowConfig, sliding_window.build,
+                                "sliding window: a crop classifier over every window of an image pyramid, NMS"),
+    "overfeat": ModelSpec("detect", overfeat.OverFeatConfig, overfeat.build,
+                          "OverFeat: the window classifier run fully convolutionally over a pyramid, box head"),
     "fcn": ModelSpec("segment", fcn.FCNConfig, fcn.build,
                      "FCN-32s/16s/8s: pretrained backbone, 1x1 classifier, bilinear-initialised transposed convs"),
     "unet": ModelSpec("segment", unet.UNetConfig, unet.build,
                       "U-Net: encoder-decoder with concatenated skips; border-weighted loss, overlap-tile predict"),
     "mask_rcnn": ModelSpec("instance", mask_rcnn.MaskRCNNConfig, mask_rcnn.build,
                            "Mask R-CNN: Faster R-CNN + FPN plus a 4-conv + deconv head, 28x28 mask per class"),
+    "panoptic_fpn": ModelSpec("panoptic", panoptic_fpn.PanopticFPNConfig, panoptic_fpn.build,
+                              "Panoptic FPN: Mask R-CNN for things + a semantic FPN branch for stuff, merged"),
 }
 
 

@@ -113,7 +113,7 @@ def resize_scale(size: tuple[int, int], image_size: int, min_size: int = 0) -> f
     return min(scale, min_size / min(h, w)) if min_size > 0 else scale
 
 
-def _resize(image: Tensor, scale: float) -> Tensor:
+def resize_image(image: Tensor, scale: float) -> Tensor:
     """``(3, h, w)`` -> ``(3, round(h * scale), round(w * scale))``, antialiased when shrinking."""
     h, w = image.shape[-2:]
     new = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -123,7 +123,7 @@ def _resize(image: Tensor, scale: float) -> Tensor:
                          antialias=scale < 1)[0]
 
 
-def _pad_batch(images: Sequence[Tensor]) -> Tensor:
+def pad_batch(images: Sequence[Tensor]) -> Tensor:
     """Zero-pad ``(3, h_i, w_i)`` images to one ``(B, 3, H, W)`` with ``H, W`` multiples of 32."""
     H = math.ceil(max(im.shape[-2] for im in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
     W = math.ceil(max(im.shape[-1] for im in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
@@ -178,9 +178,9 @@ class FasterRCNN(ZirModel):
             frame = round(frame * scales[int(torch.randint(len(scales), ()))])
         resized = []
         for im, (h, w) in zip(images, sizes):
-            im = _resize(im[:, :h, :w], resize_scale((h, w), frame, self.cfg.min_size))
+            im = resize_image(im[:, :h, :w], resize_scale((h, w), frame, self.cfg.min_size))
             resized.append((im - self.mean[0]) / self.std[0])  # padding stays 0 = the mean colour
-        return _pad_batch(resized), [tuple(im.shape[-2:]) for im in resized]
+        return pad_batch(resized), [tuple(im.shape[-2:]) for im in resized]
 
     def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
         """``{"rpn_objectness", "rpn_box", "roi_cls", "roi_box"}``, each a float32 scalar."""

@@ -6,7 +6,10 @@ PennFudanPed). An optional ``ROOT/classes.yaml`` says what the values mean::
 
     type: semantic            # or instance
     names: [background, membrane]
-    values: {0: 0, 255: 1}    # pixel value -> class id (semantic); other values are ignored (255)
+    values: {0: 0, 255: 1}    # pixel value -> class id (semantic); 255 (unless mapped) = ignore
+
+A mask value that maps to no class (neither in ``values`` nor a class id, nor 255) stops training with
+a :class:`~zir.errors.DataError` naming the mask and the values: map them to a class or to 255.
 
 Palette PNGs give their palette indices (``zir.data.image_io.read_label_png``).
 """

@@ -1,0 +1,175 @@
+"""Fast R-CNN (Girshick 2015): one shared feature map per image, RoI pooling, trained end to end.
+
+R-CNN runs the CNN once per proposal; Fast R-CNN runs it once per image and crops each proposal's
+features from the shared map (section 2)::
+
+    image -> selective search proposals                     zir.models.proposals (OpenCV contrib)
+    image -> resize (longer side image_size) -> normalise -> backbone -> one map at stride 16
+      -> RoI max pooling to 7 x 7 (section 2.1)             zir.models.roi_heads.RoIPooler(op="pool")
+      -> fc6, fc7 -> softmax over K + 1 classes and per-class box deltas (section 2.2)
+      -> per-class NMS -> boxes mapped back to the input image's pixels
+
+Training (section 2.3) is one network and one loss: the multi-task loss ``L = L_cls + [u >= 1] L_loc``
+on mini-batches of RoIs, 25 % of them foreground (IoU >= 0.5 with a ground-truth box), sampled from the
+proposals plus the ground-truth boxes (:class:`zir.models.roi_heads.RoIHeads`, shared with Faster
+R-CNN). The proposals stay fixed during training, so they are computed once per training image
+(:class:`~zir.models.proposals.ProposalCache`); prediction always searches afresh, so its time includes
+selective search, the cost Faster R-CNN's RPN removes.
+
+The backbone is EfficientNet-Lite0 cut at stride 16 (the paper's conv5 of VGG16 is at stride 16), its
+BatchNorm frozen and its first blocks frozen as in Faster R-CNN (the paper fine-tunes from conv3_1 on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from timm.layers import freeze_batch_norm_2d
+from torch import Tensor
+
+from zir.data.contract import DetectionPrediction
+from zir.errors import ConfigError
+from zir.models.backbones import Backbone, build_backbone
+from zir.models.base import ZirModel
+from zir.models.faster_rcnn import (
+    freeze_blocks,
+    ground_truth,
+    pad_batch,
+    resize_image,
+    resize_scale,
+    to_input_pixels,
+)
+from zir.models.proposals import MODES, ProposalCache, SelectiveSearch
+from zir.models.roi_heads import BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
+
+
+@dataclass
+class FastRCNNConfig:
+    """Attributes:
+    num_classes: object classes K (background is added internally).
+    image_size: the working frame's longer side in pixels (the paper resizes the shorter side to 600).
+    backbone, pretrained: a timm name and ``imagenet`` (offline), ``timm`` or ``none``.
+    backbone_level: the timm ``out_indices`` entry whose map the RoIs are pooled from (3: stride 16).
+    frozen_blocks: with pretrained weights, the stem and this many of the backbone's blocks are frozen.
+    roi_size: RoI pooling grid side (7); box_hidden: width of fc6 and fc7 (4096 in the paper).
+    roi_batch_size, roi_positive_fraction: RoIs sampled per image (the paper: 64) and their foreground
+        share (0.25).
+    box_loss: ``smooth_l1`` or ``l1``.
+    ss_mode, ss_size, max_proposals: selective search (``zir.models.proposals``): ``fast`` or
+        ``quality``, the longer side it runs at, the most proposals kept per image (2000).
+    score_thresh, nms_iou, detections_per_img: post-processing (the paper's NMS IoU is 0.3).
+    """
+
+    num_classes: int = 20
+    image_size: int = 512
+    backbone: str = "efficientnet_lite0"
+    pretrained: str = "imagenet"
+    backbone_level: int = 3
+    frozen_blocks: int = 2
+    roi_size: int = 7
+    box_hidden: int = 512
+    roi_batch_size: int = 64
+    roi_positive_fraction: float = 0.25
+    box_loss: str = "smooth_l1"
+    ss_mode: str = "fast"
+    ss_size: int = 256
+    max_proposals: int = 2000
+    score_thresh: float = 0.05
+    nms_iou: float = 0.3
+    detections_per_img: int = 100
+
+
+class FastRCNN(ZirModel):
+    """Backbone (one map) + RoI heads on external selective search proposals.
+
+    ``loss`` and ``predict`` take float images in [0, 1]: a ``(B, 3, H, W)`` batch (with ``size`` in
+    each target for padded batches) or a list of ``(3, h, w)`` images of any sizes.
+    """
+
+    task = "detect"
+    stages = 2
+
+    def __init__(self, cfg: FastRCNNConfig, backbone: Backbone, roi_heads: RoIHeads, search: SelectiveSearch) -> None:
+        super().__init__()
+        self.cfg, self.backbone, self.roi_heads, self.search = cfg, backbone, roi_heads, search
+        self.train_proposals = ProposalCache(search)  # training images repeat every epoch
+        self.mean.copy_(torch.tensor(backbone.mean).view(1, 3, 1, 1))
+        self.std.copy_(torch.tensor(backbone.std).view(1, 3, 1, 1))
+
+    def prepare(self, images: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Resize each image's own ``(h, w)`` region into the working frame, normalise, pad:
+        ``(batch (B, 3, H', W'), each image's working (h, w))``."""
+        resized = []
+        for im, (h, w) in zip(images, sizes):
+            im = resize_image(im[:, :h, :w], resize_scale((h, w), self.cfg.image_size))
+            resized.append((im - self.mean[0]) / self.std[0])  # padding stays 0 = the mean colour
+        return pad_batch(resized), [tuple(im.shape[-2:]) for im in resized]
+
+    def proposals(self, images: Sequence[Tensor], sizes: Sequence[tuple[int, int]],
+                  work_sizes: Sequence[tuple[int, int]], cached: bool) -> list[Tensor]:
+        """Selective search on each input image, boxes scaled into the working frame: ``[(N_i, 4)]``."""
+        search = self.train_proposals if cached else self.search
+        out = []
+        for im, (h, w), (wh, ww) in zip(images, sizes, work_sizes):
+            boxes = search(im[:, :h, :w]).to(im.device)
+            out.append(boxes * boxes.new_tensor([ww / w, wh / h, ww / w, wh / h]))
+        return out
+
+    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """``{"roi_cls", "roi_box"}``: the multi-task loss (section 2.3, equation 1) on sampled RoIs."""
+        sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
+        x, work_sizes = self.prepare(images, sizes)
+        gts = [ground_truth(t, size, work) for t, size, work in zip(targets, sizes, work_sizes)]
+        proposals = self.proposals(images, sizes, work_sizes, cached=True)
+        features = self.backbone(x)
+        losses, _ = self.roi_heads.loss(features, proposals, gts)  # adds the GT boxes to the proposals
+        return losses
+
+    @torch.no_grad()
+    def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
+        """Detections in each input image's own pixels, best first (none where selective search finds
+        no region)."""
+        if isinstance(images, Tensor) and images.ndim == 3:
+            images = images[None]
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        x, work_sizes = self.prepare(images, sizes)
+        proposals = self.proposals(images, sizes, work_sizes, cached=False)
+        if not any(len(p) for p in proposals):  # RoIHeads.detect cannot shape an empty batch of RoIs
+            return [DetectionPrediction(x.new_zeros((0, 4)), x.new_zeros(0), torch.zeros(0, dtype=torch.int64,
+                                        device=x.device)) for _ in sizes]
+        detections = self.roi_heads.detect(self.backbone(x), proposals, work_sizes)
+        return [to_input_pixels(d.boxes, d.scores, d.labels, work, size)
+                for d, work, size in zip(detections, work_sizes, sizes)]
+
+
+def _drop_unused_blocks(backbone: Backbone) -> None:
+    """timm's EfficientNet/MobileNet feature extractors keep every block even when the last map taken is
+    an earlier one; the later blocks would cost time and hold parameters that never get a gradient."""
+    body = backbone.body
+    if hasattr(body, "_stage_out_idx") and hasattr(body, "blocks") and body.feature_hooks is None:
+        body.blocks = body.blocks[:max(body._stage_out_idx)]
+
+
+def build(cfg: FastRCNNConfig) -> FastRCNN:
+    if cfg.ss_mode not in MODES:
+        raise ConfigError(f"ss_mode must be one of {', '.join(MODES)}, got {cfg.ss_mode!r}")
+    if cfg.box_loss not in ("smooth_l1", "l1"):
+        raise ConfigError(f"box_loss must be smooth_l1 or l1, got {cfg.box_loss!r}")
+    backbone = build_backbone(cfg.backbone, cfg.pretrained, (cfg.backbone_level,))
+    _drop_unused_blocks(backbone)
+    if cfg.pretrained != "none":
+        backbone.body = freeze_batch_norm_2d(backbone.body)
+        freeze_blocks(backbone, cfg.frozen_blocks)
+    d = backbone.channels[0]
+    roi_heads = RoIHeads(
+        RoIPooler(backbone.strides, "pool", cfg.roi_size),
+        TwoMLPHead(d * cfg.roi_size**2, cfg.box_hidden),
+        BoxPredictor(cfg.box_hidden, cfg.num_classes),
+        batch_size_per_image=cfg.roi_batch_size, positive_fraction=cfg.roi_positive_fraction,
+        box_loss=cfg.box_loss, score_thresh=cfg.score_thresh, nms_iou=cfg.nms_iou,
+        detections_per_img=cfg.detections_per_img)
+    search = SelectiveSearch(cfg.ss_mode, cfg.ss_size, cfg.max_proposals)
+    return FastRCNN(cfg, backbone, roi_heads, search)
