@@ -137,9 +137,6 @@ class FastRCNN(ZirModel):
         sizes = [tuple(im.shape[-2:]) for im in images]
         x, work_sizes = self.prepare(images, sizes)
         proposals = self.proposals(images, sizes, work_sizes, cached=False)
-        if not any(len(p) for p in proposals):  # RoIHeads.detect cannot shape an empty batch of RoIs
-            return [DetectionPrediction(x.new_zeros((0, 4)), x.new_zeros(0), torch.zeros(0, dtype=torch.int64,
-                                        device=x.device)) for _ in sizes]
         detections = self.roi_heads.detect(self.backbone(x), proposals, work_sizes)
         return [to_input_pixels(d.boxes, d.scores, d.labels, work, size)
                 for d, work, size in zip(detections, work_sizes, sizes)]

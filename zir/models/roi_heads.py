@@ -237,7 +237,9 @@ class RoIHeads(nn.Module):
         """Score and refine the proposals and keep the best boxes per image (working frame)."""
         class_logits, box_deltas = self(features, proposals)
         scores = class_logits.float().softmax(dim=1)[:, 1:]  # (R, K): drop the background column
-        boxes = self.coder.decode(box_deltas.float().view(len(box_deltas), -1, 4), torch.cat(proposals).float())
+        # (R, K, 4); K from the scores, so that a batch without any RoI keeps its shape
+        boxes = self.coder.decode(box_deltas.float().view(len(box_deltas), scores.shape[1], 4),
+                                  torch.cat(proposals).float())
         out = []
         for s, b, size in zip(scores.split([len(p) for p in proposals]),
                               boxes.split([len(p) for p in proposals]), image_sizes):
