@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -140,10 +141,11 @@ def _build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
 
     index = _usable(open_dataset(cfg.path, format=cfg.format), cfg)
     task = index.task
-    if cfg.val_path:
-        val_index = _usable(open_dataset(cfg.val_path, format=cfg.format), cfg)
+    val_path = cfg.val_path or _val_split_folder(cfg)
+    if val_path:
+        val_index = _usable(open_dataset(val_path, format=cfg.format), cfg)
         if val_index.classes != index.classes:
-            raise DataError(cfg.val_path, f"validation classes {val_index.classes} differ from training "
+            raise DataError(val_path, f"validation classes {val_index.classes} differ from training "
                                           f"classes {index.classes}; use the same class list in both")
         train_records, val_records = index.records, val_index.records
     else:
@@ -155,8 +157,20 @@ def _build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
     train = ZirDataset(index, train_transform(task, cfg.image_size, cfg.augment, cfg.crop), cfg.skip_bad,
                        train_records)
     val = ZirDataset(val_index, eval_transform(task, cfg.image_size), cfg.skip_bad, val_records)
-    return DataBundle(train, val, index.classes, task, index.problems + (val_index.problems if cfg.val_path else []),
+    return DataBundle(train, val, index.classes, task, index.problems + (val_index.problems if val_path else []),
                       index.thing_classes)
+
+
+def _val_split_folder(cfg: DataConfig) -> str:
+    """``PATH/val`` (or ``valid``, ``validation``) when ``PATH`` is a folder of split folders; else ``""``
+    (and ``val_split`` of the training data validates). ISBI's ``test/`` has no labels: it is not used."""
+    from zir.data.formats import split_folder
+
+    root = Path(cfg.path)
+    if cfg.format != "auto" or not root.is_dir() or split_folder(root, "train") is None:
+        return ""
+    val = split_folder(root, "val")
+    return str(val) if val is not None else ""
 
 
 def _usable(index: DatasetIndex, cfg: DataConfig) -> DatasetIndex:
