@@ -265,15 +265,15 @@ def _check_mask(record: Record, index: DatasetIndex, i: int, out: _PixelResult,
         out.mask_classes, strange = _semantic_values(values, index)
         if strange:
             shown = ", ".join(map(str, strange[:10])) + (", ..." if len(strange) > 10 else "")
-            out.problems.append(Problem(file, "", f"pixel values {shown} are not classes and will be "
-                                                  "ignored in training; fix the mask or the class list",
-                                        "warning", record=i))
+            out.problems.append(Problem(file, "", f"pixel values {shown} are not classes (nor 255, ignore); "
+                                                  "map them to a class id or to 255 in classes.yaml "
+                                                  "'values', or fix the mask", record=i))
     elif record.segments:  # instance object-id PNG or panoptic PNG: every segment needs pixels
         present = set(np.unique(values).tolist())
         for s in record.segments:
             if s.get("id") not in present:
                 out.problems.append(Problem(file, "", f"segment id {s.get('id')} has no pixels in this "
-                                                      "PNG, so its mask is empty; remove it from the "
+                                                      "PNG, so training skips it; remove it from the "
                                                       "segments or fix the PNG", "warning", record=i))
     return mh, mw
 
