@@ -86,8 +86,11 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "synth": dict(image_size=256, batch_size=8, epochs=4, lr=3e-4, warmup_epochs=0.5, roi_batch_size=64),
         "photo": dict(image_size=320, batch_size=4, epochs=6, lr=3e-4, warmup_epochs=0.5, roi_batch_size=64),
     },
+    # The pretrained backbone as window classifier: the small ConvNet reached mAP50 0.24 on synth in 10
+    # epochs, EfficientNet-Lite0 0.51 in 6 (each window costs about 3x more).
     "sliding_window": {
-        "synth": dict(image_size=256, batch_size=16, lr=3e-3, amp="none"),
+        "synth": dict(image_size=256, batch_size=16, lr=1e-3, amp="none", backbone="efficientnet_lite0",
+                      pretrained="imagenet"),
         "photo": dict(image_size=320, batch_size=16, lr=3e-3, amp="none"),
     },
 }
