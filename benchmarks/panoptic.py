@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 import zir
+from zir.analysis.bench import machine
 from zir.data.synth import SynthConfig, write_synth
 
 # Scenes: fewer and larger objects than `zir data synth`'s defaults (1-15 objects of 2-60% of the side),
@@ -65,7 +65,7 @@ def main() -> None:
         model.predict([im])
         times.append((time.perf_counter() - t) * 1000)
 
-    print(f"\n### Panoptic FPN on synthetic panoptic scenes ({datetime.date.today()}, {platform.processor() or 'CPU'}, "
+    print(f"\n### Panoptic FPN on synthetic panoptic scenes ({datetime.date.today()}, {machine()}, "
           f"{args.threads} thread(s), torch {torch.__version__})\n")
     print(f"Command: `python benchmarks/panoptic.py --minutes {args.minutes:g} --epochs {args.epochs} --image-size {args.image_size} "
           f"--n {args.n} --threads {args.threads}`; scenes {SCENES}, {args.n} training / {max(1, args.n // 4)} "

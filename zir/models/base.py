@@ -10,6 +10,7 @@ Neither depends on train/eval mode for its return type. Images are float32 in ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +34,11 @@ class ZirModel(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise with these per-channel statistics (those the backbone's weights were trained with)."""
+        self.mean.copy_(torch.tensor(list(mean), dtype=self.mean.dtype).view(1, 3, 1, 1))
+        self.std.copy_(torch.tensor(list(std), dtype=self.std.dtype).view(1, 3, 1, 1))
 
     def normalize(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> standardised with ImageNet statistics."""

@@ -80,8 +80,8 @@ class Classifier(ZirModel):
                                     num_classes=0)
         # The input statistics the backbone's weights expect (ImageNet's for efficientnet_lite*).
         data_cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
-        self.mean.copy_(torch.tensor(data_cfg.get("mean", self.mean.flatten().tolist())).view(1, 3, 1, 1))
-        self.std.copy_(torch.tensor(data_cfg.get("std", self.std.flatten().tolist())).view(1, 3, 1, 1))
+        self.set_normalization(data_cfg.get("mean", self.mean.flatten().tolist()),
+                               data_cfg.get("std", self.std.flatten().tolist()))
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(self.backbone.num_features, cfg.num_classes)
         self.backbone_frozen = False

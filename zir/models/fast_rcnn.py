@@ -96,8 +96,7 @@ class FastRCNN(ZirModel):
         super().__init__()
         self.cfg, self.backbone, self.roi_heads, self.search = cfg, backbone, roi_heads, search
         self.train_proposals = ProposalCache(search)  # training images repeat every epoch
-        self.mean.copy_(torch.tensor(backbone.mean).view(1, 3, 1, 1))
-        self.std.copy_(torch.tensor(backbone.std).view(1, 3, 1, 1))
+        self.set_normalization(backbone.mean, backbone.std)
 
     def prepare(self, images: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Resize each image's own ``(h, w)`` region into the working frame, normalise, pad:

@@ -152,8 +152,7 @@ class FasterRCNN(ZirModel):
         self.cfg = cfg
         self.backbone, self.fpn, self.rpn, self.roi_heads = backbone, fpn, rpn, roi_heads
         # normalise with the statistics the backbone's weights expect
-        self.mean.copy_(torch.tensor(backbone.mean).view(1, 3, 1, 1))
-        self.std.copy_(torch.tensor(backbone.std).view(1, 3, 1, 1))
+        self.set_normalization(backbone.mean, backbone.std)
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Normalised ``(B, 3, H, W)`` -> pyramid levels ``[(B, d, H / s, W / s)]``, finest first."""

@@ -113,8 +113,7 @@ class OverFeat(ZirModel):
         self.box = nn.Conv2d(cfg.hidden, 4, 1)
         nn.init.normal_(self.box.weight, std=0.001)  # start at the window itself
         nn.init.zeros_(self.box.bias)
-        self.mean.copy_(torch.tensor(self.classifier.mean).view(1, 3, 1, 1))
-        self.std.copy_(torch.tensor(self.classifier.std).view(1, 3, 1, 1))
+        self.set_normalization(self.classifier.mean, self.classifier.std)
         self.stride = self.classifier.stride
         self.coder = BoxCoder(RCNN_HEAD_WEIGHTS)
         self.last_window_count = 0  # window positions evaluated for the last image predicted

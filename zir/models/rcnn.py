@@ -297,8 +297,7 @@ class RCNN(ZirModel):
     def __init__(self, cfg: RCNNConfig, cnn: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.cfg, self.cnn = cfg, cnn.requires_grad_(False).eval()  # fixed: see train()
-        self.mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
-        self.std.copy_(torch.tensor(std).view(1, 3, 1, 1))
+        self.set_normalization(mean, std)
         K, F_ = cfg.num_classes, cnn.num_features
         self.svm_weight = nn.Parameter(torch.zeros(K, F_))  # part 3: one SVM per class
         self.svm_bias = nn.Parameter(torch.zeros(K))

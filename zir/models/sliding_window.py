@@ -211,8 +211,7 @@ class SlidingWindow(ZirModel):
         self.cfg = cfg
         self.classifier = WindowClassifier(cfg.num_classes + 1, cfg.input_size, cfg.backbone, cfg.pretrained,
                                            cfg.width, cfg.level, cfg.hidden)
-        self.mean.copy_(torch.tensor(self.classifier.mean).view(1, 3, 1, 1))
-        self.std.copy_(torch.tensor(self.classifier.std).view(1, 3, 1, 1))
+        self.set_normalization(self.classifier.mean, self.classifier.std)
         self.last_window_count = 0  # windows classified for the last image predicted
 
     def working_image(self, image: Tensor) -> Tensor:

@@ -159,8 +159,7 @@ class YoloV1(ZirModel):
                 # FrozenBatchNorm2d would drop the activation. timm's own freeze keeps it
                 # (FrozenBatchNormAct2d) with the same state-dict keys.
                 self.backbone.body = freeze_batch_norm_2d(self.backbone.body)
-        self.mean.copy_(torch.tensor(self.backbone.mean).view(1, 3, 1, 1))
-        self.std.copy_(torch.tensor(self.backbone.std).view(1, 3, 1, 1))
+        self.set_normalization(self.backbone.mean, self.backbone.std)
         self.head = YoloHead(self.backbone.channels[-1], cfg)
 
     def forward(self, images: Tensor) -> Tensor:
