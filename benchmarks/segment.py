@@ -7,7 +7,8 @@
   pixel error = 1 - pixel accuracy (the challenge's measure) and IoU of each class (membrane, cell).
   Peers: ``segmentation_models_pytorch.Unet("resnet18", encoder_weights=None)``, trained through the
   same zir loop (wrapped as a zir model in this script only).
-* Synthetic shapes (``synth:segment``): ``unet`` mean IoU on held-out scenes.
+* Synthetic shapes (``--synth-scenes``: the detection benchmark's scenes or synth's defaults): ``unet``
+  mean IoU on held-out scenes.
 * Inference ms per 512 x 512 image (batch 1, after warm-up) for each model, beside smp's Unet and
   torchvision's ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``.
 
@@ -125,9 +126,12 @@ def step_seconds(model: ZirModel, batch: int, size: int, amp: str, repeats: int 
     return sorted(times[1:])[len(times) // 2 - 1]
 
 
-def native_metrics(run_dir: Path, val_dir: Path) -> dict[str, float]:
-    """Pixel error and per-class IoU of a run's best weights on the validation slices at 512 x 512."""
+def native_metrics(run_dir: Path, val_dir: Path, tta: int = 1) -> dict[str, float]:
+    """Pixel error and per-class IoU of a run's best weights on the validation slices at 512 x 512,
+    averaging ``tta`` flipped / turned views (zir's models only: ``model_args.tta``)."""
     predictor = zir.load(run_dir)
+    if tta > 1:
+        predictor.model.cfg.tta = tta
     metric = SemanticMetrics(2, classes=["membrane", "cell"])
     for image_path in sorted((val_dir / "image").glob("*.png")):
         label = torch.from_numpy(read_label_png(val_dir / "label" / image_path.name).astype("int64"))
@@ -164,13 +168,15 @@ def train_isbi(name: str, key: str, train_dir: Path, val_dir: Path, project: Pat
     print(f"[{name}] {step_s:.2f} s per step of {batch} -> {epochs} epochs in {args.minutes} min", flush=True)
     t0, cpu0 = time.time(), time.process_time()
     result = zir.train(model=model, model_args=model_args, data=str(train_dir), val_path=str(val_dir),
-                       image_size=args.image_size, crop=crop, batch_size=batch, augment="standard",
+                       image_size=args.image_size, crop=crop, batch_size=batch, augment=args.augment,
                        epochs=epochs, warmup_epochs=min(2.0, epochs / 10), eval_every=max(1, epochs // 20),
                        amp=args.amp, time_limit=4 * args.minutes, threads=args.threads, project=str(project),
                        name=name, progress=False, **settings)
     cpu_s = time.process_time() - cpu0
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     out = native_metrics(result.run_dir, val_dir)
+    if hasattr(probe.cfg, "tta"):  # the U-Net paper's ISBI result averages rotated views
+        out["tta_pixel_error"] = native_metrics(result.run_dir, val_dir, tta=8)["pixel_error"]
     # the best checkpoint is picked on these same slices (optimistic); the last epoch's is not
     out["last_pixel_error"] = 1 - rows[-1].get("val/pixel_accuracy", math.nan)
     out.update(epochs=result.epochs_done, planned_epochs=epochs, train_s=rows[-1]["time_s"], cpu_s=cpu_s,
@@ -183,24 +189,33 @@ def train_isbi(name: str, key: str, train_dir: Path, val_dir: Path, project: Pat
 # Synthetic shapes and speed
 
 
-# U-Net on synth:segment (the default scenes: 1-15 shapes of 2-60 % of the side, 5 classes with the
-# background). The ImageNet EfficientNet-Lite0 encoder: shape classes need features a scratch encoder
-# learns slowly, and at 128 px its step costs about as much as a width-16 scratch U-Net's (0.67 vs
-# 0.54 CPU s for 8 images).
+# U-Net on synthetic shapes, 5 classes with the background, on one of two kinds of scenes:
+# ``detect``: the scenes of the detection, instance and panoptic benchmarks (up to 4 shapes of 15-50 % of
+# the side; zir.analysis.bench.prepare_synth); ``default``: synth's defaults (1-15 shapes of 2-60 %).
+# The ImageNet EfficientNet-Lite0 encoder: shape classes need features a scratch encoder learns slowly,
+# and at 128 px its step costs about as much as a width-16 scratch U-Net's (0.67 vs 0.54 CPU s for 8 images).
 SYNTH_UNET_ARGS = {"encoder": "efficientnet_lite0", "depth": 5, "width": 16}
+SYNTH_SCENES = {"detect": {"max_objects": 4, "min_scale": 0.15, "max_scale": 0.5}, "default": {}}
+SCENE_TEXT = {"detect": "up to 4 shapes of 15-50 % of the side", "default": "1-15 shapes of 2-60 % of the side"}
 
 
-def train_synth(project: Path, args: argparse.Namespace) -> dict[str, Any]:
+def train_synth(project: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from zir.data.synth import SynthConfig, write_synth
+
     size, batch = args.synth_size, 8
+    folders = {}
+    for split, n, seed in (("train", args.synth_n, 0), ("val", args.synth_n // 5, 10_000)):
+        cfg = SynthConfig(task="segment", n=n, seed=seed, image_size=size, **SYNTH_SCENES[args.synth_scenes])
+        folders[split] = write_synth(cfg, tmp / f"segment_{split}", progress=False)
     step_s = step_seconds(build_model("unet", 5, size, SYNTH_UNET_ARGS), batch, size, args.amp)
     steps = math.ceil(args.synth_n / batch)
     epochs = max(1, int(args.synth_minutes * 60 * 0.8 / (steps * step_s)))  # CPU budget, as for ISBI
     print(f"[synth unet] {step_s:.2f} s per step of {batch} -> {epochs} epochs in {args.synth_minutes} min",
           flush=True)
     t0, cpu0 = time.time(), time.process_time()
-    result = zir.train(model="unet", model_args=SYNTH_UNET_ARGS, data="synth:segment", synth_n=args.synth_n,
-                       val_split=0.2, image_size=size, batch_size=batch, augment="light", epochs=epochs,
-                       lr=3e-3, warmup_epochs=0.5, amp=args.amp, time_limit=4 * args.synth_minutes,
+    result = zir.train(model="unet", model_args=SYNTH_UNET_ARGS, data=str(folders["train"]),
+                       val_path=str(folders["val"]), image_size=size, batch_size=batch, augment="light",
+                       epochs=epochs, lr=3e-3, warmup_epochs=0.5, amp=args.amp, time_limit=4 * args.synth_minutes,
                        threads=args.threads, project=str(project), name="synth_unet", progress=False)
     m = result.best_metrics
     out = {"miou": m.get("miou", math.nan), "pixel_accuracy": m.get("pixel_accuracy", math.nan),
@@ -213,7 +228,7 @@ def train_synth(project: Path, args: argparse.Namespace) -> dict[str, Any]:
 # The detection benchmark's scenes (``zir.analysis.bench.prepare_synth``, ``zir demo``): up to 4 shapes of
 # 15-50 % of the side. With the default scenes (up to 15 shapes from 2 % of the side) Mask R-CNN learns
 # little that is visible in a CPU budget of minutes.
-INSTANCE_SCENES = {"max_objects": 4, "min_scale": 0.15, "max_scale": 0.5}
+INSTANCE_SCENES = SYNTH_SCENES["detect"]
 MASK_RCNN_ARGS = {"roi_batch_size": 128, "frozen_blocks": 3}
 
 
@@ -287,11 +302,14 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=512, help="side the ISBI slices are resized to (512: native)")
     p.add_argument("--crop", type=int, default=256, help="ISBI training crops (data.crop; 0 = whole slices)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--augment", default="standard", help="ISBI training augmentation preset")
     # bf16 autocast measured slower here (this CPU shows no AMX; a unet step 1.22 s bf16 vs 0.96 s fp32)
     p.add_argument("--amp", default="none", choices=("none", "bf16"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--synth-n", type=int, default=1000)
     p.add_argument("--synth-size", type=int, default=128)
+    p.add_argument("--synth-scenes", default="detect", choices=tuple(SYNTH_SCENES),
+                   help="detect: the detection benchmark's scenes; default: synth's default scenes")
     p.add_argument("--synth-minutes", type=float, default=15.0, help="unet CPU budget on synthetic shapes")
     p.add_argument("--instance-n", type=int, default=500)
     p.add_argument("--instance-size", type=int, default=256)
@@ -313,7 +331,7 @@ def main() -> None:
             train_dir, val_dir = isbi_split(ISBI, Path(tmp) / "isbi")
             for key in args.models.split(","):
                 results[key] = train_isbi(f"isbi_{key}", key, train_dir, val_dir, project, args)
-        synth = train_synth(project, args) if "synth" in parts else None
+        synth = train_synth(project, Path(tmp), args) if "synth" in parts else None
         instance = train_instance(project, Path(tmp), args) if "instance" in parts else None
         speeds = speed(args) if "speed" in parts else []
 
@@ -327,20 +345,21 @@ def main() -> None:
                  "smp_unet": "smp Unet(resnet18, no pretrained weights)"}
         crop = f"random {args.crop}x{args.crop} crops of " if args.crop else ""
         print(f"ISBI 2012 membranes: train slices 0-24, validate 25-29 at 512x512; trained on {crop}the "
-              f"slices at {args.image_size}x{args.image_size}, augment standard, batch {args.batch_size}, "
+              f"slices at {args.image_size}x{args.image_size}, augment {args.augment}, batch {args.batch_size}, "
               f"{args.minutes:g} min of 1-thread CPU each (schedule sized to it), 1 thread, shared machine\n")
         print("Best checkpoint (picked by validation mIoU on the same slices) and, in the last column, the "
               "last epoch's pixel error.\n")
         print("| model | params | lr | epochs (planned) | train CPU s | train wall s | pixel error | IoU membrane "
-              "| IoU cell | mIoU | pixel error, last epoch |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+              "| IoU cell | mIoU | pixel error, last epoch | pixel error, 8-view TTA |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for key, r in results.items():
             print(f"| {names[key]} | {r['params'] / 1e6:.2f} M | {ISBI_MODELS[key][2]['lr']:g} | {r['epochs']} "
                   f"({r['planned_epochs']}) | {r['cpu_s']:.0f} | {r['train_s']:.0f} | {r['pixel_error']:.4f} | "
-                  f"{r['iou_membrane']:.4f} | {r['iou_cell']:.4f} | {r['miou']:.4f} | {r['last_pixel_error']:.4f} |")
+                  f"{r['iou_membrane']:.4f} | {r['iou_cell']:.4f} | {r['miou']:.4f} | {r['last_pixel_error']:.4f} | "
+                  f"{r.get('tta_pixel_error', math.nan):.4f} |")
     if synth:
-        n_val = round(args.synth_n * 0.2)
-        print(f"\nSynthetic shapes (synth:segment: 1-15 shapes of 2-60 % of the side, 5 classes with the background; "
+        n_val = args.synth_n // 5
+        print(f"\nSynthetic shapes ({SCENE_TEXT[args.synth_scenes]}, 5 classes with the background; "
               f"{args.synth_n} training and {n_val} validation scenes of {args.synth_size}x{args.synth_size}), "
               f"batch 8, augment light, {args.synth_minutes:g} min of 1-thread CPU, 1 thread, shared machine\n")
         names = ["background", "circle", "square", "triangle", "star"]

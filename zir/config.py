@@ -45,6 +45,8 @@ class DataConfig:
         crop: ``segment`` only: train on random ``crop`` x ``crop`` windows of the images resized to
             ``image_size`` (validation sees whole images); 0 = whole images. A fully convolutional
             model then learns fine detail at ``image_size`` for the cost of ``crop``-sized steps.
+        orientation: ``upright`` (photographs: augmentation flips left-right only) or ``any`` (microscopy,
+            aerial images: augmentation also turns by random quarter turns; see ``zir.augment``).
     """
 
     path: str = ""
@@ -59,6 +61,7 @@ class DataConfig:
     synth_n: int = 1000
     mosaic: float = 0.0
     crop: int = 0
+    orientation: str = "upright"
 
 
 @dataclass

@@ -11,6 +11,7 @@ from zir.augment import (
     RandomAffine,
     RandomHorizontalFlip,
     RandomPerspective,
+    RandomQuarterTurn,
     RandomResizedCrop,
     RandomRotation,
     RandomScaleTranslate,
@@ -55,6 +56,7 @@ GEOMETRIC = [
     lambda p: RandomScaleTranslate(0.4, 0.2, p=p),
     lambda p: ElasticDeform(4.0, p=p),
     lambda p: RandomResizedCrop((48, 72), scale=(0.3, 0.9), p=p),
+    lambda p: RandomQuarterTurn(p),
 ]
 
 
@@ -206,3 +208,32 @@ def test_resized_crop_output_size_and_box_inside_canvas():
     out = RandomResizedCrop(32)(make_sample())
     assert out["image"].shape == (3, 32, 32) and out["masks"].shape == (2, 32, 32)
     assert (out["boxes"] >= 0).all() and (out["boxes"] <= 32).all()
+
+
+@pytest.mark.parametrize("fmt", ["XYXY", "CXCYWH"])
+def test_quarter_turns_move_everything_exactly(fmt):
+    s = make_sample(H=64, W=96)
+    s["boxes"] = F.convert_bounding_box_format(s["boxes"], new_format=fmt)
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out = RandomQuarterTurn(1.0)(s)
+        k = next(k for k in (1, 2, 3) if torch.equal(out["image"], torch.rot90(s["image"], k, dims=(1, 2))))
+        seen.add(k)
+        assert torch.equal(out["masks"], torch.rot90(s["masks"], k, dims=(1, 2)))
+        assert torch.equal(out["semantic"], torch.rot90(s["semantic"], k, dims=(0, 1)))
+        assert out["boxes"].format.name == fmt and out["boxes"].canvas_size == tuple(out["image"].shape[-2:])
+        xyxy = F.convert_bounding_box_format(out["boxes"], new_format="XYXY")
+        for box, mask in zip(xyxy, out["masks"]):  # the box is still the mask's tight box
+            assert torch.allclose(box, mask_box(mask))
+    assert seen == {1, 2, 3}
+
+
+def test_one_quarter_turn_by_hand():
+    # 64 high, 96 wide; box x 10..30, y 5..25. One turn (torch.rot90, k=1): pixel (y, x) -> (95 - x, y),
+    # so x' = y in 5..25 and y' = 96 - x in 66..86 on a 96 x 64 canvas.
+    s = make_sample(H=64, W=96, rects=((10, 5, 30, 25),))
+    torch.manual_seed(0)
+    t = RandomQuarterTurn(1.0)
+    out = t.transform(s["boxes"], {"k": 1})
+    assert out.tolist() == [[5.0, 66.0, 25.0, 86.0]] and out.canvas_size == (96, 64)

@@ -85,7 +85,15 @@ def test_segment_standard_leaves_out_occlusion():
     assert {"Cutout", "GridMask"} <= {type(t).__name__ for t in build_augment("heavy", "detect").transforms}
 
 
-@pytest.mark.parametrize("bad", [dict(preset="extreme"), dict(task="depth"), dict(image_size=2)])
+def test_orientation_any_adds_quarter_turns_after_the_flip():
+    for task in ("classify", "detect", "segment"):
+        names = [type(t).__name__ for t in build_augment("light", task, 64, orientation="any").transforms]
+        assert names[names.index("RandomHorizontalFlip") + 1] == "RandomQuarterTurn"
+        assert "RandomQuarterTurn" not in [type(t).__name__ for t in build_augment("light", task, 64).transforms]
+
+
+@pytest.mark.parametrize("bad", [dict(preset="extreme"), dict(task="depth"), dict(image_size=2),
+                                 dict(orientation="sideways")])
 def test_bad_settings_raise_config_error(bad):
     with pytest.raises(ConfigError):
         build_augment(**bad)

@@ -68,3 +68,10 @@ def test_crop_refused_where_it_cannot_work(overrides, message):
     cfg = load_config(overrides=[*overrides, "synth_n=2"])
     with pytest.raises(ConfigError, match=message):
         build_datasets(cfg.data)
+
+
+def test_orientation_reaches_the_augmentation():
+    cfg = load_config(overrides={"orientation": "any", "augment": "light"})
+    transform = train_transform("segment", 64, cfg.data.augment, crop=32, orientation=cfg.data.orientation)
+    names = [type(t).__name__ for t in transform.transforms[-1].transforms]
+    assert "RandomQuarterTurn" in names

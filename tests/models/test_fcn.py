@@ -83,3 +83,13 @@ def test_loss_falls_on_one_image():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_tta_mirror_mean_at_the_image_size():
+    model = fcn("8s", image_size=64).eval()
+    image = torch.rand(3, 50, 70)
+    plain = model.predict([image, image.flip(-1)])
+    model.cfg.tta = 2
+    pred = model.predict([image])[0]
+    assert pred.scores.shape == (3, 50, 70)
+    torch.testing.assert_close(pred.scores, (plain[0].scores + plain[1].scores.flip(-1)) / 2)

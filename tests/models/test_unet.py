@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from zir.data.synth import SynthDataset
+from zir.errors import ConfigError
 from zir.metrics.semantic import SemanticMetrics
 from zir.models import MODELS, build_model
 from zir.models.seg_losses import (
@@ -245,3 +246,27 @@ def test_mirror_pad_matches_numpy_reflect(pads):
     top, bottom, left, right = pads
     expected = np.pad(x[0, 0].numpy(), ((top, bottom), (left, right)), mode="reflect")
     np.testing.assert_array_equal(mirror_pad(x, top, bottom, left, right)[0, 0].numpy(), expected)
+
+
+def test_tta_averages_the_turned_back_views():
+    model = _eval_unet_with_statistics()
+    image = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(5))
+    model.cfg.tile = 1000  # native pixels, one tile
+    views = []
+    for k in range(4):
+        for flip in (False, True):
+            x = torch.rot90(image.flip(-1) if flip else image, k, dims=(-2, -1))
+            p = torch.rot90(model.predict([x])[0].scores, -k, dims=(-2, -1))
+            views.append(p.flip(-1) if flip else p)
+    model.cfg.tta = 8
+    pred = model.predict([image])[0]
+    assert pred.scores.shape == (3, 40, 56)
+    torch.testing.assert_close(pred.scores, torch.stack(views).mean(0))
+    # the views differ (no symmetry built in), so the mean is not the plain prediction
+    assert (views[0] - pred.scores).abs().max() > 1e-3
+    assert torch.equal(pred.semantic, pred.scores.argmax(0))
+
+
+def test_tta_setting_is_checked():
+    with pytest.raises(ConfigError, match="tta"):
+        unet(tta=3)

@@ -1,6 +1,6 @@
 """Augmentation: the lecture's four families as torchvision transforms v2 on zir samples.
 
-* geometric (:mod:`zir.augment.geometric`): flips, rotation, affine, scale + translate, random resized
+* geometric (:mod:`zir.augment.geometric`): flips, quarter turns, rotation, affine, scale + translate, random resized
   crop, perspective, elastic deformation, letterbox; boxes and masks move with the image;
 * colour (:mod:`zir.augment.colour`): HSV gains, brightness / contrast / saturation / hue jitter,
   greyscale, equalisation, gamma;
@@ -20,6 +20,7 @@ from zir.augment.geometric import (
     RandomAffine,
     RandomHorizontalFlip,
     RandomPerspective,
+    RandomQuarterTurn,
     RandomResizedCrop,
     RandomRotation,
     RandomScaleTranslate,
@@ -27,14 +28,14 @@ from zir.augment.geometric import (
     SanitizeBoxes,
 )
 from zir.augment.noise import JPEG, Blur, Cutout, GaussianNoise, GridMask, SaltPepperNoise
-from zir.augment.presets import PRESETS, build_augment
+from zir.augment.presets import ORIENTATIONS, PRESETS, build_augment
 from zir.augment.preview import preview, preview_grid
 from zir.augment.weather import RandomFog, RandomRain, RandomShadow, RandomSnow, RandomSunFlare
 
 __all__ = [
-    "JPEG", "PRESETS", "Blur", "ColorJitter", "Cutout", "ElasticDeform", "GaussianNoise", "GridMask", "Letterbox",
+    "JPEG", "ORIENTATIONS", "PRESETS", "Blur", "ColorJitter", "Cutout", "ElasticDeform", "GaussianNoise", "GridMask", "Letterbox",
     "RandomAffine", "RandomEqualize", "RandomFog", "RandomGamma", "RandomGrayscale", "RandomHSV",
-    "RandomHorizontalFlip", "RandomPerspective", "RandomRain", "RandomResizedCrop", "RandomRotation",
+    "RandomHorizontalFlip", "RandomPerspective", "RandomQuarterTurn", "RandomRain", "RandomResizedCrop", "RandomRotation",
     "RandomScaleTranslate", "RandomShadow", "RandomSnow", "RandomSunFlare", "RandomVerticalFlip",
     "SaltPepperNoise", "SanitizeBoxes", "build_augment", "preview", "preview_grid",
 ]

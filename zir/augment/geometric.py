@@ -147,6 +147,51 @@ class RandomScaleTranslate(v2.Transform):
         return _zoom(inpt, params, self._fill)
 
 
+class RandomQuarterTurn(v2.Transform):
+    """With probability ``p`` turn by ``k`` quarter turns, ``k`` uniform in 1..3 (``torch.rot90``,
+    counter-clockwise on screen). The default ``p = 0.75`` makes the number of turns uniform in 0..3.
+
+    With a horizontal flip before it, every one of the eight symmetries of the square is equally likely:
+    the augmentation for images without a preferred orientation (microscopy, aerial photos; the U-Net
+    paper's rotations). Pixels move exactly (no resampling); a ``H x W`` image becomes ``W x H`` after an
+    odd number of turns, and boxes follow: one turn maps ``(x1, y1, x2, y2)`` to ``(y1, W - x2, y2, W - x1)``.
+    """
+
+    def __init__(self, p: float = 0.75) -> None:
+        super().__init__()
+        self.p = check_p(p)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if not coin(self.p):
+            return {_SKIP: True}
+        return dict(k=int(torch.randint(1, 4, ())))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if _SKIP in params:
+            return inpt
+        k = params["k"]
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            return _turn_boxes(inpt, k)
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):  # masks and semantic maps too
+            return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), k, dims=(-2, -1)), like=inpt)
+        if type(inpt) is torch.Tensor and inpt.ndim >= 2:  # a plain image tensor
+            return torch.rot90(inpt, k, dims=(-2, -1))
+        return inpt  # labels, flags and other leaves have no geometry
+
+
+def _turn_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingBoxes:
+    """``k`` quarter turns of boxes on their canvas, as ``torch.rot90(image, k, dims=(-2, -1))``."""
+    fmt = boxes.format
+    xyxy = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+    b = xyxy.as_subclass(torch.Tensor)
+    H, W = boxes.canvas_size
+    for _ in range(k):  # pixel (y, x) goes to (W - 1 - x, y): edges x -> W - x, the axes swap
+        b = torch.stack([b[..., 1], W - b[..., 2], b[..., 3], W - b[..., 0]], dim=-1)
+        H, W = W, H
+    out = tv_tensors.BoundingBoxes(b, format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(H, W))
+    return F.convert_bounding_box_format(out, new_format=fmt) if fmt != out.format else out
+
+
 class Letterbox(v2.Transform):
     """Resize so the longer side is ``size`` and pad to ``size`` x ``size``, centred (YOLO's letterbox)."""
 

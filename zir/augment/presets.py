@@ -41,7 +41,9 @@ heavy      instance  as heavy detect without Cutout and GridMask
 heavy      panoptic  as heavy instance
 =========  ========  ============================================================================================
 
-"One weather effect" is a uniform choice among rain, snow, fog, sun flare and shadow.
+"One weather effect" is a uniform choice among rain, snow, fog, sun flare and shadow. With
+``orientation="any"`` (``data.orientation=any``) every preset but ``none`` adds ``QuarterTurn(.75, 1-3 turns)`` (0-3
+turns, uniform) right after ``HFlip``: all eight flips and turns of the image become equally likely.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from zir.augment.geometric import (
     RandomAffine,
     RandomHorizontalFlip,
     RandomPerspective,
+    RandomQuarterTurn,
     RandomResizedCrop,
     RandomRotation,
     RandomScaleTranslate,
@@ -66,15 +69,20 @@ from zir.data.contract import TASKS
 from zir.errors import ConfigError
 
 PRESETS: tuple[str, ...] = ("none", "light", "standard", "heavy")
+ORIENTATIONS: tuple[str, ...] = ("upright", "any")
 
 
-def build_augment(preset: str = "standard", task: str = "detect", image_size: int | None = None) -> v2.Compose:
+def build_augment(preset: str = "standard", task: str = "detect", image_size: int | None = None,
+                  orientation: str = "upright") -> v2.Compose:
     """The augmentation pipeline of ``preset`` for ``task`` (see the module's table).
 
     Args:
         preset: ``none``, ``light``, ``standard`` or ``heavy``.
         task: ``classify``, ``detect``, ``segment``, ``instance`` or ``panoptic``.
         image_size: side of the square output; ``None`` keeps each image's size.
+        orientation: ``upright`` (photographs: up is up, only left-right flips) or ``any`` (microscopy,
+            aerial and satellite images: a random quarter turn follows the flip, so all eight flips and
+            turns of the image are equally likely). Ignored by ``none``.
 
     Returns:
         a ``v2.Compose`` taking and returning a :class:`zir.data.contract.Sample` (uint8 image).
@@ -83,10 +91,15 @@ def build_augment(preset: str = "standard", task: str = "detect", image_size: in
         raise ConfigError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if orientation not in ORIENTATIONS:
+        raise ConfigError(f"unknown orientation {orientation!r}; choose one of {', '.join(ORIENTATIONS)}")
     S = image_size
     if S is not None and S < 8:
         raise ConfigError(f"image_size={S} is too small; give the training side in pixels, e.g. 224 or 640")
     steps = _classify(preset, S) if task == "classify" else _dense(preset, task, S)
+    if orientation == "any" and preset != "none":
+        flip = next(i for i, t in enumerate(steps) if isinstance(t, RandomHorizontalFlip))
+        steps.insert(flip + 1, RandomQuarterTurn())
     if task in ("detect", "instance", "panoptic") and preset != "none":
         steps.append(SanitizeBoxes())
     return v2.Compose(steps or [v2.Identity()])  # Compose refuses an empty list

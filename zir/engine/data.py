@@ -71,16 +71,17 @@ def eval_transform(task: str, image_size: int) -> v2.Transform:
     return v2.Resize(size=None, max_size=image_size, antialias=True)
 
 
-def train_transform(task: str, image_size: int, preset: str, crop: int = 0) -> v2.Transform:
+def train_transform(task: str, image_size: int, preset: str, crop: int = 0,
+                    orientation: str = "upright") -> v2.Transform:
     """``eval_transform``, then (``crop`` > 0) a random ``crop`` x ``crop`` window, then augmentation
-    ``preset`` at the crop's size."""
+    ``preset`` at the crop's size (``orientation``: see :func:`zir.augment.build_augment`)."""
     steps = [eval_transform(task, image_size)]
     if crop:
         steps.append(RandomCrop(crop))
     if preset != "none":
         from zir.augment import build_augment  # imported lazily: only training with augmentation needs it
 
-        steps.append(build_augment(preset, task=task, image_size=crop or image_size))
+        steps.append(build_augment(preset, task=task, image_size=crop or image_size, orientation=orientation))
     return steps[0] if len(steps) == 1 else v2.Compose(steps)
 
 
@@ -154,7 +155,7 @@ def _build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
     from zir.data.dataset import ZirDataset
 
     check_crop(cfg, task)
-    train = ZirDataset(index, train_transform(task, cfg.image_size, cfg.augment, cfg.crop), cfg.skip_bad,
+    train = ZirDataset(index, train_transform(task, cfg.image_size, cfg.augment, cfg.crop, cfg.orientation), cfg.skip_bad,
                        train_records)
     val = ZirDataset(val_index, eval_transform(task, cfg.image_size), cfg.skip_bad, val_records)
     return DataBundle(train, val, index.classes, task, index.problems + (val_index.problems if val_path else []),
@@ -213,7 +214,7 @@ def _synth_datasets(cfg: DataConfig, seed: int) -> DataBundle:
     check_crop(cfg, task)
     # Validation scenes come from another seed, so they are never training scenes.
     train = SynthDataset(task=task, n=cfg.synth_n, seed=seed, image_size=size,
-                         transform=train_transform(task, cfg.image_size, cfg.augment, cfg.crop))
+                         transform=train_transform(task, cfg.image_size, cfg.augment, cfg.crop, cfg.orientation))
     val = SynthDataset(task=task, n=n_val, seed=seed + 10_000, image_size=size,
                        transform=eval_transform(task, cfg.image_size))
     return DataBundle(train, val, list(train.classes), task, thing_classes=train.thing_classes)

@@ -35,6 +35,7 @@ from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.seg_losses import cross_entropy, semantic_targets
 from zir.ops.transposed import bilinear_upsampler
+from zir.ops.tta import TTA_VIEWS, dihedral_mean
 
 VARIANTS = {"32s": (32,), "16s": (32, 16), "8s": (32, 16, 8)}  # strides whose scores are fused
 
@@ -50,6 +51,8 @@ class FCNConfig:
         at strides 8, 16 and 32.
     pretrained: backbone weights: ``imagenet`` (offline EfficientNet-Lite), ``timm`` or ``none``.
     freeze_bn: replace the backbone's BatchNorm by frozen statistics (small segmentation batches).
+    tta: views averaged by ``predict`` (:func:`zir.ops.tta.dihedral_mean`): 1 (none), 2 (mirror image),
+        4 (quarter turns) or 8 (both); for images without a preferred orientation.
     """
 
     num_classes: int = 21
@@ -58,6 +61,7 @@ class FCNConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: str = "imagenet"
     freeze_bn: bool = True
+    tta: int = 1
 
 
 class FCN(ZirModel):
@@ -67,6 +71,8 @@ class FCN(ZirModel):
         super().__init__()
         if cfg.variant not in VARIANTS:
             raise ConfigError(f"fcn variant must be one of {', '.join(VARIANTS)}, got {cfg.variant!r}")
+        if cfg.tta not in TTA_VIEWS:
+            raise ConfigError(f"fcn tta must be one of {TTA_VIEWS} (views averaged), got {cfg.tta}")
         self.cfg = cfg
         self.strides = VARIANTS[cfg.variant]  # coarsest first
         C = cfg.num_classes
@@ -114,10 +120,10 @@ class FCN(ZirModel):
         for image in images:
             h, w = image.shape[-2:]
             x = resize_longer(image.unsqueeze(0), self.cfg.image_size)
-            logits = self(x).float()
-            if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            probs = logits.softmax(1)[0]  # (K, h, w)
+            probs = dihedral_mean(lambda v: self(v).float().softmax(1), x, self.cfg.tta)
+            if probs.shape[-2:] != (h, w):
+                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            probs = probs[0]  # (K, h, w)
             out.append(SemanticPrediction(semantic=probs.argmax(0), scores=probs))
         return out
 

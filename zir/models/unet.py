@@ -48,6 +48,7 @@ from zir.models.seg_losses import (
     semantic_targets,
     soft_dice,
 )
+from zir.ops.tta import TTA_VIEWS, dihedral_mean
 
 LOSSES = ("ce", "ce+dice", "border", "border+dice")
 
@@ -68,6 +69,9 @@ class UNetConfig:
         pipeline trained it) and predicted whole. N > 0: kept at its own pixels (for models trained at
         the data's native resolution, like microscopy) and, when larger than N, predicted in N x N
         overlapping tiles (overlap-tile).
+    tta: views averaged by ``predict`` (:func:`zir.ops.tta.dihedral_mean`): 1 (none), 2 (the image and its
+        mirror image), 4 (quarter turns) or 8 (turns and mirror images; the paper averages rotated
+        versions for ISBI). For images without a preferred orientation; costs ``tta`` forward passes.
     """
 
     num_classes: int = 2
@@ -80,6 +84,7 @@ class UNetConfig:
     border_w0: float = 10.0
     border_sigma: float = 5.0
     tile: int = 0
+    tta: int = 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,6 +187,8 @@ class UNet(ZirModel):
                                  for k in reversed(range(cfg.depth)))
         self.binary = cfg.num_classes == 2
         self.head = nn.Conv2d(cfg.width, 1 if self.binary else cfg.num_classes, 1)
+        if cfg.tta not in TTA_VIEWS:
+            raise ConfigError(f"unet tta must be one of {TTA_VIEWS} (views averaged), got {cfg.tta}")
         if cfg.tile and cfg.tile <= 2 * self.context:
             raise ConfigError(f"unet tile={cfg.tile} leaves nothing after {self.context} px of context on each "
                               f"side; use tile > {2 * self.context} (or tile=0)")
@@ -230,7 +237,7 @@ class UNet(ZirModel):
             x = image.unsqueeze(0)
             if not self.cfg.tile:
                 x = resize_longer(x, self.cfg.image_size)
-            probs = self._probs(self.predict_tiles(x, self.cfg.tile))
+            probs = dihedral_mean(lambda v: self._probs(self.predict_tiles(v, self.cfg.tile)), x, self.cfg.tta)
             if probs.shape[-2:] != (h, w):
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             probs = probs[0]  # (C, h, w)
