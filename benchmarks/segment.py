@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -157,18 +158,21 @@ ISBI_MODELS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 def train_isbi(name: str, key: str, train_dir: Path, val_dir: Path, project: Path,
                args: argparse.Namespace) -> dict[str, Any]:
     model, model_args, settings = ISBI_MODELS[key]
+    if model == "unet" and args.width:
+        model_args = {**model_args, "width": args.width}
     batch, crop = args.batch_size, args.crop
     probe = build_model(model, 2, args.image_size, model_args)
     step_s = step_seconds(probe, batch, crop or args.image_size, args.amp)
     steps = math.ceil(25 / batch)
-    # The budget is CPU time of one thread: the cosine schedule is sized so that its steps take
-    # `minutes` on an otherwise idle core (20 % left for data and evaluation). On a shared machine the
+    # The budget is CPU time of `threads` cores: the cosine schedule is sized so that its steps take
+    # `minutes` on otherwise idle cores (20 % left for data and evaluation). On a shared machine the
     # wall clock runs longer; it is capped at 4x the budget, and the table reports both.
-    epochs = max(1, int(args.minutes * 60 * 0.8 / (steps * step_s)))
+    epochs = max(1, int(args.minutes * 60 * args.threads * 0.8 / (steps * step_s)))
     print(f"[{name}] {step_s:.2f} s per step of {batch} -> {epochs} epochs in {args.minutes} min", flush=True)
     t0, cpu0 = time.time(), time.process_time()
     result = zir.train(model=model, model_args=model_args, data=str(train_dir), val_path=str(val_dir),
                        image_size=args.image_size, crop=crop, batch_size=batch, augment=args.augment,
+                       orientation=args.orientation,
                        epochs=epochs, warmup_epochs=min(2.0, epochs / 10), eval_every=max(1, epochs // 20),
                        amp=args.amp, time_limit=4 * args.minutes, threads=args.threads, project=str(project),
                        name=name, progress=False, **settings)
@@ -209,7 +213,7 @@ def train_synth(project: Path, tmp: Path, args: argparse.Namespace) -> dict[str,
         folders[split] = write_synth(cfg, tmp / f"segment_{split}", progress=False)
     step_s = step_seconds(build_model("unet", 5, size, SYNTH_UNET_ARGS), batch, size, args.amp)
     steps = math.ceil(args.synth_n / batch)
-    epochs = max(1, int(args.synth_minutes * 60 * 0.8 / (steps * step_s)))  # CPU budget, as for ISBI
+    epochs = max(1, int(args.synth_minutes * 60 * args.threads * 0.8 / (steps * step_s)))  # as for ISBI
     print(f"[synth unet] {step_s:.2f} s per step of {batch} -> {epochs} epochs in {args.synth_minutes} min",
           flush=True)
     t0, cpu0 = time.time(), time.process_time()
@@ -302,7 +306,10 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=512, help="side the ISBI slices are resized to (512: native)")
     p.add_argument("--crop", type=int, default=256, help="ISBI training crops (data.crop; 0 = whole slices)")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--augment", default="standard", help="ISBI training augmentation preset")
+    p.add_argument("--augment", default="light", help="ISBI training augmentation preset")
+    # EM slices have no up or down: all eight flips and turns are training images
+    p.add_argument("--orientation", default="any", choices=("upright", "any"), help="ISBI data.orientation")
+    p.add_argument("--width", type=int, default=0, help="zir unet width on ISBI (0: the table's 16)")
     # bf16 autocast measured slower here (this CPU shows no AMX; a unet step 1.22 s bf16 vs 0.96 s fp32)
     p.add_argument("--amp", default="none", choices=("none", "bf16"))
     p.add_argument("--threads", type=int, default=1)
@@ -336,17 +343,19 @@ def main() -> None:
         speeds = speed(args) if "speed" in parts else []
 
     print(f"\n{datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.processor() or platform.machine()}, "
-          f"{args.threads} torch thread(s) on a shared 2-core CPU, torch {torch.__version__}, amp {args.amp}\n"
+          f"{args.threads} torch thread(s) on a 2-core CPU, load average {os.getloadavg()[0]:.1f} at the end, "
+          f"torch {torch.__version__}, amp {args.amp}\n"
           f"command: `{command}`\n")
     if results:
-        names = {"unet": "zir unet (scratch, width 16, depth 4)",
+        names = {"unet": f"zir unet (scratch, width {args.width or 16}, depth 4)",
                  "unet_effnet": "zir unet (EfficientNet-Lite0 encoder, ImageNet; width 16, depth 5)",
                  "fcn": "zir fcn-8s (EfficientNet-Lite0, ImageNet)",
                  "smp_unet": "smp Unet(resnet18, no pretrained weights)"}
         crop = f"random {args.crop}x{args.crop} crops of " if args.crop else ""
         print(f"ISBI 2012 membranes: train slices 0-24, validate 25-29 at 512x512; trained on {crop}the "
-              f"slices at {args.image_size}x{args.image_size}, augment {args.augment}, batch {args.batch_size}, "
-              f"{args.minutes:g} min of 1-thread CPU each (schedule sized to it), 1 thread, shared machine\n")
+              f"slices at {args.image_size}x{args.image_size}, augment {args.augment}, orientation {args.orientation}, "
+              f"batch {args.batch_size}, {args.minutes:g} min of {args.threads} core(s) each (schedule sized to "
+              f"{args.minutes:g} x {args.threads} CPU minutes)\n")
         print("Best checkpoint (picked by validation mIoU on the same slices) and, in the last column, the "
               "last epoch's pixel error.\n")
         print("| model | params | lr | epochs (planned) | train CPU s | train wall s | pixel error | IoU membrane "
@@ -361,7 +370,8 @@ def main() -> None:
         n_val = args.synth_n // 5
         print(f"\nSynthetic shapes ({SCENE_TEXT[args.synth_scenes]}, 5 classes with the background; "
               f"{args.synth_n} training and {n_val} validation scenes of {args.synth_size}x{args.synth_size}), "
-              f"batch 8, augment light, {args.synth_minutes:g} min of 1-thread CPU, 1 thread, shared machine\n")
+              f"batch 8, augment light, {args.synth_minutes:g} min of {args.threads} core(s) (schedule sized to "
+              f"{args.synth_minutes:g} x {args.threads} CPU minutes)\n")
         names = ["background", "circle", "square", "triangle", "star"]
         print(f"| model | epochs (planned) | train CPU s | train wall s | val mIoU | pixel acc | "
               f"{' | '.join('IoU ' + n for n in names)} |")
@@ -374,15 +384,15 @@ def main() -> None:
     if instance:
         print(f"\nSynthetic instance scenes ({args.instance_n} training, {args.instance_n // 4} validation images of "
               f"{args.instance_size}x{args.instance_size}, up to 4 shapes of 15-50 % of the side), batch 4, "
-              f"augment light, 1 thread, shared machine\n")
+              f"augment light, {args.threads} thread(s)\n")
         print("| model | epochs | train CPU s | train wall s | mask AP50 | mask AP | box AP50 |")
         print("|---|---|---|---|---|---|---|")
         r = instance
         print(f"| zir mask_rcnn (EfficientNet-Lite0, ImageNet; {MASK_RCNN_ARGS}) | {r['epochs']} | {r['cpu_s']:.0f} | "
               f"{r['wall_s']:.0f} | {r['segm_ap50']:.4f} | {r['segm_ap']:.4f} | {r['bbox_ap50']:.4f} |")
     if speeds:
-        print(f"\nInference, one 512x512 image, batch 1, {args.threads} thread(s), float32, CPU time of the process "
-              "(1 thread, shared machine)\n")
+        print(f"\nInference, one 512x512 image, batch 1, {args.threads} thread(s), float32, CPU time of the "
+              "process\n")
         print("| model | CPU ms per image |")
         print("|---|---|")
         for name, ms in speeds:

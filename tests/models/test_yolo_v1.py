@@ -9,6 +9,7 @@ import torch
 from torchvision import tv_tensors
 
 import zir.models.yolo_v1 as yolo
+from zir.errors import ConfigError
 from zir.models import build_model
 from zir.models.yolo_v1 import YoloV1Config, loss_yolo_v1
 from zir.ops.boxes import iou
@@ -112,16 +113,18 @@ def test_loss_of_a_perfect_prediction_is_zero():
 # The model
 
 
-def test_output_is_S_by_S_by_5B_plus_C():
+@pytest.mark.parametrize("head", ["fc", "conv"])
+def test_output_is_S_by_S_by_5B_plus_C(head):
     model = build_model("yolo_v1", num_classes=20, image_size=64, args=dict(backbone="convnet", width=8, neck=8,
-                                                                            hidden=16, S=7, B=2))
+                                                                            hidden=16, S=7, B=2, head=head))
     assert model(torch.rand(2, 3, 64, 64)).shape == (2, 7, 7, 30)
     eff = tiny(num_classes=20, S=7, backbone="efficientnet_lite0", pretrained="none", image_size=96)
     assert eff(torch.rand(1, 3, 96, 96)).shape == (1, 7, 7, 30)
 
 
-def test_every_parameter_gets_a_gradient():
-    model = tiny(num_classes=3)
+@pytest.mark.parametrize("head", ["fc", "conv"])
+def test_every_parameter_gets_a_gradient(head):
+    model = tiny(num_classes=3, head=head)
     images = torch.rand(2, 3, 60, 64)
     targets = [target([[5, 5, 40, 30]], [1], (60, 64)), target([[20, 10, 60, 50], [0, 0, 10, 10]], [0, 2], (50, 64))]
     sum(model.loss(images, targets).values()).backward()
@@ -177,9 +180,10 @@ def test_loss_targets_and_predict_use_the_same_mapping(monkeypatch):
     torch.testing.assert_close(out.boxes, torch.tensor(box), atol=0.01, rtol=0)
 
 
-def test_overfits_two_images():
+@pytest.mark.parametrize("head", ["fc", "conv"])
+def test_overfits_two_images(head):
     torch.manual_seed(0)
-    model = tiny(num_classes=2, image_size=64, S=4, width=8, neck=16, hidden=64, dropout=0.0)
+    model = tiny(num_classes=2, image_size=64, S=4, width=8, neck=16, hidden=64, dropout=0.0, head=head)
     images = torch.full((2, 3, 64, 64), 0.1)
     images[0, :, 10:45, 8:36] = torch.tensor([1.0, 0.2, 0.2])[:, None, None]
     images[1, :, 35:60, 30:62] = torch.tensor([0.2, 0.3, 1.0])[:, None, None]
@@ -201,6 +205,17 @@ def test_overfits_two_images():
             ious = iou(gt[None], pred.boxes)[0]
             hits = (ious > 0.5) & (pred.labels == label) & (pred.scores > 0.3)
             assert hits.any(), (gt, pred)
+
+
+def test_conv_head_predicts_every_cell_with_the_same_weights():
+    # shift the feature map by one cell: away from the zero-padded border, each cell's output moves with it
+    torch.manual_seed(0)
+    head = yolo.YoloConvHead(6, YoloV1Config(num_classes=3, S=8, neck=4)).eval()
+    f = torch.randn(1, 6, 8, 8)
+    out, shifted = head(f), head(f.roll(1, dims=-1))  # (1, S, S, 5B + C)
+    torch.testing.assert_close(shifted[:, :, 3:6], out[:, :, 2:5])  # two 3x3 convs: 2 cells of context
+    with pytest.raises(ConfigError, match="head"):
+        tiny(head="anchors")
 
 
 def test_pretrained_backbone_has_frozen_batchnorm_and_keeps_its_activations():

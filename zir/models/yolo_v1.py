@@ -14,6 +14,14 @@ for ``S = 7, B = 2, C = 20``).
       -> reshape (N, S, S, 5B + C)     the fully connected layers see the whole image, the output keeps
                                        the grid's 2-D structure (each cell's 5B + C numbers)
 
+``head="conv"`` swaps the two FC layers for YOLO v2's fully convolutional head (Redmon and Farhadi 2016,
+section "Convolutional With Anchor Boxes", without the anchors): a second 3x3 conv, then a 1x1 conv that
+gives each cell its ``5B + C`` numbers from its own features, with the same weights at every cell. The
+output, loss and inference below are unchanged. The FC head has separate weights for each cell's outputs,
+so each cell learns only from the objects centred in it (a few per cell in a few hundred images), and it
+needs the paper's data (VOC, 16k images, 135 epochs) to generalise; the shared conv head learns from
+every object at once.
+
 Output layout per cell: ``[x, y, w, h, c] * B`` then ``C`` class probabilities. The final layer is
 linear, as in the paper (section 2.2), except that the head regresses ``sqrt(w)`` and ``sqrt(h)``
 ("we predict the square root of the bounding box width and height") and the output holds their
@@ -51,6 +59,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
 from zir.data.contract import DetectionPrediction
+from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.convnet import ConvBlock
@@ -71,9 +80,11 @@ class YoloV1Config:
         ConvNet of conv-BN-ReLU-pool blocks, trained from scratch).
     pretrained: weights of a timm backbone: ``imagenet`` (offline), ``timm`` or ``none``.
     width: channels of the first ConvNet block (``backbone=convnet`` only).
-    neck: channels of the conv layer added between the backbone and the FC head.
-    hidden: units of the first FC layer (4096 in the paper).
-    dropout: after the first FC layer (0.5 in the paper).
+    head: ``fc`` (the paper: two fully connected layers over the whole grid) or ``conv`` (YOLO v2's fully
+        convolutional head: one 1x1 conv predicts every cell; far less data-hungry, see above).
+    neck: channels of the conv layer(s) between the backbone and the prediction.
+    hidden: units of the first FC layer (4096 in the paper; ``head=fc`` only).
+    dropout: after the first FC layer (0.5 in the paper; ``head=fc`` only).
     lambda_coord, lambda_noobj: the loss weights of the box coordinates and of predictors without an
         object (5 and 0.5 in the paper).
     score_thresh: class-specific score below which detections are dropped (low for mAP evaluation).
@@ -88,6 +99,7 @@ class YoloV1Config:
     backbone: str = "efficientnet_lite0"
     pretrained: str = "imagenet"
     width: int = 32
+    head: str = "fc"
     neck: int = 256
     hidden: int = 512
     dropout: float = 0.5
@@ -117,14 +129,19 @@ class ConvNetBackbone(nn.Module):
         return [self.blocks(x)]
 
 
+def conv_bn_leaky(c_in: int, c_out: int) -> nn.Sequential:
+    """3x3 conv -> BatchNorm -> Leaky ReLU(0.1), the paper's layer."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.LeakyReLU(0.1, inplace=True))
+
+
 class YoloHead(nn.Module):
     """Feature map ``(N, C_in, h, w)`` -> ``(N, S, S, 5B + C)``: conv, pool to the grid, two FC layers."""
 
     def __init__(self, c_in: int, cfg: YoloV1Config) -> None:
         super().__init__()
         self.S, self.per_cell = cfg.S, 5 * cfg.B + cfg.num_classes
-        self.conv = nn.Sequential(nn.Conv2d(c_in, cfg.neck, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.neck),
-                                  nn.LeakyReLU(0.1, inplace=True))
+        self.conv = conv_bn_leaky(c_in, cfg.neck)
         self.fc1 = nn.Linear(cfg.neck * cfg.S * cfg.S, cfg.hidden)
         self.act = nn.LeakyReLU(0.1, inplace=True)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -137,6 +154,26 @@ class YoloHead(nn.Module):
         x = F.adaptive_avg_pool2d(self.conv(feature), self.S)  # (N, neck, S, S)
         x = self.dropout(self.act(self.fc1(x.flatten(1))))  # (N, hidden)
         return self.fc2(x).view(-1, self.S, self.S, self.per_cell)  # (N, S, S, 5B + C)
+
+
+class YoloConvHead(nn.Module):
+    """Feature map ``(N, C_in, h, w)`` -> ``(N, S, S, 5B + C)``: two convs, pool to the grid, a 1x1 conv
+    shared by every cell (YOLO v2's fully convolutional head)."""
+
+    def __init__(self, c_in: int, cfg: YoloV1Config) -> None:
+        super().__init__()
+        self.S = cfg.S
+        self.conv = nn.Sequential(conv_bn_leaky(c_in, cfg.neck), conv_bn_leaky(cfg.neck, cfg.neck))
+        self.out = nn.Conv2d(cfg.neck, 5 * cfg.B + cfg.num_classes, 1)
+        nn.init.normal_(self.out.weight, std=0.01)  # near zero at the start, as the FC head
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, feature: Tensor) -> Tensor:
+        x = F.adaptive_avg_pool2d(self.conv(feature), self.S)  # (N, neck, S, S)
+        return self.out(x).permute(0, 2, 3, 1)  # (N, S, S, 5B + C)
+
+
+HEADS = {"fc": YoloHead, "conv": YoloConvHead}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,7 +197,9 @@ class YoloV1(ZirModel):
                 # (FrozenBatchNormAct2d) with the same state-dict keys.
                 self.backbone.body = freeze_batch_norm_2d(self.backbone.body)
         self.set_normalization(self.backbone.mean, self.backbone.std)
-        self.head = YoloHead(self.backbone.channels[-1], cfg)
+        if cfg.head not in HEADS:
+            raise ConfigError(f"yolo_v1 head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
+        self.head = HEADS[cfg.head](self.backbone.channels[-1], cfg)
 
     def forward(self, images: Tensor) -> Tensor:
         """``(N, 3, image_size, image_size)`` in [0, 1] -> ``(N, S, S, 5B + C)``, ``w, h`` already squared."""
