@@ -8,7 +8,8 @@ commands that produced the rows.
 
     python benchmarks/merge_detectors.py OUT BENCH_DIR[:MODEL,MODEL] [BENCH_DIR[:MODEL,...] ...]
 
-``BENCH_DIR:yolo_v1`` takes only that row from that folder; a model named twice keeps the last one given.
+``BENCH_DIR:yolo_v1`` takes only that row from that folder; ``BENCH_DIR:rcnn=rcnn (96 px)`` takes it under
+a new name (to keep two rows of one model); a row name given twice keeps the last one.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ def main() -> None:
             data = bench.from_coco(info["train"], info["test"], info["name"], info["kind"])
         elif this != test_bytes:
             raise SystemExit(f"{folder}: scored on other test images than {args.sources[0]}; not merged")
-        wanted = set(names.split(",")) if names else None
+        wanted = dict((n.split("=", 1) + [n])[:2] for n in names.split(",")) if names else None  # name -> new
         for r in results["rows"]:
             if wanted is None or r["name"] in wanted:
+                r["name"] = wanted[r["name"]] if wanted else r["name"]
                 rows[r["name"]] = bench.BenchRow(**{k: (float("nan") if v is None else v) for k, v in r.items()})
-        commands.append(results["command"])
+        if results["command"] not in commands:  # a folder given twice (rows renamed) is one command
+            commands.append(results["command"])
     assert data is not None
     order = {name: i for i, name in enumerate(bench.detectors())}
     merged = sorted(rows.values(), key=lambda r: order.get(r.model, len(order)))

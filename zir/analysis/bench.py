@@ -78,9 +78,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                       pretrained="imagenet"),
     },
     # R-CNN trains no network: one pass extracts the cached region features, then SVMs and the ridge
-    # regressor are solved; a second epoch would only solve them again.
+    # regressor are solved; a second epoch would only solve them again. On synth the paper's kind of warp
+    # (224 px, 16 px of context) scored mAP50 0.925 against 0.873 at 96 px, for 6x the time per image.
     "rcnn": {
-        "synth": dict(image_size=256, epochs=1, crop_size=96, context=8, train_regions=32),
+        "synth": dict(image_size=256, epochs=1, crop_size=224, context=16, train_regions=32),
         "photo": dict(image_size=320, epochs=1, crop_size=96, context=8, train_regions=32),
     },
     # Epoch 1 runs selective search on every training image (cached for later epochs), so the budget

@@ -51,8 +51,8 @@ class FCNConfig:
         at strides 8, 16 and 32.
     pretrained: backbone weights: ``imagenet`` (offline EfficientNet-Lite), ``timm`` or ``none``.
     freeze_bn: replace the backbone's BatchNorm by frozen statistics (small segmentation batches).
-    tta: views averaged by ``predict`` (:func:`zir.ops.tta.dihedral_mean`): 1 (none), 2 (mirror image),
-        4 (quarter turns) or 8 (both); for images without a preferred orientation.
+    tta: views averaged by ``predict`` (:func:`zir.ops.tta.dihedral_mean`): 1 (none), 2 (left-right mirror
+        image), 4 (quarter turns) or 8 (both; 4 and 8 for images without a preferred orientation).
     """
 
     num_classes: int = 21

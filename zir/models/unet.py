@@ -69,9 +69,9 @@ class UNetConfig:
         pipeline trained it) and predicted whole. N > 0: kept at its own pixels (for models trained at
         the data's native resolution, like microscopy) and, when larger than N, predicted in N x N
         overlapping tiles (overlap-tile).
-    tta: views averaged by ``predict`` (:func:`zir.ops.tta.dihedral_mean`): 1 (none), 2 (the image and its
-        mirror image), 4 (quarter turns) or 8 (turns and mirror images; the paper averages rotated
-        versions for ISBI). For images without a preferred orientation; costs ``tta`` forward passes.
+    tta: views averaged by ``predict`` (:func:`zir.ops.tta.dihedral_mean`), each a forward pass: 1 (none),
+        2 (the image and its left-right mirror image), 4 (quarter turns) or 8 (turns and mirror images; the
+        paper averages rotated versions for ISBI). 4 and 8 are for images without a preferred orientation.
     """
 
     num_classes: int = 2
