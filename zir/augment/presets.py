@@ -41,9 +41,11 @@ heavy      instance  as heavy detect without Cutout and GridMask
 heavy      panoptic  as heavy instance
 =========  ========  ============================================================================================
 
-"One weather effect" is a uniform choice among rain, snow, fog, sun flare and shadow. With
-``orientation="any"`` (``data.orientation=any``) every preset but ``none`` adds ``QuarterTurn(.75, 1-3 turns)`` (0-3
-turns, uniform) right after ``HFlip``: all eight flips and turns of the image become equally likely.
+"One weather effect" is a uniform choice among rain, snow, fog, sun flare and shadow.
+
+With ``orientation="any"`` (``data.orientation=any``) every preset but ``none`` adds
+``QuarterTurn(.75, 1-3 turns)`` right after ``HFlip``: 0-3 quarter turns, uniform, so all eight flips and
+turns of the image are equally likely.
 """
 
 from __future__ import annotations
