@@ -39,10 +39,13 @@ def main() -> None:
             data = bench.from_coco(info["train"], info["test"], info["name"], info["kind"])
         elif this != test_bytes:
             raise SystemExit(f"{folder}: scored on other test images than {args.sources[0]}; not merged")
-        wanted = dict((n.split("=", 1) + [n])[:2] for n in names.split(",")) if names else None  # name -> new
+        wanted = {}  # row name -> name in the merged table
+        for item in filter(None, names.split(",")):
+            old, _, new = item.partition("=")
+            wanted[old] = new or old
         for r in results["rows"]:
-            if wanted is None or r["name"] in wanted:
-                r["name"] = wanted[r["name"]] if wanted else r["name"]
+            if not wanted or r["name"] in wanted:
+                r["name"] = wanted.get(r["name"], r["name"])
                 rows[r["name"]] = bench.BenchRow(**{k: (float("nan") if v is None else v) for k, v in r.items()})
         if results["command"] not in commands:  # a folder given twice (rows renamed) is one command
             commands.append(results["command"])

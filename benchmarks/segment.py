@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import zir
 from zir.data.contract import SemanticPrediction
 from zir.data.image_io import read_image, read_label_png
+from zir.data.synth import DEMO_SCENES
 from zir.metrics.semantic import SemanticMetrics
 from zir.models import MODELS, ModelSpec, build_model
 from zir.models.base import ZirModel
@@ -196,12 +197,12 @@ def train_isbi(name: str, key: str, train_dir: Path, val_dir: Path, project: Pat
 
 
 # U-Net on synthetic shapes, 5 classes with the background, on one of two kinds of scenes:
-# ``detect``: the scenes of the detection, instance and panoptic benchmarks (up to 4 shapes of 15-50 % of
-# the side; zir.analysis.bench.prepare_synth); ``default``: synth's defaults (1-15 shapes of 2-60 %).
+# ``detect``: DEMO_SCENES, those of the detection and instance benchmarks (up to 4 shapes of 15-50 % of
+# the side); ``default``: synth's defaults (1-15 shapes of 2-60 %).
 # The ImageNet EfficientNet-Lite0 encoder: shape classes need features a scratch encoder learns slowly,
 # and at 128 px its step costs about as much as a width-16 scratch U-Net's (0.67 vs 0.54 CPU s for 8 images).
 SYNTH_UNET_ARGS = {"encoder": "efficientnet_lite0", "depth": 5, "width": 16}
-SYNTH_SCENES = {"detect": {"max_objects": 4, "min_scale": 0.15, "max_scale": 0.5}, "default": {}}
+SYNTH_SCENES = {"detect": DEMO_SCENES, "default": {}}
 SCENE_TEXT = {"detect": "up to 4 shapes of 15-50 % of the side", "default": "1-15 shapes of 2-60 % of the side"}
 
 
@@ -231,10 +232,8 @@ def train_synth(project: Path, tmp: Path, args: argparse.Namespace) -> dict[str,
     return out
 
 
-# The detection benchmark's scenes (``zir.analysis.bench.prepare_synth``, ``zir demo``): up to 4 shapes of
-# 15-50 % of the side. With the default scenes (up to 15 shapes from 2 % of the side) Mask R-CNN learns
-# little that is visible in a CPU budget of minutes.
-INSTANCE_SCENES = SYNTH_SCENES["detect"]
+# Mask R-CNN trains on DEMO_SCENES (the detection benchmark's): with the default scenes (up to 15 shapes
+# from 2 % of the side) it learns little that is visible in a CPU budget of minutes.
 MASK_RCNN_ARGS = {"roi_batch_size": 128, "frozen_blocks": 3}
 
 
@@ -244,7 +243,7 @@ def train_instance(project: Path, tmp: Path, args: argparse.Namespace) -> dict[s
 
     folders = {}
     for split, n, seed in (("train", args.instance_n, 0), ("val", args.instance_n // 4, 10_000)):
-        cfg = SynthConfig(task="instance", n=n, seed=seed, image_size=args.instance_size, **INSTANCE_SCENES)
+        cfg = SynthConfig(task="instance", n=n, seed=seed, image_size=args.instance_size, **DEMO_SCENES)
         folders[split] = write_synth(cfg, tmp / f"instance_{split}", progress=False)
     t0, cpu0 = time.time(), time.process_time()
     result = zir.train(model="mask_rcnn", model_args=MASK_RCNN_ARGS, data=str(folders["train"]),
@@ -366,10 +365,11 @@ def main() -> None:
               "| IoU cell | mIoU | pixel error, last epoch | pixel error, 8-view TTA |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for key, r in results.items():
+            tta = f"{r['tta_pixel_error']:.4f}" if "tta_pixel_error" in r else "-"  # zir's models only
             print(f"| {names[key]} | {r['params'] / 1e6:.2f} M | {ISBI_MODELS[key][2]['lr']:g} | {r['epochs']} "
                   f"({r['planned_epochs']}) | {r['cpu_s']:.0f} | {r['train_s']:.0f} | {r['pixel_error']:.4f} | "
                   f"{r['iou_membrane']:.4f} | {r['iou_cell']:.4f} | {r['miou']:.4f} | {r['last_pixel_error']:.4f} | "
-                  f"{r.get('tta_pixel_error', math.nan):.4f} |")
+                  f"{tta} |")
     if synth:
         n_val = args.synth_n // 5
         print(f"\nSynthetic shapes ({SCENE_TEXT[args.synth_scenes]}, 5 classes with the background; "

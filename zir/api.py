@@ -192,14 +192,13 @@ def demo(out: str | Path = "runs", minutes: float = 2.0) -> Path:
     side) so that a CPU can learn something visible in two minutes: Faster R-CNN on the pretrained
     EfficientNet-Lite0 backbone (offline ImageNet weights), 128 px images.
     """
-    from zir.data.synth import SynthConfig, write_synth
+    from zir.data.synth import DEMO_SCENES, SynthConfig, write_synth
 
     out = Path(out)
     data_dir = out / "demo-data" / "shapes-detect"
     if not (data_dir / "annotations.json").is_file():
         print(f"synthesising 400 shape images in {data_dir}")
-        cfg = SynthConfig(task="detect", n=400, seed=0, image_size=128, max_objects=4, min_scale=0.15,
-                          max_scale=0.5)
+        cfg = SynthConfig(task="detect", n=400, seed=0, image_size=128, **DEMO_SCENES)
         write_synth(cfg, data_dir, overwrite=True)
     run_dir = out / "demo"
     if run_dir.exists():

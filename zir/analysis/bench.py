@@ -91,7 +91,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "photo": dict(image_size=320, batch_size=4, epochs=6, lr=3e-4, warmup_epochs=0.5, roi_batch_size=64),
     },
     # The pretrained backbone as window classifier: the small ConvNet reached mAP50 0.24 on synth in 10
-    # epochs, EfficientNet-Lite0 0.51 in 6 (each window costs about 3x more).
+    # epochs, EfficientNet-Lite0 0.51 in 6 (each window costs about 8x more: README).
     "sliding_window": {
         "synth": dict(image_size=256, batch_size=16, lr=1e-3, amp="none", backbone="efficientnet_lite0",
                       pretrained="imagenet"),
@@ -167,9 +167,9 @@ def prepare_synth(out: str | Path, n_train: int = 800, n_test: int = 200, image_
     (:class:`~zir.data.synth.SynthConfig` fields): with the default scenes (up to 15 objects from 2% of
     the side) no detector learns anything visible in a CPU budget of minutes.
     """
-    from zir.data.synth import SynthConfig, write_synth
+    from zir.data.synth import DEMO_SCENES, SynthConfig, write_synth
 
-    scene = {"max_objects": 4, "min_scale": 0.15, "max_scale": 0.5, **scene}
+    scene = {**DEMO_SCENES, **scene}
     out = Path(out)
     files = {}
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 10_000)):

@@ -28,6 +28,7 @@ from torchvision.transforms.v2 import functional as F
 from zir.augment._base import (
     _SKIP,
     GeometricMixin,
+    ProbabilityMixin,
     SemanticMap,
     check_p,
     coin,
@@ -147,7 +148,24 @@ class RandomScaleTranslate(v2.Transform):
         return _zoom(inpt, params, self._fill)
 
 
-class RandomQuarterTurn(v2.Transform):
+class _QuarterTurn(v2.Transform):
+    """``k`` quarter turns, ``k`` uniform in 1..3; see :class:`RandomQuarterTurn`."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return dict(k=int(torch.randint(1, 4, ())))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        k = params["k"]
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            return _turn_boxes(inpt, k)
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):  # masks and semantic maps too
+            return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), k, dims=(-2, -1)), like=inpt)
+        if type(inpt) is torch.Tensor and inpt.ndim >= 2:  # a plain image tensor
+            return torch.rot90(inpt, k, dims=(-2, -1))
+        return inpt  # labels, flags and other leaves have no geometry
+
+
+class RandomQuarterTurn(ProbabilityMixin, _QuarterTurn):
     """With probability ``p`` turn by ``k`` quarter turns, ``k`` uniform in 1..3 (``torch.rot90``,
     counter-clockwise on screen). The default ``p = 0.75`` makes the number of turns uniform in 0..3.
 
@@ -160,23 +178,6 @@ class RandomQuarterTurn(v2.Transform):
     def __init__(self, p: float = 0.75) -> None:
         super().__init__()
         self.p = check_p(p)
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        if not coin(self.p):
-            return {_SKIP: True}
-        return dict(k=int(torch.randint(1, 4, ())))
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if _SKIP in params:
-            return inpt
-        k = params["k"]
-        if isinstance(inpt, tv_tensors.BoundingBoxes):
-            return _turn_boxes(inpt, k)
-        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):  # masks and semantic maps too
-            return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), k, dims=(-2, -1)), like=inpt)
-        if type(inpt) is torch.Tensor and inpt.ndim >= 2:  # a plain image tensor
-            return torch.rot90(inpt, k, dims=(-2, -1))
-        return inpt  # labels, flags and other leaves have no geometry
 
 
 def _turn_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingBoxes:

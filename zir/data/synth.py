@@ -51,6 +51,9 @@ PANOPTIC_CLASSES = [*CLASSES, *STUFF_CLASSES]  # the ``panoptic`` task: things, 
 
 MIN_VISIBLE = 0.1  # an object must keep this fraction of its area visible (overlap <= 0.9)
 CLASSIFY_SCALE = (0.25, 0.7)  # classification: one large shape per image
+# The scenes of `zir demo` and of the detection, instance and segmentation benchmarks (SynthConfig fields):
+# up to 4 shapes of 15-50 % of the side, which detectors learn within CPU minutes.
+DEMO_SCENES = {"max_objects": 4, "min_scale": 0.15, "max_scale": 0.5}
 _PLACEMENT_TRIES = 10  # positions tried per object before it is left out
 _NOISE_SIGMA = 6.0  # fine Gaussian noise on the whole image, in grey levels
 

@@ -35,7 +35,7 @@ from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.seg_losses import cross_entropy, semantic_targets
 from zir.ops.transposed import bilinear_upsampler
-from zir.ops.tta import TTA_VIEWS, dihedral_mean
+from zir.ops.tta import check_views, dihedral_mean
 
 VARIANTS = {"32s": (32,), "16s": (32, 16), "8s": (32, 16, 8)}  # strides whose scores are fused
 
@@ -71,8 +71,7 @@ class FCN(ZirModel):
         super().__init__()
         if cfg.variant not in VARIANTS:
             raise ConfigError(f"fcn variant must be one of {', '.join(VARIANTS)}, got {cfg.variant!r}")
-        if cfg.tta not in TTA_VIEWS:
-            raise ConfigError(f"fcn tta must be one of {TTA_VIEWS} (views averaged), got {cfg.tta}")
+        check_views(cfg.tta, "fcn")
         self.cfg = cfg
         self.strides = VARIANTS[cfg.variant]  # coarsest first
         C = cfg.num_classes

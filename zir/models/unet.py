@@ -48,7 +48,7 @@ from zir.models.seg_losses import (
     semantic_targets,
     soft_dice,
 )
-from zir.ops.tta import TTA_VIEWS, dihedral_mean
+from zir.ops.tta import check_views, dihedral_mean
 
 LOSSES = ("ce", "ce+dice", "border", "border+dice")
 
@@ -187,8 +187,7 @@ class UNet(ZirModel):
                                  for k in reversed(range(cfg.depth)))
         self.binary = cfg.num_classes == 2
         self.head = nn.Conv2d(cfg.width, 1 if self.binary else cfg.num_classes, 1)
-        if cfg.tta not in TTA_VIEWS:
-            raise ConfigError(f"unet tta must be one of {TTA_VIEWS} (views averaged), got {cfg.tta}")
+        check_views(cfg.tta, "unet")
         if cfg.tile and cfg.tile <= 2 * self.context:
             raise ConfigError(f"unet tile={cfg.tile} leaves nothing after {self.context} px of context on each "
                               f"side; use tile > {2 * self.context} (or tile=0)")

@@ -14,11 +14,19 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["DIHEDRAL", "TTA_VIEWS", "dihedral_mean"]
+from zir.errors import ConfigError
+
+__all__ = ["DIHEDRAL", "TTA_VIEWS", "check_views", "dihedral_mean"]
 
 # (quarter turns k, flipped): the eight symmetries of the square
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, f) for f in (False, True) for k in range(4))
 TTA_VIEWS = (1, 2, 4, 8)
+
+
+def check_views(views: int, model: str) -> None:
+    """A model's ``tta`` setting must be a view count :func:`dihedral_mean` takes."""
+    if views not in TTA_VIEWS:
+        raise ConfigError(f"{model} tta must be one of {TTA_VIEWS} (views averaged), got {views}")
 
 
 def _forward(x: Tensor, k: int, flip: bool) -> Tensor:
