@@ -4,8 +4,11 @@
   validate on 25-29, each model for the same CPU budget (``--minutes`` of ``--threads`` cores) with the
   same data pipeline, loss (cross-entropy + soft Dice), optimiser and augmentation (``--augment light``:
   flips, mild scale/shift, colour; ``standard`` adds scale 0.5-1.5 and elastic deformation, which
-  measured worse on these fixed-scale slices). Metrics at the slices' native 512 x 512 pixels:
-  pixel error = 1 - pixel accuracy (the challenge's measure) and IoU of each class (membrane, cell).
+  measured worse on these fixed-scale slices). Metrics at the slices' native 512 x 512 pixels: the
+  challenge's pixel error, ``1 - max_t F(t)`` of the cell pixels over thresholds 0.0, 0.1, ..., 1.0 of
+  the cell probability (:class:`zir.metrics.ThresholdSweep`; the definition behind the U-Net paper's
+  0.0611), the plain fraction of wrong pixels (``1 - pixel accuracy`` of the arg-max map) and the IoU of
+  each class (membrane, cell).
   Peers: ``segmentation_models_pytorch.Unet("resnet18", encoder_weights=None)``, trained through the
   same zir loop (wrapped as a zir model in this script only).
 * Synthetic shapes (``--synth-scenes``: the detection benchmark's scenes or synth's defaults): ``unet``
@@ -39,7 +42,7 @@ import zir
 from zir.data.contract import SemanticPrediction
 from zir.data.image_io import read_image, read_label_png
 from zir.data.synth import DEMO_SCENES
-from zir.metrics.semantic import SemanticMetrics
+from zir.metrics.semantic import SemanticMetrics, ThresholdSweep
 from zir.models import MODELS, ModelSpec, build_model
 from zir.models.base import ZirModel
 from zir.models.fcn import resize_longer
@@ -130,20 +133,29 @@ def step_seconds(model: ZirModel, batch: int, size: int, amp: str, repeats: int 
 
 
 def native_metrics(run_dir: Path, val_dir: Path, tta: int = 1) -> dict[str, float]:
-    """Pixel error and per-class IoU of a run's best weights on the validation slices at 512 x 512,
-    averaging ``tta`` flipped / turned views (zir's models only: ``model_args.tta``)."""
+    """The challenge's pixel error (best F-score of cell pixels over thresholds), the fraction of wrong
+    pixels and per-class IoU of a run's best weights on the validation slices at 512 x 512, averaging
+    ``tta`` flipped / turned views (zir's models only: ``model_args.tta``)."""
     predictor = zir.load(run_dir)
     if tta > 1:
         predictor.model.cfg.tta = tta
     metric = SemanticMetrics(2, classes=["membrane", "cell"])
+    sweep = ThresholdSweep()
     for image_path in sorted((val_dir / "image").glob("*.png")):
         label = torch.from_numpy(read_label_png(val_dir / "label" / image_path.name).astype("int64"))
-        target = (label > 127).long()  # 0 = membrane, 255 = cell interior
+        target = (label > 127).long()  # 0 = membrane, 255 = cell interior (the challenge's positive class)
         pred = predictor.predict(read_image(image_path).float() / 255)[0]
         metric.update([pred], [target])
-    m = metric.compute()
-    return {"pixel_error": 1 - m["pixel_accuracy"], "iou_membrane": m["iou/membrane"], "iou_cell": m["iou/cell"],
+        sweep.update(pred.scores[1], target)
+    m, sw = metric.compute(), sweep.compute()
+    return {"isbi_pixel_error": sw["pixel_error"], "isbi_threshold": sw["threshold"],
+            "pixel_error": 1 - m["pixel_accuracy"], "iou_membrane": m["iou/membrane"], "iou_cell": m["iou/cell"],
             "miou": m["miou"]}
+
+
+def tta_views(orientation: str) -> int:
+    """Test-time views matching the training's flips: 2 (mirror image) for upright, 8 for any."""
+    return 8 if orientation == "any" else 2
 
 
 # Per-model ISBI settings: (registry name, model_args, training settings). Every model trains at the
@@ -183,7 +195,9 @@ def train_isbi(name: str, key: str, train_dir: Path, val_dir: Path, project: Pat
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     out = native_metrics(result.run_dir, val_dir)
     if hasattr(probe.cfg, "tta"):  # the U-Net paper's ISBI result averages rotated views
-        out["tta_pixel_error"] = native_metrics(result.run_dir, val_dir, tta=8)["pixel_error"]
+        # the views the training saw: left-right mirror images (upright) or all eight flips and turns
+        tta = native_metrics(result.run_dir, val_dir, tta=tta_views(args.orientation))
+        out["tta_isbi_pixel_error"], out["tta_pixel_error"] = tta["isbi_pixel_error"], tta["pixel_error"]
     # the best checkpoint is picked on these same slices (optimistic); the last epoch's is not
     out["last_pixel_error"] = 1 - rows[-1].get("val/pixel_accuracy", math.nan)
     out.update(epochs=result.epochs_done, planned_epochs=epochs, train_s=rows[-1]["time_s"], cpu_s=cpu_s,
@@ -359,15 +373,20 @@ def main() -> None:
               f"slices at {args.image_size}x{args.image_size}, augment {args.augment}, orientation {args.orientation}, "
               f"batch {args.batch_size}, {args.minutes:g} min of {args.threads} core(s) each (schedule sized to "
               f"{args.minutes:g} x {args.threads} CPU minutes)\n")
-        print("Best checkpoint (picked by validation mIoU on the same slices) and, in the last column, the "
-              "last epoch's pixel error.\n")
-        print("| model | params | lr | epochs (planned) | train CPU s | train wall s | pixel error | IoU membrane "
-              "| IoU cell | mIoU | pixel error, last epoch | pixel error, 8-view TTA |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        views = tta_views(args.orientation)
+        print("Best checkpoint (picked by validation mIoU on the same slices). Pixel error (ISBI) = 1 - the best "
+              "F-score of cell pixels over thresholds 0.0-1.0 (the challenge's definition, threshold beside it); "
+              "wrong pixels = 1 - pixel accuracy of the arg-max map, also for the last epoch.\n")
+        print("| model | params | lr | epochs (planned) | train CPU s | train wall s | pixel error (ISBI) | "
+              "wrong pixels | IoU membrane | IoU cell | mIoU | wrong pixels, last epoch | "
+              f"{views}-view TTA: pixel error (ISBI) / wrong pixels |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for key, r in results.items():
-            tta = f"{r['tta_pixel_error']:.4f}" if "tta_pixel_error" in r else "-"  # zir's models only
+            tta = (f"{r['tta_isbi_pixel_error']:.4f} / {r['tta_pixel_error']:.4f}" if "tta_pixel_error" in r
+                   else "-")  # zir's models only
             print(f"| {names[key]} | {r['params'] / 1e6:.2f} M | {ISBI_MODELS[key][2]['lr']:g} | {r['epochs']} "
-                  f"({r['planned_epochs']}) | {r['cpu_s']:.0f} | {r['train_s']:.0f} | {r['pixel_error']:.4f} | "
+                  f"({r['planned_epochs']}) | {r['cpu_s']:.0f} | {r['train_s']:.0f} | "
+                  f"{r['isbi_pixel_error']:.4f} (t {r['isbi_threshold']:g}) | {r['pixel_error']:.4f} | "
                   f"{r['iou_membrane']:.4f} | {r['iou_cell']:.4f} | {r['miou']:.4f} | {r['last_pixel_error']:.4f} | "
                   f"{tta} |")
     if synth:

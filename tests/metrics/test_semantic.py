@@ -6,12 +6,17 @@ import math
 
 import pytest
 import torch
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
+from torchmetrics.classification import (
+    BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+)
 from torchvision import tv_tensors
 
 from zir.data.contract import SemanticPrediction
 from zir.errors import DataError
-from zir.metrics.semantic import SemanticMetrics
+from zir.metrics.semantic import SemanticMetrics, ThresholdSweep
 
 
 def test_hand_computed_case():
@@ -76,3 +81,51 @@ def test_bad_input():
         m.update_maps(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64))
     out = m.compute()  # nothing was counted
     assert math.isnan(out["pixel_accuracy"]) and math.isnan(out["miou"])
+
+
+# --------------------------------------------------------------------------------------------------
+# ThresholdSweep: the ISBI 2012 challenge's pixel error
+
+
+def test_threshold_sweep_by_hand():
+    # 6 pixels, 3 positive. At t = 0.5: predicted positive {0.9, 0.6, 0.7} -> TP 2 (0.9, 0.6), FP 1 (0.7),
+    # FN 1 (0.2): F = 2*2 / (2*2 + 1 + 1) = 2/3, 2 wrong pixels of 6.
+    # At t = 0.1: predicted positive all but 0.05 and 0.0 -> TP 3, FP 1 (0.7): F = 6/7, 1 wrong pixel.
+    scores = torch.tensor([[0.9, 0.6, 0.2], [0.7, 0.05, 0.0]])
+    target = torch.tensor([[1, 1, 1], [0, 0, 0]])
+    sweep = ThresholdSweep([0.1, 0.5])
+    sweep.update(scores, target)
+    out = sweep.compute()
+    assert out["fscore@0.5"] == pytest.approx(2 / 3) and out["error@0.5"] == pytest.approx(2 / 6)
+    assert out["fscore@0.1"] == pytest.approx(6 / 7) and out["error@0.1"] == pytest.approx(1 / 6)
+    assert out["threshold"] == 0.1 and out["pixel_error"] == pytest.approx(1 / 7)
+    assert out["error_at_best"] == pytest.approx(1 / 6)
+
+
+def test_threshold_sweep_matches_torchmetrics_over_a_stack():
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(3, 40, 50, generator=g) > 0.3).long()
+    scores = (0.6 * target + 0.7 * torch.rand(3, 40, 50, generator=g)).clamp(0, 1)
+    target[0, :5] = 255  # ignored rows
+    sweep = ThresholdSweep()
+    for s, t in zip(scores, target):  # image by image: counts are summed over the stack, as in Fiji
+        sweep.update(s, t)
+    out = sweep.compute()
+    best = 0.0
+    for t in [round(0.1 * i, 1) for i in range(11)]:
+        f1 = BinaryF1Score(threshold=t, ignore_index=255)(scores, target).item()
+        assert out[f"fscore@{t:g}"] == pytest.approx(f1, abs=1e-6)
+        best = max(best, f1)
+    assert out["pixel_error"] == pytest.approx(1 - best, abs=1e-6)
+    # error at 0.5 is 1 - pixel accuracy of the thresholded map
+    m = SemanticMetrics(2)
+    m.update_maps((scores > 0.5).long(), target)
+    assert out["error@0.5"] == pytest.approx(1 - m.compute()["pixel_accuracy"])
+
+
+def test_threshold_sweep_refuses_non_binary_targets_and_size_mismatch():
+    sweep = ThresholdSweep()
+    with pytest.raises(ValueError, match="target value 2"):
+        sweep.update(torch.rand(4, 4), torch.full((4, 4), 2))
+    with pytest.raises(ValueError, match="shape"):
+        sweep.update(torch.rand(4, 4), torch.zeros(4, 5, dtype=torch.long))

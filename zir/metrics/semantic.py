@@ -152,3 +152,80 @@ class SemanticMetrics:
         out.update({f"iou/{name}": float(v) for name, v in zip(self.classes, pc["iou"])})
         out.update({f"dice/{name}": float(v) for name, v in zip(self.classes, pc["dice"])})
         return out
+
+
+class ThresholdSweep:
+    """A binary segmentation's probability map scored at many thresholds: the ISBI 2012 pixel error.
+
+    The ISBI 2012 EM segmentation challenge (and so the U-Net paper's 0.0611) defines the pixel error as
+    ``1 - max_t F(t)``: the probability map is thresholded at each ``t`` (pixel positive where
+    ``score > t``, strictly), the F-score ``2 P R / (P + R)`` of the positive class is computed from
+    ``TP``, ``FP``, ``FN`` summed over all images, and the best threshold counts. In the challenge the
+    positive class is the cell interior (label > 0), the membranes are negative. This follows Fiji's
+    ``trainableSegmentation.metrics.PixelError`` (``getPixelErrorMaximalFScore``, thresholds 0.0 to
+    1.0 in steps of 0.1). The fraction of wrongly classified pixels at each threshold (``1 - accuracy``,
+    the "squared Euclidean distance" the challenge page names beside it) is reported too.
+
+    Args:
+        thresholds: the ``t`` tried; default ``0.0, 0.1, ..., 1.0``.
+        ignore_index: target value of pixels that take no part.
+
+    Usage::
+
+        sweep = ThresholdSweep()
+        sweep.update(cell_probability, target)  # float (H, W) or (B, H, W) in [0, 1]; target 1 / 0 / 255
+        sweep.compute()  # {"pixel_error", "max_fscore", "threshold", "error_at_best", "fscore@0.5", ...}
+    """
+
+    def __init__(self, thresholds: Sequence[float] | None = None, ignore_index: int = IGNORE_INDEX) -> None:
+        ts = [round(0.1 * i, 1) for i in range(11)] if thresholds is None else list(thresholds)
+        if not ts:
+            raise ValueError("thresholds must not be empty")
+        self.thresholds = torch.tensor(ts, dtype=torch.float64)
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        self._tp = torch.zeros(len(self.thresholds), dtype=torch.int64)
+        self._fp = torch.zeros_like(self._tp)
+        self._fn = torch.zeros_like(self._tp)
+        self._n = 0
+
+    @torch.no_grad()
+    def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one image (``(H, W)``) or a batch (``(B, H, W)``).
+
+        Args:
+            scores: float probability of the positive class.
+            target: int or bool, 1 (positive), 0 (negative) or ``ignore_index``.
+        """
+        scores, target = torch.as_tensor(scores), torch.as_tensor(target)
+        if scores.shape != target.shape:
+            raise ValueError(f"scores of shape {tuple(scores.shape)} for a target of shape {tuple(target.shape)}")
+        target = target.detach().reshape(-1).long()
+        keep = target != self.ignore_index
+        s, positive = scores.detach().reshape(-1)[keep].double().cpu(), target[keep].cpu() == 1
+        bad = target[keep][(target[keep] != 0) & (target[keep] != 1)]
+        if len(bad):
+            raise ValueError(f"target value {int(bad[0])}: a binary target holds 0, 1 or {self.ignore_index}")
+        for i, t in enumerate(self.thresholds):
+            predicted = s > t
+            tp = int((predicted & positive).sum())
+            self._tp[i] += tp
+            self._fp[i] += int(predicted.sum()) - tp
+            self._fn[i] += int(positive.sum()) - tp
+        self._n += len(s)
+
+    def compute(self) -> dict[str, float]:
+        """``pixel_error`` (``1 - max_fscore``), ``max_fscore``, its ``threshold``, ``error_at_best`` (the
+        fraction of wrong pixels there), and ``fscore@t`` / ``error@t`` for every threshold ``t``."""
+        tp, fp, fn = self._tp.double(), self._fp.double(), self._fn.double()
+        f = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
+        error = (fp + fn) / max(self._n, 1)
+        best = int(torch.argmax(f))  # the first of equal scores: the lowest threshold
+        out = {"pixel_error": 1 - float(f[best]), "max_fscore": float(f[best]),
+               "threshold": float(self.thresholds[best]), "error_at_best": float(error[best])}
+        for t, fi, ei in zip(self.thresholds.tolist(), f.tolist(), error.tolist()):
+            out[f"fscore@{t:g}"], out[f"error@{t:g}"] = fi, ei
+        return out

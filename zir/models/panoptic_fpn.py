@@ -148,7 +148,8 @@ class PanopticFPN(MaskRCNN):
         target = torch.full((x.shape[0], *x.shape[-2:]), IGNORE_INDEX, dtype=torch.long, device=x.device)
         for b, (t, (h, w)) in enumerate(zip(targets, work_sizes)):
             sem = torch.as_tensor(t["semantic"], device=x.device).long()[None, None].float()
-            sem = F.interpolate(sem, size=(h, w), mode="nearest")[0, 0].long()
+            # sampled at pixel centres, the grid of the image's bilinear resize ("nearest" is half a pixel off)
+            sem = F.interpolate(sem, size=(h, w), mode="nearest-exact")[0, 0].long()
             target[b, :h, :w] = self.to_semantic[sem.clamp(0, 255)]
         if (target != IGNORE_INDEX).any():
             sem_loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
