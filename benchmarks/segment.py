@@ -42,7 +42,7 @@ import zir
 from zir.data.contract import SemanticPrediction
 from zir.data.image_io import read_image, read_label_png
 from zir.data.synth import DEMO_SCENES
-from zir.metrics.semantic import SemanticMetrics, ThresholdSweep
+from zir.metrics.semantic import SemanticMetrics
 from zir.models import MODELS, ModelSpec, build_model
 from zir.models.base import ZirModel
 from zir.models.fcn import resize_longer
@@ -139,16 +139,14 @@ def native_metrics(run_dir: Path, val_dir: Path, tta: int = 1) -> dict[str, floa
     predictor = zir.load(run_dir)
     if tta > 1:
         predictor.model.cfg.tta = tta
-    metric = SemanticMetrics(2, classes=["membrane", "cell"])
-    sweep = ThresholdSweep()
+    metric = SemanticMetrics(2, classes=["membrane", "cell"])  # two classes: ISBI's pixel error too
     for image_path in sorted((val_dir / "image").glob("*.png")):
         label = torch.from_numpy(read_label_png(val_dir / "label" / image_path.name).astype("int64"))
         target = (label > 127).long()  # 0 = membrane, 255 = cell interior (the challenge's positive class)
         pred = predictor.predict(read_image(image_path).float() / 255)[0]
         metric.update([pred], [target])
-        sweep.update(pred.scores[1], target)
-    m, sw = metric.compute(), sweep.compute()
-    return {"isbi_pixel_error": sw["pixel_error"], "isbi_threshold": sw["threshold"],
+    m = metric.compute()
+    return {"isbi_pixel_error": m["isbi_pixel_error"], "isbi_threshold": m["isbi_threshold"],
             "pixel_error": 1 - m["pixel_accuracy"], "iou_membrane": m["iou/membrane"], "iou_cell": m["iou/cell"],
             "miou": m["miou"]}
 

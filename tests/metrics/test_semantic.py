@@ -129,3 +129,24 @@ def test_threshold_sweep_refuses_non_binary_targets_and_size_mismatch():
         sweep.update(torch.rand(4, 4), torch.full((4, 4), 2))
     with pytest.raises(ValueError, match="shape"):
         sweep.update(torch.rand(4, 4), torch.zeros(4, 5, dtype=torch.long))
+
+
+def test_two_class_metrics_report_the_isbi_pixel_error():
+    g = torch.Generator().manual_seed(1)
+    target = (torch.rand(30, 30, generator=g) > 0.25).long()
+    p1 = (0.5 * target + 0.6 * torch.rand(30, 30, generator=g)).clamp(0, 1)
+    scores = torch.stack([1 - p1, p1])
+    m = SemanticMetrics(2)
+    m.update([SemanticPrediction(semantic=scores.argmax(0), scores=scores)], [target])
+    sweep = ThresholdSweep()
+    sweep.update(p1, target)
+    out, expected = m.compute(), sweep.compute()
+    assert out["isbi_pixel_error"] == pytest.approx(expected["pixel_error"]) and 0 < out["isbi_pixel_error"] < 0.5
+    assert out["isbi_threshold"] == expected["threshold"]
+    # no probabilities, or more than two classes: nothing to sweep
+    m = SemanticMetrics(2)
+    m.update([scores.argmax(0)], [target])
+    assert "isbi_pixel_error" not in m.compute()
+    m = SemanticMetrics(3)
+    m.update([SemanticPrediction(semantic=scores.argmax(0), scores=torch.cat([scores, scores[:1]]) / 2)], [target])
+    assert "isbi_pixel_error" not in m.compute()

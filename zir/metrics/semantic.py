@@ -13,6 +13,11 @@ Definitions, per class ``c`` with ``TP``, ``FP``, ``FN`` read off the matrix:
   NaN (reported as such under ``iou/<class>``) and it is left out of ``miou`` and ``mdice``. A class that
   is predicted but absent from the targets has IoU 0 and does count: those pixels are real mistakes.
   This is torchmetrics' ``MulticlassJaccardIndex(average="macro")`` convention.
+
+Two classes (background and one foreground, e.g. membrane and cell): predictions that carry
+probabilities are also scored as the ISBI 2012 challenge scores them (:class:`ThresholdSweep`):
+``isbi_pixel_error`` = 1 - the best F-score of class 1 over thresholds 0.0, 0.1, ..., 1.0 of its
+probability, at ``isbi_threshold``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class SemanticMetrics:
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self._confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        self._sweep = ThresholdSweep(ignore_index=self.ignore_index) if self.num_classes == 2 else None
 
     # ---------------------------------------------------------------------------------------------
     # Accumulation
@@ -84,6 +90,8 @@ class SemanticMetrics:
             else:
                 source, target_map = "target", target
             self._add(torch.as_tensor(pred_map), torch.as_tensor(target_map), source)
+            if self._sweep is not None and isinstance(pred, SemanticPrediction) and pred.scores is not None:
+                self._sweep.update(pred.scores[1], torch.as_tensor(target_map))
 
     @torch.no_grad()
     def update_maps(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -140,7 +148,8 @@ class SemanticMetrics:
 
         Returns:
             ``{"pixel_accuracy", "miou", "mdice", "iou/<class>" ..., "dice/<class>" ...}`` in [0, 1];
-            NaN where undefined (see the module docstring).
+            NaN where undefined (see the module docstring). Two classes and predictions with
+            probabilities add ``isbi_pixel_error`` and ``isbi_threshold``.
         """
         total = int(self._confusion.sum())
         pc = self.per_class()
@@ -151,6 +160,9 @@ class SemanticMetrics:
         }
         out.update({f"iou/{name}": float(v) for name, v in zip(self.classes, pc["iou"])})
         out.update({f"dice/{name}": float(v) for name, v in zip(self.classes, pc["dice"])})
+        if self._sweep is not None and self._sweep.pixels:
+            sweep = self._sweep.compute()
+            out["isbi_pixel_error"], out["isbi_threshold"] = sweep["pixel_error"], sweep["threshold"]
         return out
 
 
@@ -190,7 +202,7 @@ class ThresholdSweep:
         self._tp = torch.zeros(len(self.thresholds), dtype=torch.int64)
         self._fp = torch.zeros_like(self._tp)
         self._fn = torch.zeros_like(self._tp)
-        self._n = 0
+        self.pixels = 0  # counted so far
 
     @torch.no_grad()
     def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
@@ -215,14 +227,14 @@ class ThresholdSweep:
             self._tp[i] += tp
             self._fp[i] += int(predicted.sum()) - tp
             self._fn[i] += int(positive.sum()) - tp
-        self._n += len(s)
+        self.pixels += len(s)
 
     def compute(self) -> dict[str, float]:
         """``pixel_error`` (``1 - max_fscore``), ``max_fscore``, its ``threshold``, ``error_at_best`` (the
         fraction of wrong pixels there), and ``fscore@t`` / ``error@t`` for every threshold ``t``."""
         tp, fp, fn = self._tp.double(), self._fp.double(), self._fn.double()
         f = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
-        error = (fp + fn) / max(self._n, 1)
+        error = (fp + fn) / max(self.pixels, 1)
         best = int(torch.argmax(f))  # the first of equal scores: the lowest threshold
         out = {"pixel_error": 1 - float(f[best]), "max_fscore": float(f[best]),
                "threshold": float(self.thresholds[best]), "error_at_best": float(error[best])}
