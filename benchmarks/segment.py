@@ -18,6 +18,7 @@
 
     .venv/bin/pip install segmentation-models-pytorch
     .venv/bin/python benchmarks/segment.py [--minutes 15] [--threads 1] [--parts isbi,synth,speed]
+    .venv/bin/python benchmarks/segment.py --parts labels   # only the ISBI label offset table
 """
 
 from __future__ import annotations
@@ -149,6 +150,26 @@ def native_metrics(run_dir: Path, val_dir: Path, tta: int = 1) -> dict[str, floa
     return {"isbi_pixel_error": m["isbi_pixel_error"], "isbi_threshold": m["isbi_threshold"],
             "pixel_error": 1 - m["pixel_accuracy"], "iou_membrane": m["iou/membrane"], "iou_cell": m["iou/cell"],
             "miou": m["miou"]}
+
+
+def label_offset(root: Path) -> list[list[float]]:
+    """Correlation of image brightness with the cell label (1 inside cells, 0 on membranes) over all 30
+    slices, with the label moved by ``dy, dx`` in -1, 0, 1 pixels (rows: dy; a 4-pixel border left out).
+    A peak away from the centre means the labels sit off the image's membranes by a fraction of a pixel,
+    which flips and turns cannot keep."""
+    images = torch.stack([read_image(p).float().mean(0) for p in sorted((root / "image").glob("*.png"))])
+    labels = torch.stack([torch.from_numpy((read_label_png(root / "label" / p.name) > 127).astype("float32"))
+                          for p in sorted((root / "image").glob("*.png"))])
+    x = images[:, 4:-4, 4:-4].flatten()
+    x = (x - x.mean()) / x.std()
+    out = []
+    for dy in (-1, 0, 1):
+        row = []
+        for dx in (-1, 0, 1):
+            y = torch.roll(labels, (dy, dx), dims=(1, 2))[:, 4:-4, 4:-4].flatten()
+            row.append(float((x * (y - y.mean()) / y.std()).mean()))
+        out.append(row)
+    return out
 
 
 def tta_views(orientation: str) -> int:
@@ -320,8 +341,9 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=256, help="ISBI training crops (data.crop; 0 = whole slices)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--augment", default="light", help="ISBI training augmentation preset")
-    # EM slices have no up or down, yet quarter turns measured worse here (0.0791 vs 0.0740 pixel error in
-    # one 15-minute run each): the default stays upright
+    # EM slices have no up or down, but ISBI's labels sit a fraction of a pixel off the membranes, upwards
+    # (the label_offset table), which vertical flips and turns cannot keep: they measured worse (0.0778 vs
+    # 0.0745 wrong pixels, one 15-minute run each), so the default stays upright
     p.add_argument("--orientation", default="upright", choices=("upright", "any"), help="ISBI data.orientation")
     p.add_argument("--width", type=int, default=0, help="zir unet width on ISBI (0: the table's 16)")
     p.add_argument("--loss", default="", help="zir unet loss on ISBI (default: the table's ce+dice)")
@@ -387,6 +409,12 @@ def main() -> None:
                   f"{r['isbi_pixel_error']:.4f} (t {r['isbi_threshold']:g}) | {r['pixel_error']:.4f} | "
                   f"{r['iou_membrane']:.4f} | {r['iou_cell']:.4f} | {r['miou']:.4f} | {r['last_pixel_error']:.4f} | "
                   f"{tta} |")
+    if "isbi" in parts or "labels" in parts:
+        print("\nISBI labels against the image: correlation of brightness with the cell label moved by dy (rows) "
+              "and dx (columns) of -1, 0, +1 pixels, all 30 slices\n")
+        print("| dy \\ dx | -1 | 0 | +1 |\n|---|---|---|---|")
+        for dy, row in zip((-1, 0, 1), label_offset(ISBI)):
+            print(f"| {dy:+d} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
     if synth:
         n_val = args.synth_n // 5
         print(f"\nSynthetic shapes ({SCENE_TEXT[args.synth_scenes]}, 5 classes with the background; "
