@@ -172,6 +172,13 @@ def label_offset(root: Path) -> list[list[float]]:
     return out
 
 
+def rescore(runs: list[str], tmp: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """:func:`native_metrics` of saved ISBI runs with 1, 2 and 8 test-time views (the runs' own
+    checkpoints; only zir's models take views)."""
+    _, val_dir = isbi_split(ISBI, tmp)
+    return {run: {v: native_metrics(Path(run), val_dir, tta=v) for v in (1, 2, 8)} for run in runs}
+
+
 def tta_views(orientation: str) -> int:
     """Test-time views matching the training's flips: 2 (mirror image) for upright, 8 for any."""
     return 8 if orientation == "any" else 2
@@ -362,6 +369,8 @@ def main() -> None:
     p.add_argument("--instance-minutes", type=float, default=15.0, help="mask_rcnn budget (wall cap: 4x)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--project", default="", help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--rescore", default="", help="comma-separated ISBI run folders (kept with --project) to "
+                   "score again on slices 25-29 with 1, 2 and 8 views, without training")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     register_smp()
@@ -375,6 +384,7 @@ def main() -> None:
             train_dir, val_dir = isbi_split(ISBI, Path(tmp) / "isbi")
             for key in args.models.split(","):
                 results[key] = train_isbi(f"isbi_{key}", key, train_dir, val_dir, project, args)
+        rescored = rescore(args.rescore.split(","), Path(tmp) / "rescore") if args.rescore else {}
         synth = train_synth(project, Path(tmp), args) if "synth" in parts else None
         instance = train_instance(project, Path(tmp), args) if "instance" in parts else None
         speeds = speed(args) if "speed" in parts else []
@@ -409,6 +419,12 @@ def main() -> None:
                   f"{r['isbi_pixel_error']:.4f} (t {r['isbi_threshold']:g}) | {r['pixel_error']:.4f} | "
                   f"{r['iou_membrane']:.4f} | {r['iou_cell']:.4f} | {r['miou']:.4f} | {r['last_pixel_error']:.4f} | "
                   f"{tta} |")
+    if rescored:
+        print("ISBI runs scored again on slices 25-29 (best checkpoint): pixel error (ISBI) / wrong pixels\n")
+        print("| run | 1 view | 2 views (mirror image) | 8 views (flips and turns) |\n|---|---|---|---|")
+        for run, by_views in rescored.items():
+            print(f"| {run} | " + " | ".join(f"{m['isbi_pixel_error']:.4f} / {m['pixel_error']:.4f}"
+                                           for m in by_views.values()) + " |")
     if "isbi" in parts or "labels" in parts:
         print("\nISBI labels against the image: correlation of brightness with the cell label moved by dy (rows) "
               "and dx (columns) of -1, 0, +1 pixels, all 30 slices\n")
