@@ -19,6 +19,7 @@
     .venv/bin/pip install segmentation-models-pytorch
     .venv/bin/python benchmarks/segment.py [--minutes 15] [--threads 1] [--parts isbi,synth,speed]
     .venv/bin/python benchmarks/segment.py --parts labels   # only the ISBI label offset table
+    .venv/bin/python benchmarks/segment.py --parts rescore --rescore RUN_DIR,...  # saved runs, 1/2/8 views
 """
 
 from __future__ import annotations
