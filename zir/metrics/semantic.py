@@ -179,7 +179,7 @@ class ThresholdSweep:
     the "squared Euclidean distance" the challenge page names beside it) is reported too.
 
     Args:
-        thresholds: the ``t`` tried; default ``0.0, 0.1, ..., 1.0``.
+        thresholds: the ``t`` tried (in any order); default ``0.0, 0.1, ..., 1.0``.
         ignore_index: target value of pixels that take no part.
 
     Usage::
@@ -190,7 +190,7 @@ class ThresholdSweep:
     """
 
     def __init__(self, thresholds: Sequence[float] | None = None, ignore_index: int = IGNORE_INDEX) -> None:
-        ts = [round(0.1 * i, 1) for i in range(11)] if thresholds is None else list(thresholds)
+        ts = [round(0.1 * i, 1) for i in range(11)] if thresholds is None else sorted(thresholds)
         if not ts:
             raise ValueError("thresholds must not be empty")
         self.thresholds = torch.tensor(ts, dtype=torch.float64)
@@ -217,16 +217,23 @@ class ThresholdSweep:
             raise ValueError(f"scores of shape {tuple(scores.shape)} for a target of shape {tuple(target.shape)}")
         target = target.detach().reshape(-1).long()
         keep = target != self.ignore_index
-        s, positive = scores.detach().reshape(-1)[keep].double().cpu(), target[keep].cpu() == 1
-        bad = target[keep][(target[keep] != 0) & (target[keep] != 1)]
+        target = target[keep].cpu()
+        bad = target[(target != 0) & (target != 1)]
         if len(bad):
             raise ValueError(f"target value {int(bad[0])}: a binary target holds 0, 1 or {self.ignore_index}")
-        for i, t in enumerate(self.thresholds):
-            predicted = s > t
-            tp = int((predicted & positive).sum())
-            self._tp[i] += tp
-            self._fp[i] += int(predicted.sum()) - tp
-            self._fn[i] += int(positive.sum()) - tp
+        # One pass over the pixels: k = the number of thresholds strictly below a pixel's score, so the
+        # pixel is predicted positive at thresholds 0..k-1; counts per k, summed from the top, give every
+        # threshold's predicted positives (float64 like Fiji's float-against-double comparison).
+        s = scores.detach().reshape(-1)[keep].cpu().double()
+        k = torch.searchsorted(self.thresholds, s, side="left")
+        T = len(self.thresholds)
+        per_k_all = torch.bincount(k, minlength=T + 1)
+        per_k_pos = torch.bincount(k[target == 1], minlength=T + 1)
+        predicted = per_k_all.flip(0).cumsum(0).flip(0)[1:]  # (T,): pixels with k > i
+        tp = per_k_pos.flip(0).cumsum(0).flip(0)[1:]
+        self._tp += tp
+        self._fp += predicted - tp
+        self._fn += int(per_k_pos.sum()) - tp
         self.pixels += len(s)
 
     def compute(self) -> dict[str, float]:

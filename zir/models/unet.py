@@ -197,8 +197,8 @@ class UNet(ZirModel):
         H, W = images.shape[-2:]
         x = self.normalize(images)
         x = F.pad(x, (0, -W % self.stride, 0, -H % self.stride))
-        # channels-last activations: oneDNN's CPU convolutions ran a training step 16 % faster (width 16,
-        # 4 x 256 px); every layer follows the input's memory format
+        # channels-last activations: oneDNN's CPU convolutions are faster so (the ISBI benchmark's step probe,
+        # width 16, 4 x 256 px, 1 thread: 0.81 s instead of 1.03 s); every layer follows the input's format
         x = x.contiguous(memory_format=torch.channels_last)
         feats = self.encoder(x)  # level k: (B, C_k, H / 2^k, W / 2^k)
         y = feats[-1]
