@@ -47,8 +47,8 @@ from zir.data.synth import DEMO_SCENES
 from zir.metrics.semantic import SemanticMetrics
 from zir.models import MODELS, ModelSpec, build_model
 from zir.models.base import ZirModel
-from zir.models.fcn import resize_longer
-from zir.models.seg_losses import cross_entropy, semantic_targets, soft_dice
+from zir.models.segment.fcn import resize_longer
+from zir.models.segment.losses import cross_entropy, semantic_targets, soft_dice
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_membrane" / "train"
 

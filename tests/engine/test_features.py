@@ -14,7 +14,7 @@ from zir.engine.features import feature_loaders
 from zir.engine.trainer import train
 from zir.models import build_model
 from zir.models.backbones import offline_state_dict
-from zir.models.classifier import Classifier
+from zir.models.classify.classifier import Classifier
 
 # 40 train + 8 validation synthetic 64x64 images; 3 epochs; one thread for reproducibility.
 FEATURES = ["model=efficientnet_lite0", "transfer=features", "data=synth:classify", "synth_n=40", "image_size=64",

@@ -34,7 +34,7 @@ from zir.engine.checkpoint import atomic_write
 from zir.engine.data import Batch, DataBundle, build_loader, eval_transform
 from zir.engine.evaluate import autocast
 from zir.models.base import ZirModel
-from zir.models.classifier import Classifier, cross_entropy, to_predictions
+from zir.models.classify.classifier import Classifier, cross_entropy, to_predictions
 
 
 class FeatureDataset(Dataset):

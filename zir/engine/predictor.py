@@ -89,7 +89,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     """Load a trained run (``runs/NAME``) or weights file; it needs nothing else. A model name that is
     not a path (``efficientnet_lite0``) gives that ImageNet classifier with its offline weights."""
     if not Path(path).exists() and "/" not in str(path) and not str(path).endswith(".safetensors"):
-        from zir.models.imagenet import IMAGENET_SIZE, imagenet_classes, imagenet_classifier
+        from zir.models.classify.imagenet import IMAGENET_SIZE, imagenet_classes, imagenet_classifier
 
         model = imagenet_classifier(str(path))  # ConfigError for a name without offline weights
         cfg = RunConfig(model="classifier", model_args={"backbone": str(path), "pretrained": "imagenet"},

@@ -12,21 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from zir.errors import ConfigError
-from zir.models import (
-    classifier,
-    convnet,
-    fast_rcnn,
-    faster_rcnn,
-    fcn,
-    mask_rcnn,
-    overfeat,
-    panoptic_fpn,
-    rcnn,
-    sliding_window,
-    unet,
-    yolo_v1,
-)
 from zir.models.base import ZirModel
+from zir.models.classify import classifier, convnet
+from zir.models.detect import fast_rcnn, faster_rcnn, overfeat, rcnn, sliding_window, yolo_v1
+from zir.models.segment import fcn, mask_rcnn, panoptic_fpn, unet
 
 
 @dataclass(frozen=True)

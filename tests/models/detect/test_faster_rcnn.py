@@ -12,10 +12,10 @@ from torchvision.ops import box_iou, roi_align
 
 from zir.data.synth import SynthDataset
 from zir.models import build_model
-from zir.models.faster_rcnn import FasterRCNNConfig, GroundTruth, build, ground_truth
+from zir.models.detect.faster_rcnn import FasterRCNNConfig, GroundTruth, build, ground_truth
+from zir.models.detect.roi_heads import RoIPooler
+from zir.models.detect.rpn import match_to_ground_truth
 from zir.models.fpn import FPN
-from zir.models.roi_heads import RoIPooler
-from zir.models.rpn import match_to_ground_truth
 from zir.ops.matching import BELOW_LOW, BETWEEN
 
 SIZE = 128
@@ -216,7 +216,7 @@ def test_rpn_matches_torchvision_on_a_fixed_case():
     from torchvision.models.detection.rpn import RegionProposalNetwork
     from torchvision.models.detection.rpn import RPNHead as TVHead
 
-    from zir.models.rpn import RPN
+    from zir.models.detect.rpn import RPN
 
     torch.manual_seed(0)
     sizes, ratios = ((16, 24), (32, 48)), ((0.5, 1.0, 2.0),) * 2
@@ -250,7 +250,7 @@ def test_rpn_matches_torchvision_on_a_fixed_case():
 
 
 def test_multi_scale_training_varies_the_frame_and_prediction_does_not():
-    from zir.models.faster_rcnn import FasterRCNNConfig, build
+    from zir.models.detect.faster_rcnn import FasterRCNNConfig, build
 
     cfg = FasterRCNNConfig(num_classes=2, image_size=128, backbone="mobilenetv3_small_050", pretrained="none",
                            fpn_channels=16, box_hidden=32, train_scales=(0.5, 1.0))

@@ -7,9 +7,9 @@ features (Ren et al., section 3)::
     image -> resize (longer side image_size) -> normalise -> pad to a multiple of 32
       -> backbone (EfficientNet-Lite0, strides 8/16/32)    zir.models.backbones
       -> FPN (d channels, + a stride-64 level)             zir.models.fpn
-      -> RPN: anchors, objectness, deltas -> proposals     zir.models.rpn
+      -> RPN: anchors, objectness, deltas -> proposals     zir.models.detect.rpn
       -> RoI heads: RoI Align / pool -> 2 FC -> softmax over K+1 classes + per-class box deltas
-                                                           zir.models.roi_heads
+                                                           zir.models.detect.roi_heads
       -> per-class NMS -> boxes mapped back to the input image's pixels
 
 Training sums the four losses (section 3.2, "approximate joint training"): the RPN's objectness and
@@ -38,9 +38,9 @@ from zir.data.contract import DetectionPrediction
 from zir.errors import ConfigError
 from zir.models.backbones import Backbone, build_backbone
 from zir.models.base import ZirModel
+from zir.models.detect.roi_heads import ROI_OPS, BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
+from zir.models.detect.rpn import RPN, GroundTruth
 from zir.models.fpn import FPN
-from zir.models.roi_heads import ROI_OPS, BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
-from zir.models.rpn import RPN, GroundTruth
 from zir.ops.boxes import clip, remove_small_boxes
 
 

@@ -17,8 +17,8 @@ from zir.engine.trainer import train
 from zir.errors import ConfigError
 from zir.models import MODELS, build_model
 from zir.models.backbones import offline_state_dict
-from zir.models.classifier import Classifier, ClassifierConfig
-from zir.models.imagenet import imagenet_classes, imagenet_classifier
+from zir.models.classify.classifier import Classifier, ClassifierConfig
+from zir.models.classify.imagenet import imagenet_classes, imagenet_classifier
 
 skimage_data = pytest.importorskip("skimage.data")  # test-only oracle: real photos
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from zir.data.contract import DetectionPrediction
 from zir.data.synth import SynthDataset
 from zir.engine.data import collate, eval_transform
-from zir.models.mask_rcnn import MaskHead, MaskRCNNConfig, build, mask_loss, project_masks_on_boxes
+from zir.models.segment.mask_rcnn import MaskHead, MaskRCNNConfig, build, mask_loss, project_masks_on_boxes
 
 SIZE = 64
 

@@ -2,7 +2,7 @@
 
 The lecture's four parts, each its own piece here::
 
-    1. image -> selective search proposals (~2000)                zir.models.proposals (OpenCV contrib)
+    1. image -> selective search proposals (~2000)                zir.models.detect.proposals (OpenCV contrib)
     2. each proposal, with 16 px of context, warped to a fixed square (anisotropic, section 2.1)
        -> the pretrained CNN (frozen) -> one feature vector        RCNN.embed
     3. one linear SVM per class on the features                   train_svm (hard-negative mining)
@@ -57,8 +57,8 @@ from zir.data.contract import DetectionPrediction
 from zir.errors import ConfigError
 from zir.models.backbones import create_timm
 from zir.models.base import ZirModel
-from zir.models.faster_rcnn import ground_truth
-from zir.models.proposals import MODES, ProposalCache, SelectiveSearch
+from zir.models.detect.faster_rcnn import ground_truth
+from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
 from zir.ops import roi_align
 from zir.ops.boxes import batched_nms, clip, iou
 from zir.ops.coder import BoxCoder
@@ -71,7 +71,7 @@ class RCNNConfig:
     backbone, pretrained: the CNN (a timm name; ``imagenet`` offline weights, ``timm`` or ``none``).
     crop_size: side of the square each region is warped to (227 in the paper).
     context: pixels of image context around the region in the warped crop (16 of 227 in the paper).
-    ss_mode, ss_size, max_proposals: selective search (``zir.models.proposals``).
+    ss_mode, ss_size, max_proposals: selective search (``zir.models.detect.proposals``).
     train_regions: per training image, besides its ground-truth boxes, at most this many proposals with
         IoU >= ``reg_iou`` (for the regressors) and this many others (the SVMs' negatives), drawn at
         random, get their features cached (all of them would cost ~2000 CNN passes per image).

@@ -13,7 +13,7 @@ import torch
 
 from zir.errors import ConfigError
 from zir.models.backbones import OFFLINE_WEIGHTS, offline_state_dict
-from zir.models.classifier import Classifier, ClassifierConfig
+from zir.models.classify.classifier import Classifier, ClassifierConfig
 
 IMAGENET_SIZE = 224  # the resolution the weights were trained at
 

@@ -5,7 +5,7 @@ A classifier whose fully connected layers are convolutions (a ``k x k`` convolut
 feature map of a window is a fully connected layer) can be applied to a whole image at once: its
 output is then a map with one prediction per window position, ``S`` pixels apart (``S`` the features'
 stride), and the computation shared by overlapping windows is done once (paper section 3.5, figure 5).
-One forward pass per scale replaces ``zir.models.sliding_window``'s thousands of crops::
+One forward pass per scale replaces ``zir.models.detect.sliding_window``'s thousands of crops::
 
     image -> resize (longer side image_size) -> for every scale s of the pyramid (section 4.1):
       resize by s -> normalise -> pad to a multiple of S
@@ -43,9 +43,9 @@ from torch import Tensor, nn
 from zir.data.contract import DetectionPrediction
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
-from zir.models.faster_rcnn import ground_truth, resize_scale
-from zir.models.rpn import GroundTruth
-from zir.models.sliding_window import WindowClassifier, sliding_windows, window_count
+from zir.models.detect.faster_rcnn import ground_truth, resize_scale
+from zir.models.detect.rpn import GroundTruth
+from zir.models.detect.sliding_window import WindowClassifier, sliding_windows, window_count
 from zir.ops.boxes import batched_nms, clip, ioa, iou, scale_boxes, weighted_merge
 from zir.ops.coder import RCNN_HEAD_WEIGHTS, BoxCoder
 from zir.ops.matching import BELOW_LOW, BETWEEN, balanced_sample, match
@@ -64,7 +64,7 @@ class OverFeatConfig:
         between windows.
     scales: the image pyramid, factors of the working image (a window covers ``window / s`` working
         pixels); training draws one per batch.
-    backbone: ``convnet`` (``level`` blocks of ``zir.models.convnet``) or a timm name (its feature map
+    backbone: ``convnet`` (``level`` blocks of ``zir.models.classify.convnet``) or a timm name (its feature map
         of stride ``2**level``); ``pretrained``: weights of a timm backbone.
     width: channels of the first ConvNet block; hidden: channels of the convolutional FC layers.
     level: the feature stride is ``2**level``.

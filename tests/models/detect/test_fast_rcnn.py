@@ -9,7 +9,7 @@ import torch
 from zir.data.contract import DetectionPrediction
 from zir.data.synth import SynthDataset
 from zir.engine.data import collate, eval_transform
-from zir.models.fast_rcnn import FastRCNNConfig, build
+from zir.models.detect.fast_rcnn import FastRCNNConfig, build
 
 pytest.importorskip("cv2.ximgproc")
 

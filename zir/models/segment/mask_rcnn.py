@@ -1,6 +1,6 @@
 """Mask R-CNN (He et al. 2017): Faster R-CNN plus a mask branch, for instance segmentation.
 
-Faster R-CNN's backbone, FPN, RPN and box head (``zir.models.faster_rcnn``) are reused as they are;
+Faster R-CNN's backbone, FPN, RPN and box head (``zir.models.detect.faster_rcnn``) are reused as they are;
 a third head, parallel to the box head, predicts one ``M x M`` binary mask per class for each RoI
 (section 3)::
 
@@ -28,17 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zir.data.contract import DetectionPrediction
-from zir.models import faster_rcnn
-from zir.models.faster_rcnn import FasterRCNN, FasterRCNNConfig, ground_truth, to_input_pixels
-from zir.models.roi_heads import RoIPooler, SampledRoIs
-from zir.models.rpn import GroundTruth
+from zir.models.detect import faster_rcnn
+from zir.models.detect.faster_rcnn import FasterRCNN, FasterRCNNConfig, ground_truth, to_input_pixels
+from zir.models.detect.roi_heads import RoIPooler, SampledRoIs
+from zir.models.detect.rpn import GroundTruth
 from zir.ops import roi_align
 from zir.ops.masks import paste_masks_in_image
 
 
 @dataclass
 class MaskRCNNConfig(FasterRCNNConfig):
-    """Faster R-CNN's settings (:class:`~zir.models.faster_rcnn.FasterRCNNConfig`) plus the mask branch's.
+    """Faster R-CNN's settings (:class:`~zir.models.detect.faster_rcnn.FasterRCNNConfig`) plus the mask branch's.
 
     Attributes:
         mask_roi_size: RoI Align grid of the mask branch (14).
@@ -86,7 +86,7 @@ class MaskHead(nn.Module):
 class MaskRCNN(FasterRCNN):
     """Faster R-CNN (``backbone``, ``fpn``, ``rpn``, ``roi_heads``) plus ``mask_pooler`` and ``mask_head``.
 
-    ``loss`` and ``predict`` take the same inputs as :class:`~zir.models.faster_rcnn.FasterRCNN`;
+    ``loss`` and ``predict`` take the same inputs as :class:`~zir.models.detect.faster_rcnn.FasterRCNN`;
     targets also carry ``masks`` uint8 ``(N, H, W)`` in the (padded) input image's pixels.
     """
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-import zir.models.yolo_v1 as yolo
+import zir.models.detect.yolo_v1 as yolo
 from zir.errors import ConfigError
 from zir.models import build_model
-from zir.models.yolo_v1 import YoloV1Config, loss_yolo_v1
+from zir.models.detect.yolo_v1 import YoloV1Config, loss_yolo_v1
 from zir.ops.boxes import iou
 from zir.ops.coder import encode_yolo_v1
 

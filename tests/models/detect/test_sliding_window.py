@@ -8,7 +8,7 @@ import torch
 from torchvision import tv_tensors
 
 from zir.models import build_model
-from zir.models.sliding_window import (
+from zir.models.detect.sliding_window import (
     SlidingWindowConfig,
     build,
     crop_windows,

@@ -18,10 +18,10 @@ Scales are an image pyramid: a fixed ``h x w`` window slid over the image resize
 every scale is cropped out and classified on its own: the cost grows with the number of windows,
 ``sum over scales and windows of window_count(H s, W s, (h, w), stride)`` (see :func:`window_count`),
 and a finer stride or more scales find more objects at a higher price. ``last_window_count`` holds the
-number evaluated for the last image predicted. OverFeat (``zir.models.overfeat``) runs the same
+number evaluated for the last image predicted. OverFeat (``zir.models.detect.overfeat``) runs the same
 classifier as one convolution over the whole image instead.
 
-The classifier (:class:`WindowClassifier`) is a small ConvNet of ``zir.models.convnet`` blocks (or a
+The classifier (:class:`WindowClassifier`) is a small ConvNet of ``zir.models.classify.convnet`` blocks (or a
 timm backbone's feature map), whose fully connected layers are written as convolutions: a ``k x k``
 convolution over the ``k x k`` feature map of a window is a fully connected layer, and applied to a
 larger image it slides. Here every window is a separate input, so it returns one output each.
@@ -42,8 +42,8 @@ from zir.data.contract import DetectionPrediction
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
-from zir.models.convnet import ConvBlock
-from zir.models.faster_rcnn import ground_truth, resize_scale, to_input_pixels
+from zir.models.classify.convnet import ConvBlock
+from zir.models.detect.faster_rcnn import ground_truth, resize_scale, to_input_pixels
 from zir.ops.boxes import batched_nms, iou, scale_boxes
 
 
@@ -59,7 +59,7 @@ class SlidingWindowConfig:
     scales: the image pyramid: the working image is resized by each factor and every window slides
         over each; a window covers ``h / s`` working pixels.
     input_size: side of the classifier's square input; a multiple of the feature stride ``2**level``.
-    backbone: ``convnet`` (``level`` blocks of ``zir.models.convnet``) or a timm name (its feature
+    backbone: ``convnet`` (``level`` blocks of ``zir.models.classify.convnet``) or a timm name (its feature
         map of stride ``2**level``); ``pretrained``: weights of a timm backbone (``imagenet``, ``timm``,
         ``none``).
     width: channels of the first ConvNet block (doubling per block).
@@ -144,7 +144,7 @@ def crop_windows(images: Tensor, boxes: Tensor, batch_index: Tensor, size: int) 
 
 
 class ConvNetFeatures(nn.Sequential):
-    """``level`` conv-BN-ReLU-pool blocks (``zir.models.convnet.ConvBlock``): stride ``2**level``."""
+    """``level`` conv-BN-ReLU-pool blocks (``zir.models.classify.convnet.ConvBlock``): stride ``2**level``."""
 
     def __init__(self, width: int, level: int) -> None:
         chans = [3] + [width * min(2**i, 8) for i in range(level)]

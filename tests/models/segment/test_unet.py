@@ -11,7 +11,7 @@ from zir.data.synth import SynthDataset
 from zir.errors import ConfigError
 from zir.metrics.semantic import SemanticMetrics
 from zir.models import MODELS, build_model
-from zir.models.seg_losses import (
+from zir.models.segment.losses import (
     binary_cross_entropy,
     border_weight_map,
     connected_components,
@@ -19,7 +19,7 @@ from zir.models.seg_losses import (
     semantic_targets,
     soft_dice,
 )
-from zir.models.unet import mirror_pad
+from zir.models.segment.unet import mirror_pad
 
 
 def unet(num_classes: int = 2, image_size: int = 64, **args):

@@ -62,7 +62,7 @@ from zir.data.contract import DetectionPrediction
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
-from zir.models.convnet import ConvBlock
+from zir.models.classify.convnet import ConvBlock
 from zir.ops.boxes import aligned_iou, batched_nms, clip, letterbox, letterbox_boxes, unletterbox_boxes
 from zir.ops.coder import decode_yolo_v1, encode_yolo_v1
 
@@ -115,7 +115,7 @@ class YoloV1Config:
 
 
 class ConvNetBackbone(nn.Module):
-    """Five conv-BN-ReLU-pool blocks (``zir.models.convnet.ConvBlock``): stride 32, like EfficientNet's
+    """Five conv-BN-ReLU-pool blocks (``zir.models.classify.convnet.ConvBlock``): stride 32, like EfficientNet's
     last map. Channels ``width, 2 width, 4 width, 8 width, 8 width``."""
 
     def __init__(self, width: int) -> None:

@@ -3,17 +3,17 @@
 R-CNN runs the CNN once per proposal; Fast R-CNN runs it once per image and crops each proposal's
 features from the shared map (section 2)::
 
-    image -> selective search proposals                     zir.models.proposals (OpenCV contrib)
+    image -> selective search proposals                     zir.models.detect.proposals (OpenCV contrib)
     image -> resize (longer side image_size) -> normalise -> backbone -> one map at stride 16
-      -> RoI max pooling to 7 x 7 (section 2.1)             zir.models.roi_heads.RoIPooler(op="pool")
+      -> RoI max pooling to 7 x 7 (section 2.1)             zir.models.detect.roi_heads.RoIPooler(op="pool")
       -> fc6, fc7 -> softmax over K + 1 classes and per-class box deltas (section 2.2)
       -> per-class NMS -> boxes mapped back to the input image's pixels
 
 Training (section 2.3) is one network and one loss: the multi-task loss ``L = L_cls + [u >= 1] L_loc``
 on mini-batches of RoIs, 25 % of them foreground (IoU >= 0.5 with a ground-truth box), sampled from the
-proposals plus the ground-truth boxes (:class:`zir.models.roi_heads.RoIHeads`, shared with Faster
+proposals plus the ground-truth boxes (:class:`zir.models.detect.roi_heads.RoIHeads`, shared with Faster
 R-CNN). The proposals stay fixed during training, so they are computed once per training image
-(:class:`~zir.models.proposals.ProposalCache`); prediction always searches afresh, so its time includes
+(:class:`~zir.models.detect.proposals.ProposalCache`); prediction always searches afresh, so its time includes
 selective search, the cost Faster R-CNN's RPN removes.
 
 The backbone is EfficientNet-Lite0 cut at stride 16 (the paper's conv5 of VGG16 is at stride 16), its
@@ -34,7 +34,7 @@ from zir.data.contract import DetectionPrediction
 from zir.errors import ConfigError
 from zir.models.backbones import Backbone, build_backbone
 from zir.models.base import ZirModel
-from zir.models.faster_rcnn import (
+from zir.models.detect.faster_rcnn import (
     freeze_blocks,
     ground_truth,
     pad_batch,
@@ -42,8 +42,8 @@ from zir.models.faster_rcnn import (
     resize_scale,
     to_input_pixels,
 )
-from zir.models.proposals import MODES, ProposalCache, SelectiveSearch
-from zir.models.roi_heads import BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
+from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
+from zir.models.detect.roi_heads import BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
 
 
 @dataclass
@@ -58,7 +58,7 @@ class FastRCNNConfig:
     roi_batch_size, roi_positive_fraction: RoIs sampled per image (the paper: 64) and their foreground
         share (0.25).
     box_loss: ``smooth_l1`` or ``l1``.
-    ss_mode, ss_size, max_proposals: selective search (``zir.models.proposals``): ``fast`` or
+    ss_mode, ss_size, max_proposals: selective search (``zir.models.detect.proposals``): ``fast`` or
         ``quality``, the longer side it runs at, the most proposals kept per image (2000).
     score_thresh, nms_iou, detections_per_img: post-processing (the paper's NMS IoU is 0.3).
     """

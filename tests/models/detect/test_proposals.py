@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from zir.errors import ConfigError
-from zir.models import proposals
-from zir.models.proposals import ProposalCache, SelectiveSearch, selective_search
+from zir.models.detect import proposals
+from zir.models.detect.proposals import ProposalCache, SelectiveSearch, selective_search
 
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("cv2.ximgproc")

@@ -33,7 +33,7 @@ from zir.data.contract import SemanticPrediction
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
-from zir.models.seg_losses import cross_entropy, semantic_targets
+from zir.models.segment.losses import cross_entropy, semantic_targets
 from zir.ops.transposed import bilinear_upsampler
 from zir.ops.tta import check_views, dihedral_mean
 

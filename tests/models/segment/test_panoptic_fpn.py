@@ -20,7 +20,7 @@ from zir.data.synth import PANOPTIC_CLASSES, SynthDataset
 from zir.engine.data import collate, eval_transform
 from zir.engine.trainer import train
 from zir.errors import ConfigError
-from zir.models.panoptic_fpn import PanopticFPNConfig, SemanticHead, build, merge_panoptic
+from zir.models.segment.panoptic_fpn import PanopticFPNConfig, SemanticHead, build, merge_panoptic
 
 SIZE = 64
 THINGS = (True,) * 4 + (False,) * 2  # zir's synthetic panoptic classes: four shapes, then sky and ground

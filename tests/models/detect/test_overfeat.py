@@ -8,9 +8,9 @@ import torch
 from torchvision import tv_tensors
 
 from zir.models import build_model
-from zir.models.overfeat import OverFeatConfig, build, label_windows, position_windows, postprocess
-from zir.models.rpn import GroundTruth
-from zir.models.sliding_window import sliding_windows, window_count
+from zir.models.detect.overfeat import OverFeatConfig, build, label_windows, position_windows, postprocess
+from zir.models.detect.rpn import GroundTruth
+from zir.models.detect.sliding_window import sliding_windows, window_count
 from zir.ops.boxes import batched_nms, iou
 from zir.ops.matching import BELOW_LOW, BETWEEN
 

@@ -4,8 +4,8 @@ Panoptic segmentation gives every pixel a class and, for *thing* classes (counta
 instance id; *stuff* (sky, road, grass) has no instances (Kirillov et al. 2019, "Panoptic
 Segmentation"). Panoptic FPN is Mask R-CNN with one more, light branch on the same FPN maps::
 
-    image -> backbone + FPN (shared)                               zir.models.faster_rcnn
-      -> instance branch: RPN, box head, mask head (Mask R-CNN)   zir.models.mask_rcnn   -> things
+    image -> backbone + FPN (shared)                               zir.models.detect.faster_rcnn
+      -> instance branch: RPN, box head, mask head (Mask R-CNN)   zir.models.segment.mask_rcnn   -> things
       -> semantic branch: each level -> [3x3 conv, GroupNorm, ReLU, 2x up] until stride 8, summed,
                           1x1 conv to (stuff classes + 1 "thing") logits, bilinear up to the image
                                                                    (section 3.2, Figure 3) -> stuff
@@ -34,13 +34,13 @@ from torch import Tensor, nn
 
 from zir.data.contract import IGNORE_INDEX, DetectionPrediction, PanopticPrediction
 from zir.errors import ConfigError
-from zir.models import mask_rcnn
-from zir.models.mask_rcnn import MaskRCNN, MaskRCNNConfig
+from zir.models.segment import mask_rcnn
+from zir.models.segment.mask_rcnn import MaskRCNN, MaskRCNNConfig
 
 
 @dataclass
 class PanopticFPNConfig(MaskRCNNConfig):
-    """Mask R-CNN's settings (:class:`~zir.models.mask_rcnn.MaskRCNNConfig`) plus the semantic branch and
+    """Mask R-CNN's settings (:class:`~zir.models.segment.mask_rcnn.MaskRCNNConfig`) plus the semantic branch and
     the merge. ``num_classes`` counts every class, things and stuff; the data fills ``thing_classes``.
 
     Attributes:

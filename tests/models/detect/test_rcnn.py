@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from zir.data.contract import DetectionPrediction
 from zir.data.synth import SynthDataset
-from zir.models.rcnn import (
+from zir.models.detect.rcnn import (
     FEATURE_FILE,
     RCNNConfig,
     build,

@@ -16,7 +16,7 @@ so every input size works (the output is cropped back to it) and training from s
 quickly; the paper's unpadded convolutions shrink a 572 tile to 388. Its tools for small data are here:
 
 * the loss (section 3): ``loss="border"`` weights every pixel by eq. 2,
-  ``w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2))`` (:func:`zir.models.seg_losses.border_weight_map`);
+  ``w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2))`` (:func:`zir.models.segment.losses.border_weight_map`);
   ``+dice`` adds the soft Dice loss;
 * elastic deformation (section 3.1): ``zir.augment.ElasticDeform``, in the ``standard`` and ``heavy``
   augmentation presets of the segment task (``data.augment=standard``);
@@ -40,8 +40,8 @@ from zir.data.contract import SemanticPrediction
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
-from zir.models.fcn import resize_longer
-from zir.models.seg_losses import (
+from zir.models.segment.fcn import resize_longer
+from zir.models.segment.losses import (
     binary_cross_entropy,
     border_weight_map,
     cross_entropy,

@@ -1,0 +1,4 @@
+"""Detection, in the lecture's order: sliding windows, OverFeat, YOLO v1, R-CNN, Fast R-CNN, Faster R-CNN.
+
+One file per architecture; the parts two-stage detectors share (``rpn``, ``roi_heads``, selective
+search ``proposals``) have their own files."""
