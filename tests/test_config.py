@@ -82,8 +82,8 @@ def test_unknown_key_names_the_closest_and_lists_the_known_ones():
         load_config(overrides=["model=convnet", "epochz=3"])
     message = str(e.value)
     assert "unknown setting 'epochz'" in message and "Did you mean epochs" in message
-    for known in ("train.lr", "data.image_size", "project", "width"):  # run, sections and the model's own
-        assert known in message
+    for known in ("train: epochs, optimizer, lr", "data: path, format", "run: model", "model convnet: depth"):
+        assert known in message  # the run's keys, each section's and the model's own
 
 
 def test_no_readme_command_uses_an_ambiguous_or_unknown_key():

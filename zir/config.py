@@ -328,11 +328,9 @@ def _unknown(key: str, model: str) -> str:
     """The message for a key that is no setting: the closest known keys, then all of them."""
     from zir.models import model_keys
 
-    known = {"run": [*_RUN_KEYS, "model_args"],
-             **{s: [f"{s}.{f.name}" for f in fields(cls)] for s, cls in _SECTIONS.items()},
-             model: sorted(model_keys(model))}
-    flat = [k.split(".")[-1] for keys in known.values() for k in keys]
-    close = difflib.get_close_matches(key.split(".")[-1], flat, n=3)
+    known = {"run": [*_RUN_KEYS, "model_args"], **{s: [f.name for f in fields(cls)] for s, cls in _SECTIONS.items()},
+             f"model {model}": sorted(model_keys(model))}
+    close = difflib.get_close_matches(key.split(".")[-1], [k for keys in known.values() for k in keys], n=3)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     listing = "; ".join(f"{section}: {', '.join(keys)}" for section, keys in known.items())
     return (f"unknown setting {key!r}: not a run, train or data setting, nor a setting of model {model!r}."
