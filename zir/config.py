@@ -132,7 +132,8 @@ class RunConfig:
         model_args: the user's settings of the model (e.g. ``{"width": 32}``), kept as written so that
             config.yaml stays plain YAML; :meth:`model_config` turns them into the model's typed config
             dataclass. On the command line a bare key that is a setting of the model goes here
-            (``transfer=finetune``).
+            (``transfer=finetune``). Each config owns its dict (copied on building): change it only
+            through :meth:`override` too.
         task: optional; when given, the data and the model must be of this task.
         name: run name; the run lives in ``project/name``.
         project: folder holding runs.
@@ -218,9 +219,9 @@ def settle_image_size(data: DataConfig, model_args: Mapping[str, Any]) -> dict[s
 
 
 def validate(cfg: RunConfig) -> None:
-    """Checks that need more than one field's type, run on every config built from settings
-    (:meth:`RunConfig.from_dict`: config.yaml, ``key=value`` overrides, checkpoints). Range checks of
-    numeric settings belong here too."""
+    """Checks beyond each value's type, run on every config built from settings (:meth:`RunConfig.from_dict`:
+    config.yaml, ``key=value`` overrides, checkpoints): the model exists and takes its settings (its own
+    config builder judges them, nested sections too). Range checks of numeric settings belong here."""
     from zir.models import FROM_DATA, get_spec
 
     get_spec(cfg.model)  # an unknown model name, with the list of models
