@@ -9,8 +9,8 @@ A run is described by one :class:`RunConfig`::
 
 On the command line, ``data=PATH`` sets ``data.path``; a key without a dot is looked up in the run,
 then in ``train``, then in ``data`` (``epochs=5``, ``batch_size=32``); dotted keys address a section
-(``model_args.width=16``, ``data.val_split=0.1``). Values are parsed as YAML (``5``, ``1e-3``, ``true``,
-``[1, 2]``). Every checkpoint stores the whole config, so a run folder needs nothing else.
+(``model_args.width=16``, ``data.val_split=0.1``, ``model_args.rpn.nms_iou=0.6`` for a section of the
+model's config). Values are parsed as YAML (``5``, ``1e-3``, ``true``, ``[1, 2]``). Every checkpoint stores the whole config, so a run folder needs nothing else.
 """
 
 from __future__ import annotations
@@ -198,15 +198,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 
 
 def _check_model_args(cfg: RunConfig) -> None:
-    from zir.models import MODELS
+    from zir.models import MODELS, model_config
 
     if cfg.model not in MODELS:
         return  # reported with the list of models when the run starts
-    known = {f.name for f in fields(MODELS[cfg.model].config)}
-    unknown = set(cfg.model_args) - known
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)}: not a run, train or data setting, nor a "
-                          f"setting of model {cfg.model!r} ({', '.join(sorted(known))}); see `zir train --help`")
+    try:  # the one builder of model configs knows its sections and old flat names
+        model_config(cfg.model, 1, cfg.data.image_size, cfg.model_args)
+    except ConfigError as e:
+        raise ConfigError(f"unknown setting(s) or bad model_args: {e}. A key that is not a run, train or data "
+                          "setting is taken as a model setting; see `zir train --help`") from None
 
 
 def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
@@ -239,6 +239,16 @@ def _set(d: dict[str, Any], key: str, value: Any) -> None:
                 section[key] = value
                 return
         d["model_args"][key] = value  # a model setting; checked against the model's config below
+        return
+    if parts[0] == "model_args":  # model settings nest in sections (model_args.rpn.nms_iou); checked by the model
+        node = d["model_args"] = dict(d["model_args"])  # copies: the caller's dicts are not changed
+        for p in parts[1:-1]:
+            child = node.get(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"setting {key!r}: model_args.{p} is a single value, not a section")
+            node[p] = dict(child)
+            node = node[p]
+        node[parts[-1]] = value
         return
     target = d
     for p in parts[:-1]:

@@ -104,5 +104,5 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     if "pretrained" in {f.name for f in dataclasses.fields(get_spec(cfg.model).config)}:
         args["pretrained"] = "none"  # the checkpoint's weights replace them anyway: skip loading ImageNet's
     model = build_model(cfg.model, len(meta["classes"]), cfg.data.image_size, args)
-    load_weights(model, weights)
+    load_weights(model, weights, get_spec(cfg.model).renames)
     return Predictor(model, list(meta["classes"]), cfg, device)
