@@ -56,3 +56,24 @@ def test_bad_yaml_names_the_file(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_model_sections_from_dotted_keys_yaml_and_old_flat_names(tmp_path):
+    """A model's config sections (``rpn``, ``roi_heads``...) can be set by dotted key, nested YAML or the old
+    flat name; all reach the same place in the model's config (``zir.models.model_config``)."""
+    from zir.models import model_config
+
+    cfg = load_config(overrides=["model=faster_rcnn", "model_args.rpn.nms_iou=0.6", "box_hidden=32"])
+    assert cfg.model_args == {"rpn": {"nms_iou": 0.6}, "box_hidden": 32}
+    (tmp_path / "run.yaml").write_text("model: faster_rcnn\nmodel_args: {rpn: {nms_iou: 0.6}, roi_heads: {hidden: 32}}\n")
+    from_yaml = load_config(tmp_path / "run.yaml", overrides={"model_args.rpn.batch_size": 128})
+    given = {"model": "faster_rcnn", "model_args": {"rpn": {"nms_iou": 0.6}, "fpn_channels": 16}}
+    from_api = load_config(overrides={**given, "model_args.rpn.batch_size": 128})
+    assert given["model_args"] == {"rpn": {"nms_iou": 0.6}, "fpn_channels": 16}  # the caller's dicts are unchanged
+    built = [model_config("faster_rcnn", 2, 64, c.model_args) for c in (cfg, from_yaml, from_api)]
+    assert all(b.rpn.nms_iou == 0.6 for b in built) and built[0].roi_heads.hidden == built[1].roi_heads.hidden == 32
+    assert built[1].rpn.batch_size == built[2].rpn.batch_size == 128 and built[2].fpn_channels == 16
+    with pytest.raises(ConfigError, match=r"unknown setting.*'rpn.nms_id'.*'rpn' has"):
+        load_config(overrides=["model=faster_rcnn", "model_args.rpn.nms_id=0.6"])
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config(overrides=["model=faster_rcnn", "model_args.rpn.nms_iou=0.6", "rpn_nms_iou=0.5"])
