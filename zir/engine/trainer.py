@@ -159,7 +159,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         if read_meta(run_dir / "weights" / "last.safetensors").get("epoch") != state["epoch"]:
             raise CheckpointError(f"{run_dir}/weights: last.safetensors and last_state.pt are from different "
                                   "epochs; the run was interrupted while saving. Start it again.")
-        load_weights(model, run_dir / "weights" / "last.safetensors")
+        load_weights(model, run_dir / "weights" / "last.safetensors", get_spec(cfg.model).renames)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
