@@ -20,12 +20,20 @@ from zir.models.segment import fcn, mask_rcnn, panoptic_fpn, unet
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: the task, the config dataclass, its builder and a one-line summary."""
+    """A registry entry: the task, the config dataclass, its builder, a one-line summary and facts about
+    the architecture that tools read without building the model.
+
+    Attributes:
+        stages: detectors: 1 for one-stage (one dense pass decides boxes and classes), 2 for two-stage
+            (proposals, then a classifier per region), as in the lecture's speed/accuracy comparison
+            (``zir bench detectors`` marks them); 0 for other tasks.
+    """
 
     task: str
     config: type
     build: Callable[[Any], ZirModel]
     summary: str
+    stages: int = 0
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -36,25 +44,33 @@ MODELS: dict[str, ModelSpec] = {
     "efficientnet_lite0": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
                                     "classifier on EfficientNet-Lite0 with ImageNet weights (offline)"),
     "yolo_v1": ModelSpec("detect", yolo_v1.YoloV1Config, yolo_v1.build,
-                         "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss"),
+                         "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss",
+                         stages=1),
     "faster_rcnn": ModelSpec("detect", faster_rcnn.FasterRCNNConfig, faster_rcnn.build,
-                             "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS"),
+                             "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS",
+                             stages=2),
     "rcnn": ModelSpec("detect", rcnn.RCNNConfig, rcnn.build,
-                      "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression"),
+                      "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression",
+                      stages=2),
     "fast_rcnn": ModelSpec("detect", fast_rcnn.FastRCNNConfig, fast_rcnn.build,
-                           "Fast R-CNN: selective search, one feature map, RoI pooling, 2 FC, multi-task loss"),
+                           "Fast R-CNN: selective search, one feature map, RoI pooling, 2 FC, multi-task loss",
+                           stages=2),
     "sliding_window": ModelSpec("detect", sliding_window.SlidingWindowConfig, sliding_window.build,
-                                "sliding window: a crop classifier over every window of an image pyramid, NMS"),
+                                "sliding window: a crop classifier over every window of an image pyramid, NMS",
+                                stages=1),
     "overfeat": ModelSpec("detect", overfeat.OverFeatConfig, overfeat.build,
-                          "OverFeat: the window classifier run fully convolutionally over a pyramid, box head"),
+                          "OverFeat: the window classifier run fully convolutionally over a pyramid, box head",
+                          stages=1),
     "fcn": ModelSpec("segment", fcn.FCNConfig, fcn.build,
                      "FCN-32s/16s/8s: pretrained backbone, 1x1 classifier, bilinear-initialised transposed convs"),
     "unet": ModelSpec("segment", unet.UNetConfig, unet.build,
                       "U-Net: encoder-decoder with concatenated skips; border-weighted loss, overlap-tile predict"),
     "mask_rcnn": ModelSpec("instance", mask_rcnn.MaskRCNNConfig, mask_rcnn.build,
-                           "Mask R-CNN: Faster R-CNN + FPN plus a 4-conv + deconv head, 28x28 mask per class"),
+                           "Mask R-CNN: Faster R-CNN + FPN plus a 4-conv + deconv head, 28x28 mask per class",
+                           stages=2),
     "panoptic_fpn": ModelSpec("panoptic", panoptic_fpn.PanopticFPNConfig, panoptic_fpn.build,
-                              "Panoptic FPN: Mask R-CNN for things + a semantic FPN branch for stuff, merged"),
+                              "Panoptic FPN: Mask R-CNN for things + a semantic FPN branch for stuff, merged",
+                              stages=2),
 }
 
 

@@ -26,9 +26,6 @@ class ZirModel(nn.Module):
     """Base class: the shared interface, input normalisation and optimizer parameter groups."""
 
     task: ClassVar[str] = ""
-    #: detectors: 1 for one-stage (one dense pass decides boxes and classes), 2 for two-stage (proposals,
-    #: then a classifier per region), as in the lecture's speed/accuracy comparison; 0 for other tasks.
-    stages: ClassVar[int] = 0
 
     def __init__(self) -> None:
         super().__init__()

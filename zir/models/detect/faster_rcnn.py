@@ -145,7 +145,6 @@ class FasterRCNN(ZirModel):
     """
 
     task = "detect"
-    stages = 2
 
     def __init__(self, cfg: FasterRCNNConfig, backbone: Backbone, fpn: FPN, rpn: RPN, roi_heads: RoIHeads) -> None:
         super().__init__()
