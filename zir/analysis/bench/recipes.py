@@ -48,7 +48,9 @@ class Recipe:
         try:
             return load_config(self.path, overrides={**self.overrides, **run, "model": self.model})
         except ConfigError as e:
-            raise ConfigError(f"recipe {self.path} for {self.model} (with --set {self.overrides}): {e}") from None
+            sets = " ".join(f"{self.model}.{k}={v}" for k, v in self.overrides.items())
+            raise ConfigError(f"recipe {self.path} for {self.model}" + (f" with --set {sets}" if sets else "")
+                              + f": {e}") from None
 
     def settings(self) -> dict[str, Any]:
         """What the recipe sets, as ``key=value`` of the command line: the file's, then the overrides."""
