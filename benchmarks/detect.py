@@ -1,6 +1,6 @@
 """Benchmark: every zir detector (registry task ``detect``) beside Ultralytics YOLOv8n, same time budget.
 
-A thin wrapper of ``zir bench detectors`` (``zir/analysis/bench.py``: budgeted training, scoring, table,
+A thin wrapper of ``zir bench detectors`` (``zir/analysis/bench/``: budgeted training, scoring, table,
 chart) that adds what is not zir's business:
 
   * ``raccoon``: ``../shared/data/raccoon`` with its own split (``data/train_labels.csv``: 160 images,
@@ -42,7 +42,6 @@ from zir.analysis.bench import BenchData, BenchRow
 from zir.data.contract import DetectionPrediction
 from zir.data.formats.coco import write_coco_json
 from zir.data.formats.voc import read_voc
-from zir.data.image_io import read_image
 
 RACCOON = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "raccoon"
 PEER_NAME = "YOLOv8n (Ultralytics, peer)"
@@ -93,16 +92,18 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
     weights = Path(model.trainer.save_dir) / "weights" / "last.pt"
     net = YOLO(str(weights))
 
-    def load_bgr(path: Path) -> np.ndarray:
-        """(H, W, 3) uint8 BGR, what Ultralytics takes for an array (decoding is not timed)."""
-        return np.ascontiguousarray(read_image(path).permute(1, 2, 0).numpy()[..., ::-1])
+    def predict(images: list[torch.Tensor]) -> list[DetectionPrediction]:
+        out = []
+        for image in images:  # float (3, H, W) in [0, 1] at its own size, as every zir model gets it
+            # (H, W, 3) uint8 BGR, what Ultralytics takes for an array (x / 255 * 255 rounds back exactly;
+            # this conversion is timed with the prediction)
+            bgr = np.ascontiguousarray((image * 255).round().byte().permute(1, 2, 0).cpu().numpy()[..., ::-1])
+            r = net.predict(bgr, imgsz=image_size, conf=0.001, iou=0.6, max_det=100, device="cpu",
+                            verbose=False)[0].boxes
+            out.append(DetectionPrediction(boxes=r.xyxy.float(), scores=r.conf.float(), labels=r.cls.long()))
+        return out
 
-    def predict_one(image: np.ndarray) -> DetectionPrediction:
-        r = net.predict(image, imgsz=image_size, conf=0.001, iou=0.6, max_det=100, device="cpu",
-                        verbose=False)[0].boxes
-        return DetectionPrediction(boxes=r.xyxy.float(), scores=r.conf.float(), labels=r.cls.long())
-
-    m = bench.score(predict_one, data, work, load=load_bgr)
+    m = bench.score(predict, data, work)
     return BenchRow(name=PEER_NAME, model="", stages=1, mAP50=m["mAP50"], mAP50_95=m["mAP50-95"], ms=m["ms"],
                     train_min=train_s / 60, epochs=model.trainer.epoch + 1, source="peer", run=str(weights),
                     settings={"imgsz": image_size, "batch": 16, "time_h": round(minutes / 60, 4)})

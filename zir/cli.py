@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "image, one-stage and two-stage marked). Examples:\n"
                     "  zir bench detectors synth --minutes 5 --threads 1\n"
                     "  zir bench detectors raccoon/ --test-split 0.2 --models yolo_v1,faster_rcnn\n"
-                    "  zir bench detectors data.yaml --runs faster_rcnn=runs/frcnn --set yolo_v1.lr=1e-3")
+                    "  zir bench detectors data.yaml --runs faster_rcnn=runs/frcnn --set yolo_v1.lr=1e-3\n"
+                    "  zir bench detectors synth --models yolo_v1 --recipe my_yolo.yaml")
     bd.add_argument("data", help="detection dataset (COCO, YOLO, VOC: any format zir reads) or synth "
                                  "(synthetic shapes, training and test scenes from different seeds)")
     bd.add_argument("--test", default="", metavar="PATH",
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score these trained runs as they are; a NAME among --models is not trained")
     bd.add_argument("--set", dest="sets", action="extend", nargs="+", default=[], metavar="MODEL.KEY=VALUE",
                     help="override a recommended setting of one model, e.g. yolo_v1.lr=1e-3 faster_rcnn.epochs=4")
+    bd.add_argument("--recipe", dest="recipes", action="extend", nargs="+", default=[], metavar="FILE",
+                    help="train a model by this run config (YAML naming its model) instead of its shipped recipe "
+                         "(zir/analysis/bench/recipes/KIND/MODEL.yaml)")
     bd.add_argument("--threads", type=int, default=0, help="torch threads for training and inference (0: default)")
     bd.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     bd.add_argument("--out", default="runs/bench", help="output folder")
@@ -289,8 +293,10 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
         parts += ["--synth-n", str(args.synth_n)]
     parts += ["--runs", *args.runs] if args.runs else []
     parts += ["--set", *args.sets] if args.sets else []
+    parts += ["--recipe", *args.recipes] if args.recipes else []
     result = bench_detectors(args.data, args.out, models=models, minutes=args.minutes, runs=parse_runs(args.runs),
-                             overrides=parse_sets(args.sets), threads=args.threads, device=args.device,
+                             overrides=parse_sets(args.sets), recipes=args.recipes, threads=args.threads,
+                             device=args.device,
                              test=args.test, test_split=args.test_split, synth_n=args.synth_n,
                              command=shlex.join(parts))
     print(result.table.read_text())

@@ -1,12 +1,14 @@
-"""``zir bench detectors``: a tiny bench of two registered detectors (one-stage yolo_v1, two-stage
-faster_rcnn; no pretrained weights, 64 px, one epoch), its outputs, its scores against pycocotools,
-``--runs``, the errors a user can cause, and the CLI."""
+"""``zir bench detectors``: its recipes (run config files through the config loader), a tiny bench of two
+registered detectors (one-stage yolo_v1, two-stage faster_rcnn; no pretrained weights, 64 px, one epoch),
+its outputs, its scores against pycocotools and ``zir.evaluate``, ``--runs``, the errors a user can cause,
+and the CLI."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+import zir
 from zir.analysis import bench
 from zir.analysis.bench import BenchRow
 from zir.cli import main
+from zir.config import load_config
+from zir.data.formats import open_dataset
 from zir.data.synth import SynthConfig, write_synth
 from zir.errors import CheckpointError, ConfigError, DataError
+from zir.models import get_spec, model_config
 
 COMMON = dict(epochs=1, image_size=64, batch_size=8, amp="none", augment="none", pretrained="none")
 TINY = {
@@ -64,6 +71,83 @@ def coco_oracle(gt_json: Path, results_json: Path) -> tuple[float, float]:
     ev.accumulate()
     ev.summarize()
     return float(ev.stats[1]), float(ev.stats[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipes
+
+
+def shipped_recipes() -> list[Path]:
+    return sorted(bench.RECIPES.glob("*/*.yaml"))
+
+
+def test_every_shipped_recipe_names_a_detector_and_loads_through_the_config_loader():
+    assert sorted(p.name for p in bench.RECIPES.iterdir() if p.is_dir()) == sorted(bench.KINDS)
+    files = shipped_recipes()
+    assert {p.parent.name for p in files} == set(bench.KINDS) and len(files) > 2 * len(bench.KINDS)
+    for path in files:
+        raw = yaml.safe_load(path.read_text())
+        models = bench.detectors() if path.stem == "default" else [path.stem]
+        assert path.stem == "default" or raw["model"] == path.stem  # the file says which detector it trains
+        assert path.read_text().startswith("#")  # the reasons behind it, as comments
+        for model in models:
+            cfg = load_config(path, overrides={"model": model})  # unknown settings raise here
+            assert get_spec(cfg.model).task == "detect"
+            model_config(cfg.model, 3, cfg.data.image_size, cfg.model_args)  # values the model's config takes
+            chosen = bench.recipe_for(model, path.parent.name)
+            assert chosen.path != path or chosen.config() == cfg
+    assert all(bench.recipe_for(m, kind).path.stem == m for m in bench.detectors() for kind in bench.KINDS)
+
+
+def test_recipe_is_the_file_then_the_overrides():
+    recipe = bench.recipe_for("yolo_v1", "synth", {"lr": 1e-3, "data.val_split": 0.1})
+    assert recipe.path == bench.RECIPES / "synth" / "yolo_v1.yaml"
+    cfg = recipe.config(data="somewhere.json")
+    assert (cfg.train.lr, cfg.data.val_split, cfg.data.path, cfg.model) == (1e-3, 0.1, "somewhere.json", "yolo_v1")
+    assert (cfg.data.image_size, cfg.model_args["head"], cfg.train.amp) == (256, "conv", "none")  # from the file
+    settings = recipe.settings()  # the table's column: the file's keys as the command line spells them
+    assert settings["lr"] == 1e-3 and settings["S"] == 8 and settings["image_size"] == 256
+    assert "model" not in settings and not recipe.fixed_epochs()
+    assert bench.recipe_for("rcnn", "photo").fixed_epochs()  # R-CNN's one pass is fixed by its recipe
+    assert bench.recipe_for("yolo_v1", "synth", {"epochs": 3}).fixed_epochs()
+    with pytest.raises(ConfigError, match=r"synth/yolo_v1.yaml.*unknown setting"):
+        bench.recipe_for("yolo_v1", "synth", {"no_such_key": 1}).config()
+    with pytest.raises(ConfigError, match="data kind"):
+        bench.recipe_for("yolo_v1", "video")
+
+
+def test_a_detector_without_its_own_recipe_gets_the_default(monkeypatch, tmp_path):
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "default.yaml").write_text("data: {image_size: 96}\n")
+    monkeypatch.setattr(bench.recipes, "RECIPES", tmp_path)
+    recipe = bench.recipe_for("overfeat", "synth")
+    assert recipe.path == tmp_path / "synth" / "default.yaml"
+    assert recipe.config().model == "overfeat" and recipe.config().data.image_size == 96
+
+
+def test_user_recipe_replaces_the_shipped_one(tmp_path, data):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model: yolo_v1\ndata: {image_size: 96}\nmodel_args: {S: 3}\n")
+    files = bench.recipes.read_recipe_files([mine])
+    assert files == {"yolo_v1": mine}
+    recipe = bench.recipe_for("yolo_v1", "synth", {"S": 4}, files)
+    assert recipe.path == mine and recipe.settings() == {"image_size": 96, "S": 4}
+    assert bench.recipe_for("faster_rcnn", "synth", None, files).path.parent == bench.RECIPES / "synth"
+
+    nameless = tmp_path / "nameless.yaml"
+    nameless.write_text("data: {image_size: 96}\n")
+    with pytest.raises(ConfigError, match=r"nameless.yaml: a recipe names the detector"):
+        bench.bench_detectors(data, tmp_path / "out", models=["yolo_v1"], recipes=[nameless])
+    with pytest.raises(ConfigError, match="'unet' is a segment model"):
+        nameless.write_text("model: unet\n")
+        bench.bench_detectors(data, tmp_path / "out", models=["unet"], recipes=[nameless])
+    with pytest.raises(ConfigError, match="does not train"):
+        bench.bench_detectors(data, tmp_path / "out", models=["faster_rcnn"], recipes=[mine])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: yolo_v1\ntrain: {no_such_key: 1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*unknown train keys"):  # before any training
+        bench.bench_detectors(data, tmp_path / "out", models=["yolo_v1"], recipes=[bad])
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,6 +193,24 @@ def test_scores_equal_pycocotools(benched, data):
     assert ap50 > 0  # one box per image at the mean training box: something is found
     assert benched.baseline["mAP50"] == pytest.approx(ap50, abs=1e-9)
     assert benched.baseline["mAP50-95"] == pytest.approx(ap, abs=1e-9)
+
+
+def test_scores_equal_zir_evaluate(benched, data):
+    """The bench scores through the engine's evaluation loop: on test images already at the run's
+    image_size, its numbers are those of ``zir.evaluate`` on the same run and test file."""
+    for row in benched.rows:
+        metrics = zir.evaluate(row.run, data=str(data.test), batch_size=1, progress=False)
+        assert (row.mAP50, row.mAP50_95) == (metrics["bbox/AP50"], metrics["bbox/AP"])
+
+
+def test_clock_leaves_the_first_call_out():
+    calls = []
+    clock = bench.Clock(lambda images: calls.append(len(images)) or [], sync=lambda: calls.append("sync"))
+    assert math.isnan(clock.ms())
+    for _ in range(3):
+        clock([torch.zeros(3, 4, 4)])
+    assert calls == [1, "sync"] * 3 and len(clock.seconds) == 3
+    assert clock.ms() == 1000 * statistics.median(clock.seconds[1:])  # the first call warms up
 
 
 def test_chart_marks_stages_and_the_peer():
@@ -200,7 +302,8 @@ def test_prepare_data_splits_a_dataset_folder(tmp_path):
                                boxes[name] or np.zeros((0, 4)))
             seen.append(name)
     assert sorted(seen) == sorted(boxes) and len(json.loads(prepared.test.read_text())["images"]) == 3
-    assert all(p.is_file() for _, p in prepared.test_images())
+    test_images = [r.path for r in open_dataset(prepared.test).records]  # where zir's COCO reader finds them
+    assert len(test_images) == 3 and all(p.is_file() for p in test_images)
     assert prepared.classes == [c["name"] for c in source["categories"]] and prepared.kind == "photo"
 
 
@@ -217,15 +320,22 @@ def test_cli_help_exits_zero():
 def test_cli_tiny_run(tmp_path, capsys):
     src = write_synth(SynthConfig(task="detect", n=16, image_size=64, max_objects=3, min_scale=0.2),
                       tmp_path / "shapes", progress=False)
-    sets = [f"yolo_v1.{k}={json.dumps(v)}" for k, v in TINY["yolo_v1"].items()]
+    recipe = tmp_path / "tiny_yolo.yaml"  # a user's recipe: a run config naming its model
+    recipe.write_text(yaml.safe_dump({
+        "model": "yolo_v1", "data": {"image_size": 64, "batch_size": 8, "augment": "none"},
+        "train": {"epochs": 1, "amp": "none"},
+        "model_args": {"pretrained": "none", "backbone": "convnet", "width": 8, "neck": 8, "hidden": 16, "S": 3}}))
     out = tmp_path / "bench"
     rc = main(["bench", "detectors", str(src), "--models", "yolo_v1", "--minutes", "0.1", "--threads", "1",
-               "--out", str(out), "--set", *sets])
+               "--out", str(out), "--recipe", str(recipe), "--set", "yolo_v1.S=2"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in results["rows"]] == ["yolo_v1"]
     assert results["command"].startswith(f"zir bench detectors {src} --minutes 0.1 --models yolo_v1")
-    assert "yolo_v1.backbone=" in results["command"]
+    assert f"--set yolo_v1.S=2 --recipe {recipe}" in results["command"]
+    settings = results["rows"][0]["settings"]
+    assert settings["S"] == 2 and settings["width"] == 8 and settings["image_size"] == 64 and settings["epochs"] == 1
+    assert zir.load(out / "runs" / "yolo_v1").config.model_args["S"] == 2  # what it trained with
     assert (out / "chart.png").is_file() and "| yolo_v1 | one-stage |" in capsys.readouterr().out
     assert math.isfinite(results["rows"][0]["ms"])
 

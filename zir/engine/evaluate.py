@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from zir.data.contract import Prediction
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
 
@@ -61,6 +64,21 @@ def evaluate(model: ZirModel, loader: DataLoader, task: str, classes: list[str],
     was_training = model.training
     model.eval()
     metric = make_metric(task, classes, getattr(model, "thing_classes", None))
+    result = evaluate_predict(model.predict, loader, metric, task, device, amp, progress)
+    model.train(was_training)
+    return result
+
+
+@torch.no_grad()
+def evaluate_predict(predict: Callable[[list[Tensor]], list[Prediction]], loader: DataLoader, metric: Any,
+                     task: str, device: torch.device, amp: str = "none",
+                     progress: bool = True) -> tuple[dict[str, float], Any]:
+    """The evaluation loop: ``predict`` on every batch of ``loader`` feeds ``metric``; ``(metrics, metric)``.
+
+    ``predict`` keeps ``ZirModel.predict``'s contract (images float ``(3, H, W)`` in [0, 1], each at its
+    own size -> one prediction per image, in its pixels): a model's ``predict``, or anything that stands
+    in for one (``zir bench detectors`` times it, and scores a no-learning baseline and peers with it).
+    """
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         if not batch.targets:
             continue
@@ -68,10 +86,9 @@ def evaluate(model: ZirModel, loader: DataLoader, task: str, classes: list[str],
         images = [im[:, : t["size"][0], : t["size"][1]] for im, t in zip(batch.images, batch.targets)] \
             if task != "classify" else batch.images
         with autocast(device, amp):
-            predictions = model.predict(images)
+            predictions = predict(images)
         targets = [t["label"] for t in batch.targets] if task == "classify" else [_to_cpu(t) for t in batch.targets]
         metric.update([_to_cpu(p) for p in predictions], targets)
-    model.train(was_training)
     return metric.compute(), metric
 
 

@@ -72,14 +72,17 @@ def to_float_image(x: ImageLike) -> torch.Tensor:
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 
 
-def find_weights(path: str | Path) -> Path:
-    """``runs/NAME`` -> its best (else last) weights; a ``.safetensors`` path is taken as it is."""
+def find_weights(path: str | Path, prefer: str = "best") -> Path:
+    """``runs/NAME`` -> its best (else last) weights, or with ``prefer="last"`` its last (else best);
+    a ``.safetensors`` path is taken as it is."""
     path = Path(path)
     if path.is_file():
         return path
-    for name in ("best.safetensors", "last.safetensors"):
-        if (path / "weights" / name).is_file():
-            return path / "weights" / name
+    if prefer not in ("best", "last"):
+        raise ValueError(f"prefer must be 'best' or 'last', got {prefer!r}")
+    for name in ("best", "last") if prefer == "best" else ("last", "best"):
+        if (path / "weights" / f"{name}.safetensors").is_file():
+            return path / "weights" / f"{name}.safetensors"
     raise CheckpointError(f"{path}: no weights found (expected {path}/weights/best.safetensors); "
                           "pass a run folder made by `zir train` or a .safetensors file")
 

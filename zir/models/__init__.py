@@ -25,9 +25,13 @@ from zir.models.segment import fcn, mask_rcnn, panoptic_fpn, unet
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: the task, the config dataclass, its builder and a one-line summary.
+    """A registry entry: the task, the config dataclass, its builder, a one-line summary and facts about
+    the architecture that tools read without building the model.
 
     Attributes:
+        stages: detectors: 1 for one-stage (one dense pass decides boxes and classes), 2 for two-stage
+            (proposals, then a classifier per region), as in the lecture's speed/accuracy comparison
+            (``zir bench detectors`` marks them); 0 for other tasks.
         aliases: old flat setting name -> its dotted place in the config now (``"rpn_nms_iou": "rpn.nms_iou"``),
             so README commands and old runs' ``config.yaml`` keep working.
         renames: old parameter-name prefix -> new prefix (``"mask_head.": "heads.mask."``), applied when
@@ -40,6 +44,7 @@ class ModelSpec:
     summary: str
     aliases: Mapping[str, str] = field(default_factory=dict)
     renames: Mapping[str, str] = field(default_factory=dict)
+    stages: int = 0
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -50,30 +55,34 @@ MODELS: dict[str, ModelSpec] = {
     "efficientnet_lite0": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
                                     "classifier on EfficientNet-Lite0 with ImageNet weights (offline)"),
     "yolo_v1": ModelSpec("detect", yolo_v1.YoloV1Config, yolo_v1.build,
-                         "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss"),
+                         "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss",
+                         stages=1),
     "faster_rcnn": ModelSpec("detect", faster_rcnn.FasterRCNNConfig, faster_rcnn.build,
                              "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS",
-                             aliases=faster_rcnn.FLAT_KEYS),
+                             aliases=faster_rcnn.FLAT_KEYS, stages=2),
     "rcnn": ModelSpec("detect", rcnn.RCNNConfig, rcnn.build,
-                      "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression"),
+                      "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression",
+                      stages=2),
     "fast_rcnn": ModelSpec("detect", fast_rcnn.FastRCNNConfig, fast_rcnn.build,
                            "Fast R-CNN: selective search, one feature map, RoI pooling, 2 FC, multi-task loss",
-                           aliases=fast_rcnn.FLAT_KEYS),
+                           aliases=fast_rcnn.FLAT_KEYS, stages=2),
     "sliding_window": ModelSpec("detect", sliding_window.SlidingWindowConfig, sliding_window.build,
-                                "sliding window: a crop classifier over every window of an image pyramid, NMS"),
+                                "sliding window: a crop classifier over every window of an image pyramid, NMS",
+                                stages=1),
     "overfeat": ModelSpec("detect", overfeat.OverFeatConfig, overfeat.build,
-                          "OverFeat: the window classifier run fully convolutionally over a pyramid, box head"),
+                          "OverFeat: the window classifier run fully convolutionally over a pyramid, box head",
+                          stages=1),
     "fcn": ModelSpec("segment", fcn.FCNConfig, fcn.build,
                      "FCN-32s/16s/8s: pretrained backbone, 1x1 classifier, bilinear-initialised transposed convs"),
     "unet": ModelSpec("segment", unet.UNetConfig, unet.build,
                       "U-Net: encoder-decoder with concatenated skips; border-weighted loss, overlap-tile predict"),
     "mask_rcnn": ModelSpec("instance", mask_rcnn.MaskRCNNConfig, mask_rcnn.build,
                            "Mask R-CNN: Faster R-CNN + FPN plus a 4-conv + deconv head, 28x28 mask per class",
-                           aliases=mask_rcnn.FLAT_KEYS, renames={"mask_head.": "heads.mask."}),
+                           aliases=mask_rcnn.FLAT_KEYS, renames={"mask_head.": "heads.mask."}, stages=2),
     "panoptic_fpn": ModelSpec("panoptic", panoptic_fpn.PanopticFPNConfig, panoptic_fpn.build,
                               "Panoptic FPN: Mask R-CNN for things + a semantic FPN branch for stuff, merged",
                               aliases=panoptic_fpn.FLAT_KEYS,
-                              renames={"mask_head.": "heads.mask.", "semantic_head.": "heads.semantic."}),
+                              renames={"mask_head.": "heads.mask.", "semantic_head.": "heads.semantic."}, stages=2),
 }
 
 

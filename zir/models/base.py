@@ -11,7 +11,7 @@ Neither depends on train/eval mode for its return type. Images are float32 in ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +28,6 @@ class ZirModel(nn.Module):
     #: ``classify``, ``detect``, ``instance``, ``segment`` or ``panoptic``; a composed model that serves several
     #: tasks (``zir.models.detect.faster_rcnn.FasterRCNN``) sets it per instance.
     task: str = ""
-    #: detectors: 1 for one-stage (one dense pass decides boxes and classes), 2 for two-stage (proposals,
-    #: then a classifier per region), as in the lecture's speed/accuracy comparison; 0 for other tasks.
-    stages: ClassVar[int] = 0
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ import torch
 from zir.data.contract import DetectionPrediction
 from zir.data.synth import SynthDataset
 from zir.engine.data import collate, eval_transform
-from zir.models import model_config
+from zir.models import get_spec, model_config
 from zir.models.detect.fast_rcnn import build
 
 pytest.importorskip("cv2.ximgproc")
@@ -31,7 +31,7 @@ def batch(n: int = 2, seed: int = 3):
 
 def test_one_feature_map_at_stride_16_and_roi_pool():
     model = tiny()
-    assert model.stages == 2 and model.backbone.strides == [16]
+    assert get_spec("fast_rcnn").stages == 2 and model.backbone.strides == [16]
     assert model.roi_heads.pooler.op == "pool" and model.roi_heads.pooler.output_size == 7
     x = torch.zeros(1, 3, SIZE, SIZE)
     (features,) = model.backbone(x)

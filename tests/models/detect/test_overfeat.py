@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from zir.models import build_model
+from zir.models import build_model, get_spec
 from zir.models.detect.overfeat import OverFeatConfig, build, label_windows, position_windows, postprocess
 from zir.models.detect.rpn import GroundTruth
 from zir.models.detect.sliding_window import sliding_windows, window_count
@@ -116,22 +116,29 @@ def test_predict_maps_boxes_to_input_pixels_and_counts_windows(monkeypatch):
 
     monkeypatch.setattr(model, "forward", forward)
     pred = model.predict([torch.rand(3, 90, 127)])[0]
-    assert model.last_window_count == window_count(45, 64, 16, 4) == 8 * 13
+    assert window_count(45, 64, 16, 4) == 8 * 13  # the positions inside the image, of the 9 x 13 map
     assert pred.labels.tolist() == [1]
     sx, sy = 127 / 64, 90 / 45
     torch.testing.assert_close(pred.boxes, torch.tensor([[12 * sx, 8 * sy, 28 * sx, 24 * sy]]))
 
 
 def test_evaluates_as_many_windows_as_sliding_window():
-    # The same pyramid, window and stride: OverFeat's one pass per scale covers exactly sliding_window's crops.
+    # The same pyramid, window and stride: OverFeat's one pass per scale covers exactly sliding_window's crops
+    # (the positions of its output map whose window lies inside the working frame).
     scales = (1.3, 1.0, 0.5)
     model = tiny(scales=scales).eval()
     sliding = build_model("sliding_window", num_classes=2, image_size=64,
                           args=dict(windows=[[16, 16]], stride=4, scales=scales, input_size=16, level=2, width=8))
     image = torch.rand(3, 50, 77)
-    model.predict([image])
-    assert model.last_window_count == sliding.windows_per_image((42, 64))  # working frame of 50 x 77
-    assert model.last_window_count == sum(window_count(round(42 * s), round(64 * s), 16, 4) for s in scales)
+    positions = 0
+    with torch.no_grad():
+        for s in scales:
+            x, ((h, w),) = model.scaled_batch([image], s)
+            logits, _ = model(x)
+            windows = position_windows(logits.shape[-2:], model.stride, 16)
+            positions += int(((windows[:, 2] <= w) & (windows[:, 3] <= h)).sum())
+    assert positions == sliding.windows_per_image((42, 64))  # working frame of 50 x 77
+    assert positions == sum(window_count(round(42 * s), round(64 * s), 16, 4) for s in scales)
 
 
 def test_merge_option_nms_and_overfeat():
@@ -158,11 +165,11 @@ def test_empty_image_and_window_larger_than_the_image():
     big = tiny(window=96).eval()  # the working frame is 64 px: no window fits at any scale
     pred = big.predict([torch.rand(3, 50, 70)])[0]
     assert pred.boxes.shape == (0, 4) and pred.scores.shape == (0,) and pred.labels.shape == (0,)
-    assert big.last_window_count == 0
+    assert window_count(46, 64, 96, 4) == 0  # why nothing is found: no position at all
 
 
 def test_registered_and_bad_merge_refused():
     model = build_model("overfeat", num_classes=3, image_size=64, args={"scales": [1, 0.5], "merge": "overfeat"})
-    assert model.stages == 1 and model.cfg.scales == (1.0, 0.5)
+    assert get_spec("overfeat").stages == 1 and model.cfg.scales == (1.0, 0.5)
     with pytest.raises(Exception, match="merge"):
         build_model("overfeat", num_classes=3, image_size=64, args={"merge": "mean"})

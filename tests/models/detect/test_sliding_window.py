@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from zir.models import build_model
+from zir.models import build_model, get_spec
 from zir.models.detect.sliding_window import (
     SlidingWindowConfig,
     build,
@@ -157,7 +157,7 @@ def test_predict_maps_windows_to_input_pixels(monkeypatch):
 
     monkeypatch.setattr(model, "classify", fake)
     pred = model.predict([torch.rand(3, 90, 127)])[0]
-    assert model.last_window_count == window_count(45, 64, 16, 4) == len(windows)
+    assert len(seen) == window_count(45, 64, 16, 4) == len(windows)  # every window classified once
     assert pred.labels.tolist() == [0]
     sx, sy = 127 / 64, 90 / 45
     torch.testing.assert_close(pred.boxes, torch.tensor([[8 * sx, 4 * sy, 24 * sx, 20 * sy]]))
@@ -170,11 +170,11 @@ def test_empty_image_and_window_larger_than_the_image():
     big = tiny(windows=((80, 80),), input_size=16, scales=(1.0,)).eval()  # 80 px window, 64 px working frame
     pred = big.predict([torch.rand(3, 50, 70)])[0]
     assert pred.boxes.shape == (0, 4) and pred.scores.shape == (0,) and pred.labels.shape == (0,)
-    assert big.last_window_count == 0
+    assert big.windows_per_image((46, 64)) == window_count(46, 64, (80, 80), 4) == 0
 
 
 def test_registered_and_built_from_the_registry():
     model = build_model("sliding_window", num_classes=3, image_size=64,
                         args={"windows": [[16, 16]], "scales": [1], "input_size": 16, "level": 2, "width": 8})
-    assert model.stages == 1 and model.task == "detect"
+    assert get_spec("sliding_window").stages == 1 and model.task == "detect"
     assert model.cfg.windows == ((16, 16),) and model.cfg.scales == (1.0,)

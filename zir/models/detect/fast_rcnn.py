@@ -96,7 +96,6 @@ class FastRCNN(ZirModel):
     """
 
     task = "detect"
-    stages = 2
 
     def __init__(self, cfg: FastRCNNConfig, backbone: Backbone, roi_heads: RoIHeads, search: SelectiveSearch) -> None:
         super().__init__()

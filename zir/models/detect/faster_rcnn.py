@@ -207,7 +207,6 @@ class FasterRCNN(ZirModel):
         thing_classes: as given (a list), read by panoptic evaluation and output.
     """
 
-    stages = 2
 
     def __init__(self, cfg: FasterRCNNConfig, backbone: Backbone, fpn: FPN, rpn: RPN, roi_heads: RoIHeads,
                  heads: Mapping[str, ExtraHead] | None = None, thing_classes: Sequence[bool] | None = None,

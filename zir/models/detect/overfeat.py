@@ -103,7 +103,6 @@ class OverFeat(ZirModel):
     """The window classifier of ``sliding_window`` run as one convolution per scale, plus a box head."""
 
     task = "detect"
-    stages = 1
 
     def __init__(self, cfg: OverFeatConfig) -> None:
         super().__init__()
@@ -116,7 +115,6 @@ class OverFeat(ZirModel):
         self.set_normalization(self.classifier.mean, self.classifier.std)
         self.stride = self.classifier.stride
         self.coder = BoxCoder(RCNN_HEAD_WEIGHTS)
-        self.last_window_count = 0  # window positions evaluated for the last image predicted
 
     def extra_repr(self) -> str:
         """The settings and their cost, shown by ``print(model)``."""
@@ -179,7 +177,7 @@ class OverFeat(ZirModel):
 
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
-        """Detections in each input image's own pixels, best first; sets ``last_window_count``."""
+        """Detections in each input image's own pixels, best first."""
         if isinstance(images, Tensor) and images.ndim == 3:
             images = images[None]
         return [self._predict_one(im) for im in images]
@@ -187,7 +185,7 @@ class OverFeat(ZirModel):
     def _predict_one(self, image: Tensor) -> DetectionPrediction:
         cfg = self.cfg
         size = tuple(image.shape[-2:])
-        boxes, scores, labels, count = [image.new_zeros((0, 4))], [image.new_zeros(0)], [], 0
+        boxes, scores, labels = [image.new_zeros((0, 4))], [image.new_zeros(0)], []
         for s in cfg.scales:
             x, (work,) = self.scaled_batch([image], s)
             if work[0] < cfg.window or work[1] < cfg.window:
@@ -195,7 +193,6 @@ class OverFeat(ZirModel):
             logits, deltas = self(x)
             windows = position_windows(logits.shape[-2:], self.stride, cfg.window, x.device)
             inside = (windows[:, 2] <= work[1]) & (windows[:, 3] <= work[0])
-            count += int(inside.sum())
             prob = logits[0].flatten(1).T.float().softmax(dim=1)[inside, 1:]  # (P, K)
             decoded = clip(self.coder.decode(deltas[0].flatten(1).T.float()[inside], windows[inside]), work)
             sc, idx = prob.flatten().topk(min(cfg.pre_nms_top_n, prob.numel()))
@@ -205,7 +202,6 @@ class OverFeat(ZirModel):
             boxes.append(scale_boxes(decoded[idx // K], work, size))
             scores.append(sc)
             labels.append(idx % K)
-        self.last_window_count = count
         labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64, device=image.device)
         boxes, scores, labels = postprocess(torch.cat(boxes), torch.cat(scores), labels, cfg.merge, cfg.nms_iou,
                                             cfg.detections_per_img)

@@ -292,7 +292,6 @@ class RCNN(ZirModel):
     """
 
     task = "detect"
-    stages = 2
 
     def __init__(self, cfg: RCNNConfig, cnn: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

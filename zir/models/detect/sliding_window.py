@@ -17,9 +17,9 @@ Scales are an image pyramid: a fixed ``h x w`` window slid over the image resize
 ``h / s x w / s`` pixels of the working image, so small ``s`` finds large objects. Every window of
 every scale is cropped out and classified on its own: the cost grows with the number of windows,
 ``sum over scales and windows of window_count(H s, W s, (h, w), stride)`` (see :func:`window_count`),
-and a finer stride or more scales find more objects at a higher price. ``last_window_count`` holds the
-number evaluated for the last image predicted. OverFeat (``zir.models.detect.overfeat``) runs the same
-classifier as one convolution over the whole image instead.
+and a finer stride or more scales find more objects at a higher price (:meth:`SlidingWindow.windows_per_image`
+gives the count for an image). OverFeat (``zir.models.detect.overfeat``) runs the same classifier as one
+convolution over the whole image instead.
 
 The classifier (:class:`WindowClassifier`) is a small ConvNet of ``zir.models.classify.convnet`` blocks (or a
 timm backbone's feature map), whose fully connected layers are written as convolutions: a ``k x k``
@@ -204,7 +204,6 @@ class SlidingWindow(ZirModel):
     """A window classifier run over every window of an image pyramid."""
 
     task = "detect"
-    stages = 1
 
     def __init__(self, cfg: SlidingWindowConfig) -> None:
         super().__init__()
@@ -212,7 +211,6 @@ class SlidingWindow(ZirModel):
         self.classifier = WindowClassifier(cfg.num_classes + 1, cfg.input_size, cfg.backbone, cfg.pretrained,
                                            cfg.width, cfg.level, cfg.hidden)
         self.set_normalization(self.classifier.mean, self.classifier.std)
-        self.last_window_count = 0  # windows classified for the last image predicted
 
     def working_image(self, image: Tensor) -> Tensor:
         """``(3, h, w)`` in [0, 1] -> normalised, resized so that its longer side is ``image_size``."""
@@ -257,7 +255,7 @@ class SlidingWindow(ZirModel):
 
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
-        """Detections in each input image's own pixels, best first; sets ``last_window_count``."""
+        """Detections in each input image's own pixels, best first."""
         if isinstance(images, Tensor) and images.ndim == 3:
             images = images[None]
         return [self._predict_one(im) for im in images]
@@ -267,7 +265,6 @@ class SlidingWindow(ZirModel):
         work = self.working_image(image)
         work_size = tuple(work.shape[-2:])
         windows = pyramid_windows(work_size, cfg.windows, cfg.stride, cfg.scales, work.device)  # (N, 4)
-        self.last_window_count = len(windows)
         scores = torch.cat([work.new_zeros((0, cfg.num_classes))] + [
             self.classify(crop_windows(work[None], chunk, work.new_zeros(len(chunk)), cfg.input_size))
             .float().softmax(dim=1)[:, 1:]  # (n, K): drop the background column

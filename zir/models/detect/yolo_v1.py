@@ -182,7 +182,6 @@ HEADS = {"fc": YoloHead, "conv": YoloConvHead}
 
 class YoloV1(ZirModel):
     task = "detect"
-    stages = 1
 
     def __init__(self, cfg: YoloV1Config) -> None:
         super().__init__()
