@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
+from zir.models.detect.transform import unpad
 
 # The metric that picks the best checkpoint and drives early stopping, per task (higher is better).
 MONITOR = {"classify": "accuracy", "detect": "bbox/AP", "instance": "segm/AP", "segment": "miou",
@@ -65,11 +66,10 @@ def evaluate(model: ZirModel, loader: DataLoader, task: str, classes: list[str],
         if not batch.targets:
             continue
         batch = batch.to(device)
-        images = [im[:, : t["size"][0], : t["size"][1]] for im, t in zip(batch.images, batch.targets)] \
-            if task != "classify" else batch.images
+        images = unpad(batch.images, [t.size for t in batch.targets]) if task != "classify" else batch.images
         with autocast(device, amp):
             predictions = model.predict(images)
-        targets = [t["label"] for t in batch.targets] if task == "classify" else [_to_cpu(t) for t in batch.targets]
+        targets = [t.label for t in batch.targets] if task == "classify" else [t.to("cpu") for t in batch.targets]
         metric.update([_to_cpu(p) for p in predictions], targets)
     model.train(was_training)
     return metric.compute(), metric

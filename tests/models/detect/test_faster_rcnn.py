@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, roi_align
 
+from zir.data.contract import Target
 from zir.data.synth import SynthDataset
 from zir.models import build_model
-from zir.models.detect.faster_rcnn import FasterRCNNConfig, GroundTruth, build, ground_truth
+from zir.models.detect.faster_rcnn import FasterRCNNConfig, build
 from zir.models.detect.roi_heads import RoIPooler
-from zir.models.detect.rpn import match_to_ground_truth
+from zir.models.detect.structures import GroundTruth, ground_truth, match_to_ground_truth
 from zir.models.fpn import FPN
 from zir.ops.matching import BELOW_LOW, BETWEEN
 
@@ -30,12 +31,12 @@ def tiny_config(**kw) -> FasterRCNNConfig:
     return FasterRCNNConfig(**args)
 
 
-def synth_batch(n: int = 2, seed: int = 3) -> tuple[torch.Tensor, list[dict]]:
+def synth_batch(n: int = 2, seed: int = 3) -> tuple[torch.Tensor, list[Target]]:
     ds = SynthDataset(task="detect", n=n, seed=seed, image_size=SIZE, max_objects=3, min_scale=0.25, max_scale=0.5)
     samples = [ds[i] for i in range(n)]
     images = torch.stack([s["image"].float() / 255 for s in samples])
-    targets = [{"boxes": s["boxes"], "labels": s["labels"], "iscrowd": s["iscrowd"], "size": (SIZE, SIZE)}
-               for s in samples]
+    targets = [Target(size=(SIZE, SIZE), boxes=s["boxes"].as_subclass(torch.Tensor), labels=s["labels"],
+                      iscrowd=s["iscrowd"]) for s in samples]
     return images, targets
 
 
@@ -160,11 +161,10 @@ def test_empty_images_give_finite_losses_and_train():
     torch.manual_seed(0)
     model = build(tiny_config())
     images, targets = synth_batch()
-    targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                  "iscrowd": torch.zeros(0, dtype=torch.bool), "size": (SIZE, SIZE)}
+    targets[1] = Target(size=(SIZE, SIZE))  # no boxes, labels or crowds
     losses = model.loss(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
-    empty = [{**targets[1]}]
+    empty = [targets[1]]
     losses = model.loss(images[1:], empty)  # a batch without any object
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["rpn_box"] == 0 and losses["roi_box"] == 0
@@ -172,9 +172,9 @@ def test_empty_images_give_finite_losses_and_train():
 
 
 def test_crowd_and_degenerate_boxes_are_never_positives():
-    target = {"boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 120, 120], [5, 5, 5, 30]]),
-              "labels": torch.tensor([1, 2, 3]), "iscrowd": torch.tensor([False, True, False])}
-    gt = ground_truth(target, (128, 128), (64, 64))  # also resized to a 64 px working frame
+    target = Target(size=(128, 128), boxes=torch.tensor([[10.0, 10, 50, 50], [60, 60, 120, 120], [5, 5, 5, 30]]),
+                    labels=torch.tensor([1, 2, 3]), iscrowd=torch.tensor([False, True, False]))
+    gt = ground_truth(target, (64, 64))  # also resized to a 64 px working frame
     assert torch.equal(gt.boxes, torch.tensor([[5.0, 5, 25, 25]])) and gt.labels.tolist() == [1]
     assert torch.equal(gt.crowd, torch.tensor([[30.0, 30, 60, 60]])) and gt.index.tolist() == [0]
     candidates = torch.tensor([[5.0, 5, 25, 25],    # the object

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from zir.api import predict_to_folder
 from zir.config import load_config
-from zir.data.contract import DetectionPrediction, PanopticPrediction
+from zir.data.contract import DetectionPrediction, PanopticPrediction, Target
 from zir.data.formats.panoptic import read_coco_panoptic
 from zir.data.image_io import read_panoptic_png, save_png
 from zir.data.synth import PANOPTIC_CLASSES, SynthDataset
@@ -91,11 +91,11 @@ def test_thing_and_stuff_bookkeeping():
     assert model.thing_ids.tolist() == [0, 1, 2, 3] and model.stuff_ids.tolist() == [4, 5]
     assert model.cfg.num_classes == 4  # the instance branch knows only the things
     assert model.to_semantic[[0, 3, 4, 5, 255]].tolist() == [2, 2, 0, 1, 255]
-    sample = {"labels": torch.tensor([5, 1, 4, 3]), "boxes": torch.arange(16.0).view(4, 4),
-              "iscrowd": torch.tensor([False, False, False, True]), "masks": torch.zeros(4, 3, 3), "size": (3, 3)}
-    things = model.thing_targets(sample)
-    assert things["labels"].tolist() == [1, 3] and things["boxes"][:, 0].tolist() == [4.0, 12.0]
-    assert things["iscrowd"].tolist() == [False, True] and things["masks"].shape == (2, 3, 3)
+    target = Target(size=(3, 3), labels=torch.tensor([5, 1, 4, 3]), boxes=torch.arange(16.0).view(4, 4),
+                    iscrowd=torch.tensor([False, False, False, True]), masks=torch.zeros(4, 3, 3))
+    things = model.thing_targets(target)
+    assert things.labels.tolist() == [1, 3] and things.boxes[:, 0].tolist() == [4.0, 12.0]
+    assert things.iscrowd.tolist() == [False, True] and things.masks.shape == (2, 3, 3) and things.size == (3, 3)
 
 
 def test_stuff_classes_may_come_in_any_order():

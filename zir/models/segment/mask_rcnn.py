@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.models.detect import faster_rcnn
-from zir.models.detect.faster_rcnn import FasterRCNN, FasterRCNNConfig, ground_truth, to_input_pixels
+from zir.models.detect.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from zir.models.detect.roi_heads import RoIPooler, SampledRoIs
-from zir.models.detect.rpn import GroundTruth
+from zir.models.detect.structures import GroundTruth, ground_truth
+from zir.models.detect.transform import boxes_to_input, to_input_pixels, unpad
 from zir.ops import roi_align
 from zir.ops.masks import paste_masks_in_image
 
@@ -87,7 +88,7 @@ class MaskRCNN(FasterRCNN):
     """Faster R-CNN (``backbone``, ``fpn``, ``rpn``, ``roi_heads``) plus ``mask_pooler`` and ``mask_head``.
 
     ``loss`` and ``predict`` take the same inputs as :class:`~zir.models.detect.faster_rcnn.FasterRCNN`;
-    targets also carry ``masks`` uint8 ``(N, H, W)`` in the (padded) input image's pixels.
+    targets also carry ``masks`` uint8 ``(N, h, w)`` in the input image's pixels.
     """
 
     task = "instance"
@@ -96,36 +97,33 @@ class MaskRCNN(FasterRCNN):
         super().__init__(cfg, detector.backbone, detector.fpn, detector.rpn, detector.roi_heads)
         self.mask_pooler, self.mask_head = mask_pooler, mask_head
 
-    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         """``{"rpn_objectness", "rpn_box", "roi_cls", "roi_box", "roi_mask"}``, each a float32 scalar."""
-        sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
-        x, work_sizes = self.prepare(images, sizes)
-        return self.losses_on_features(self.features(x), targets, sizes, work_sizes)
+        x, work_sizes = self.prepare(unpad(images, [t.size for t in targets]))
+        return self.losses_on_features(self.features(x), targets, work_sizes)
 
-    def losses_on_features(self, features: list[Tensor], targets: Sequence[dict[str, Any]],
-                           sizes: Sequence[tuple[int, int]], work_sizes: Sequence[tuple[int, int]]
-                           ) -> dict[str, Tensor]:
+    def losses_on_features(self, features: list[Tensor], targets: Sequence[Target],
+                           work_sizes: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
         """The five loss terms from the FPN maps of a prepared batch (Panoptic FPN adds its own term)."""
-        gts = [ground_truth(t, size, work) for t, size, work in zip(targets, sizes, work_sizes)]
+        gts = [ground_truth(t, work) for t, work in zip(targets, work_sizes)]
         rpn_out = self.rpn(features, work_sizes)
         roi_losses, sampled = self.roi_heads.loss(features, rpn_out.proposals, gts)
-        mask_logits, labels, mask_targets = self._mask_batch(features, sampled, gts, targets, sizes, work_sizes)
+        mask_logits, labels, mask_targets = self._mask_batch(features, sampled, gts, targets, work_sizes)
         return {**self.rpn.loss(rpn_out, gts), **roi_losses, "roi_mask": mask_loss(mask_logits, labels, mask_targets)}
 
     def _mask_batch(self, features: list[Tensor], sampled: SampledRoIs, gts: Sequence[GroundTruth],
-                    targets: Sequence[dict[str, Any]], sizes: Sequence[tuple[int, int]],
-                    work_sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+                    targets: Sequence[Target], work_sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
         """Mask logits ``(F, K, M, M)``, zir labels ``(F,)`` and targets ``(F, M, M)`` of the positive RoIs."""
         M = self.cfg.mask_size
         boxes, labels, gt_targets = [], [], []
-        for props, lab, matched, gt, t, size, work in zip(sampled.proposals, sampled.labels, sampled.matched,
-                                                          gts, targets, sizes, work_sizes):
+        for props, lab, matched, gt, t, work in zip(sampled.proposals, sampled.labels, sampled.matched,
+                                                    gts, targets, work_sizes):
             fg = lab > 0
             boxes.append(props[fg])
             labels.append(lab[fg] - 1)
             # the GT masks are in the input frame: take the RoIs there (inverse of ground_truth's scaling)
-            in_input = props[fg] * props.new_tensor([size[1] / work[1], size[0] / work[0]] * 2)
-            masks = torch.as_tensor(t["masks"], device=props.device)[gt.index]  # (G, H, W), in gts' order
+            in_input = boxes_to_input(props[fg], work, t.size)
+            masks = t.masks.to(props.device)[gt.index]  # (G, h, w), in gts' order
             gt_targets.append(project_masks_on_boxes(masks, in_input, matched[fg], M))
         if sum(len(b) for b in boxes) == 0:  # no positive RoI: an empty batch still reaches every weight
             R = features[0].new_zeros((0, features[0].shape[1], self.cfg.mask_roi_size, self.cfg.mask_roi_size))

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zir.data.contract import IGNORE_INDEX, DetectionPrediction, PanopticPrediction
+from zir.data.contract import IGNORE_INDEX, DetectionPrediction, PanopticPrediction, Target
 from zir.errors import ConfigError
+from zir.models.detect.transform import labels_to_working, scores_to_input, unpad
 from zir.models.segment import mask_rcnn
 from zir.models.segment.mask_rcnn import MaskRCNN, MaskRCNNConfig
 
@@ -133,23 +134,20 @@ class PanopticFPN(MaskRCNN):
 
     # ------------------------------------------------------------------------------------------ loss
 
-    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         """Mask R-CNN's five terms on the things, plus ``"semantic"``, each a float32 scalar.
 
-        Targets are panoptic samples: ``masks`` uint8 ``(N, H, W)``, ``labels``, ``boxes``, ``iscrowd`` of
-        every segment (things and stuff) and ``semantic`` int64 ``(H, W)`` (255 = void).
+        Targets are panoptic: ``masks`` uint8 ``(N, h, w)``, ``labels``, ``boxes``, ``iscrowd`` of every
+        segment (things and stuff) and ``semantic`` int64 ``(h, w)`` (255 = void).
         """
-        sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
-        x, work_sizes = self.prepare(images, sizes)
+        x, work_sizes = self.prepare(unpad(images, [t.size for t in targets]))
         features = self.features(x)
-        losses = self.losses_on_features(features, [self.thing_targets(t) for t in targets], sizes, work_sizes)
+        losses = self.losses_on_features(features, [self.thing_targets(t) for t in targets], work_sizes)
         logits = F.interpolate(self.semantic_head(features[: len(self.backbone.strides)]), size=x.shape[-2:],
                                mode="bilinear", align_corners=False)
         target = torch.full((x.shape[0], *x.shape[-2:]), IGNORE_INDEX, dtype=torch.long, device=x.device)
         for b, (t, (h, w)) in enumerate(zip(targets, work_sizes)):
-            sem = torch.as_tensor(t["semantic"], device=x.device).long()[None, None].float()
-            # sampled at pixel centres, the grid of the image's bilinear resize ("nearest" is half a pixel off)
-            sem = F.interpolate(sem, size=(h, w), mode="nearest-exact")[0, 0].long()
+            sem = labels_to_working(t.semantic.to(x.device).long(), (h, w))
             target[b, :h, :w] = self.to_semantic[sem.clamp(0, 255)]
         if (target != IGNORE_INDEX).any():
             sem_loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
@@ -157,15 +155,13 @@ class PanopticFPN(MaskRCNN):
             sem_loss = logits.float().sum() * 0
         return {**losses, "semantic": self.panoptic_cfg.semantic_loss_weight * sem_loss}
 
-    def thing_targets(self, target: dict[str, Any]) -> dict[str, Any]:
-        """A panoptic sample's thing segments as an instance sample, labels renumbered to the thing classes."""
-        labels = torch.as_tensor(target["labels"]).long()
+    def thing_targets(self, target: Target) -> Target:
+        """A panoptic target's thing segments as an instance target, labels renumbered to the thing classes."""
+        labels = target.labels.long()
         keep = self.to_thing.to(labels.device)[labels] >= 0
-        out = {k: target[k][keep] for k in ("boxes", "masks", "iscrowd") if k in target}
-        out["labels"] = self.to_thing.to(labels.device)[labels[keep]]
-        if "size" in target:
-            out["size"] = target["size"]
-        return out
+        return dataclasses.replace(target, boxes=target.boxes[keep], iscrowd=target.iscrowd[keep],
+                                   labels=self.to_thing.to(labels.device)[labels[keep]],
+                                   masks=None if target.masks is None else target.masks[keep])
 
     # --------------------------------------------------------------------------------------- predict
 
@@ -180,7 +176,7 @@ class PanopticFPN(MaskRCNN):
         for b, (inst, (h, w), size) in enumerate(zip(instances, work_sizes, sizes)):
             # crop the image's own part of the padded batch at the branch's stride, then up to the input size
             lg = logits[b:b + 1, :, : -(-h // stride), : -(-w // stride)].float()
-            semantic = F.interpolate(lg, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+            semantic = scores_to_input(lg, size)[0].argmax(0)
             inst.labels = self.thing_ids[inst.labels]
             out.append(merge_panoptic(inst, semantic, self.stuff_ids, self.panoptic_cfg))
         return out
