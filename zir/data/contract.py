@@ -115,8 +115,8 @@ class Target:
         """A :class:`Sample` (or any dict with its keys) as a target.
 
         ``size`` defaults to the first that the sample has: a ``"size"`` entry ``(H, W)`` (dicts made
-        for the metrics), the image, the boxes' ``canvas_size``, the masks, the semantic map. Boxes in another ``BoundingBoxes``
-        format are converted to XYXY.
+        for the metrics), the image, the boxes' ``canvas_size``, the masks, the semantic map. Boxes in
+        another ``BoundingBoxes`` format are converted to XYXY.
         """
         boxes = sample.get("boxes")
         if isinstance(boxes, tv_tensors.BoundingBoxes) and boxes.format != tv_tensors.BoundingBoxFormat.XYXY:

@@ -113,8 +113,8 @@ def test_overfitting_two_images_lowers_the_loss_and_finds_the_objects(trained):
     predictions = model.predict(list(images))
     for pred, target in zip(predictions, targets):
         assert len(pred.boxes) > 0
-        boxes = target["boxes"].as_subclass(torch.Tensor)
-        same_class = target["labels"][:, None] == pred.labels[None, :]
+        boxes = target.boxes
+        same_class = target.labels[:, None] == pred.labels[None, :]
         best = (box_iou(boxes, pred.boxes) * same_class).max()
         assert best > 0.5
 
@@ -129,8 +129,8 @@ def test_predict_maps_boxes_back_to_the_input_pixels(trained):
     torch.testing.assert_close(big_pred.boxes, small_pred.boxes * 2.5, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(big_pred.scores, small_pred.scores)
     # and at that resolution it still finds a training object, in the big image's pixels
-    gt = targets[0]["boxes"].as_subclass(torch.Tensor) * 2.5
-    same_class = targets[0]["labels"][:, None] == big_pred.labels[None, :]
+    gt = targets[0].boxes * 2.5
+    same_class = targets[0].labels[:, None] == big_pred.labels[None, :]
     assert (box_iou(gt, big_pred.boxes) * same_class).max() > 0.5
     # an image of another size and shape: every box lies inside it
     odd = F.interpolate(images[:1], size=(300, 417), mode="bilinear", align_corners=False)[0]

@@ -36,7 +36,7 @@ from zir.models.base import ZirModel
 from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
 from zir.models.detect.roi_heads import BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
 from zir.models.detect.structures import ground_truth
-from zir.models.detect.transform import batch_images, boxes_to_working, to_input_pixels, unpad
+from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 
 
 @dataclass
@@ -116,8 +116,7 @@ class FastRCNN(ZirModel):
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
         """Detections in each input image's own pixels, best first (none where selective search finds
         no region)."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         sizes = [tuple(im.shape[-2:]) for im in images]
         x, work_sizes = self.prepare(images)
         proposals = self.proposals(images, work_sizes, cached=False)

@@ -39,7 +39,7 @@ from zir.models.base import ZirModel
 from zir.models.detect.roi_heads import ROI_OPS, BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
 from zir.models.detect.rpn import RPN
 from zir.models.detect.structures import ground_truth
-from zir.models.detect.transform import batch_images, to_input_pixels, unpad
+from zir.models.detect.transform import batch_images, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
 
 
@@ -151,8 +151,7 @@ class FasterRCNN(ZirModel):
             ``(features, detections, work_sizes, sizes)``: FPN maps, per-image detections in the working
             frame, each image's working and original ``(h, w)``.
         """
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         sizes = [tuple(im.shape[-2:]) for im in images]
         x, work_sizes = self.prepare(images)
         features = self.features(x)

@@ -45,6 +45,7 @@ from zir.models.detect.sliding_window import WindowClassifier, sliding_windows, 
 from zir.models.detect.structures import GroundTruth, ground_truth, ignore_crowd
 from zir.models.detect.transform import (
     boxes_to_input,
+    image_list,
     normalize,
     pad_batch,
     resize,
@@ -174,8 +175,7 @@ class OverFeat(ZirModel):
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
         """Detections in each input image's own pixels, best first; sets ``last_window_count``."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         return [self._predict_one(im) for im in images]
 
     def _predict_one(self, image: Tensor) -> DetectionPrediction:

@@ -59,7 +59,7 @@ from zir.models.backbones import create_timm
 from zir.models.base import ZirModel
 from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
 from zir.models.detect.structures import ground_truth
-from zir.models.detect.transform import unpad
+from zir.models.detect.transform import image_list, unpad
 from zir.ops import roi_align
 from zir.ops.boxes import batched_nms, clip, iou
 from zir.ops.coder import BoxCoder
@@ -479,8 +479,7 @@ class RCNN(ZirModel):
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
         """Detections in each input image's own pixels, best first (none where selective search finds
         no region)."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         return [self._predict_one(im) for im in images]
 
     def _predict_one(self, image: Tensor) -> DetectionPrediction:

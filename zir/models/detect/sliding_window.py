@@ -43,7 +43,7 @@ from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.classify.convnet import ConvBlock
 from zir.models.detect.structures import ground_truth
-from zir.models.detect.transform import normalize, resize, to_input_pixels, unpad, working_size
+from zir.models.detect.transform import image_list, normalize, resize, to_input_pixels, unpad, working_size
 from zir.ops.boxes import batched_nms, iou, scale_boxes
 
 
@@ -252,8 +252,7 @@ class SlidingWindow(ZirModel):
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
         """Detections in each input image's own pixels, best first; sets ``last_window_count``."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         return [self._predict_one(im) for im in images]
 
     def _predict_one(self, image: Tensor) -> DetectionPrediction:

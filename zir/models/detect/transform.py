@@ -64,6 +64,14 @@ def working_size(size: Size, image_size: int, min_size: int = 0) -> Size:
 # Pixels in
 
 
+def image_list(images: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """What ``predict`` accepts as a list of ``(C, h_i, w_i)`` images: one ``(C, h, w)`` image, a
+    ``(B, C, h, w)`` batch (its images, as views) or a list (as it is)."""
+    if isinstance(images, Tensor):
+        return [images] if images.ndim == 3 else list(images)
+    return list(images)
+
+
 def resize(images: Tensor, size: Size, antialias: bool | None = None) -> Tensor:
     """Bilinear resize of ``(C, h, w)`` or ``(B, C, h, w)`` to ``size = (h', w')``.
 

@@ -62,7 +62,7 @@ from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.classify.convnet import ConvBlock
-from zir.models.detect.transform import letterbox_batch, unpad
+from zir.models.detect.transform import image_list, letterbox_batch, unpad
 from zir.ops.boxes import aligned_iou, batched_nms, clip, letterbox_boxes, unletterbox_boxes
 from zir.ops.coder import decode_yolo_v1, encode_yolo_v1
 
@@ -229,9 +229,7 @@ class YoloV1(ZirModel):
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
         """Images of any sizes (``(N, 3, H, W)`` or a list of ``(3, h, w)`` in [0, 1]) -> detections in
         each input image's pixels."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
-        images = list(images)
+        images = image_list(images)
         pred = self(letterbox_batch(images, self.cfg.image_size, PAD_VALUE)).float()
         s = self.cfg.image_size
         dets = postprocess_yolo_v1(pred, (s, s), self.cfg.B, self.cfg.score_thresh, self.cfg.nms_iou,
