@@ -47,7 +47,7 @@ from zir.data.synth import DEMO_SCENES
 from zir.metrics.semantic import SemanticMetrics
 from zir.models import MODELS, ModelSpec, build_model
 from zir.models.base import ZirModel
-from zir.models.segment.fcn import resize_longer
+from zir.models.detect.transform import resize, scores_to_input, working_size
 from zir.models.segment.losses import cross_entropy, semantic_targets, soft_dice
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_membrane" / "train"
@@ -90,8 +90,8 @@ class SmpUnet(ZirModel):
         out = []
         for image in images:
             h, w = image.shape[-2:]
-            probs = self(resize_longer(image.unsqueeze(0), self.cfg.image_size)).float().softmax(1)
-            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
+            probs = self(resize(image.unsqueeze(0), working_size((h, w), self.cfg.image_size))).float().softmax(1)
+            probs = scores_to_input(probs, (h, w))[0]
             out.append(SemanticPrediction(semantic=probs.argmax(0), scores=probs))
         return out
 

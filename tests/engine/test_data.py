@@ -61,5 +61,6 @@ def test_collate_pads_images_of_different_sizes():
     b = {"image": tv_tensors.Image(torch.full((3, 5, 3), 255, dtype=torch.uint8)), "label": 1}
     batch = collate([a, b, {"bad": "x.jpg: broken"}])
     assert batch.images.shape == (2, 3, 5, 6) and batch.images.dtype == torch.float32
-    assert batch.targets[1]["size"] == (5, 3) and batch.skipped == ["x.jpg: broken"]
+    assert batch.targets[1].size == (5, 3) and batch.targets[1].label == 1 and batch.skipped == ["x.jpg: broken"]
+    assert len(batch.targets[1].boxes) == 0 and batch.targets[1].masks is None  # classification: no boxes
     assert batch.images[1, :, :, 3:].abs().sum() == 0 and batch.images[0].max() == 1.0

@@ -15,7 +15,9 @@ Units and conventions
 
 A **sample** (what a dataset's ``__getitem__`` returns) is a :class:`Sample` dict. A **record**
 (:class:`Record`) is the annotation of one image before its pixels are read: what readers produce,
-writers consume and ``zir data check`` validates.
+writers consume and ``zir data check`` validates. A **target** (:class:`Target`) is a sample's
+annotations in a batch, with the image's own size inside the padded batch: what collate hands to a
+model's ``loss`` and to the metrics.
 
 A **prediction** has one type per task: :class:`ClassPrediction`, :class:`DetectionPrediction`
 (instance segmentation adds ``masks``), :class:`SemanticPrediction` and :class:`PanopticPrediction`.
@@ -23,13 +25,15 @@ A **prediction** has one type per task: :class:`ClassPrediction`, :class:`Detect
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
 
 IGNORE_INDEX = 255
 """Value of a pixel in a ``semantic`` map that takes no part in the loss or the metrics."""
@@ -62,6 +66,101 @@ class Sample(TypedDict, total=False):
     semantic: tv_tensors.Mask
     image_id: int
     path: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets: a sample's annotations in a batch
+
+
+@dataclass(eq=False)  # tensors have no single truth value to compare
+class Target:
+    """The annotations of one image of a batch, as models' ``loss`` and the metrics read them.
+
+    ``zir.engine.data.collate`` makes one per sample (:meth:`from_sample`); the images of a batch are
+    zero-padded at the bottom and right, and ``size`` says which part of the padded tensor is the
+    image: ``images[i, :, :h, :w]``. Every annotation is in the pixels of that ``(h, w)`` image.
+    Tensors are plain ``torch.Tensor`` (the ``tv_tensors`` wrappers matter only to the transforms).
+
+    Attributes:
+        size: ``(h, w)`` of the image; ``None`` only where no image exists to tell it (cached features,
+            or annotations given to a metric without an image: COCO box AP does not need it).
+        label: class id of the whole image (classification), else ``None``.
+        boxes: float32 ``(N, 4)`` XYXY absolute pixels; ``(0, 4)`` when the task has none.
+        labels: int64 ``(N,)`` class id per object.
+        iscrowd: bool ``(N,)`` COCO crowd regions (all False when the data has none).
+        masks: uint8 ``(N, h, w)`` one binary mask per object, or ``None``.
+        semantic: int64 ``(h, w)`` class id per pixel, 255 = ignore, or ``None``.
+        image_id: unique within the dataset, or ``None``.
+        path: the image file it came from (``""`` if unknown); error messages name it.
+    """
+
+    size: tuple[int, int] | None = None
+    label: int | None = None
+    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
+    labels: torch.Tensor = field(default_factory=lambda: torch.zeros((0,), dtype=torch.int64))
+    iscrowd: torch.Tensor | None = None  # None: no crowds, filled with False in __post_init__
+    masks: torch.Tensor | None = None
+    semantic: torch.Tensor | None = None
+    image_id: int | None = None
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            self.size = (int(self.size[0]), int(self.size[1]))
+        if self.iscrowd is None:
+            self.iscrowd = torch.zeros(len(self.boxes), dtype=torch.bool, device=self.boxes.device)
+
+    @classmethod
+    def from_sample(cls, sample: Mapping[str, Any], size: tuple[int, int] | None = None) -> Target:
+        """A :class:`Sample` (or any dict with its keys) as a target.
+
+        ``size`` defaults to the first that the sample has: a ``"size"`` entry ``(H, W)`` (dicts made
+        for the metrics), the image, the boxes' ``canvas_size``, the masks, the semantic map. Boxes in
+        another ``BoundingBoxes`` format are converted to XYXY.
+        """
+        boxes = sample.get("boxes")
+        if isinstance(boxes, tv_tensors.BoundingBoxes) and boxes.format != tv_tensors.BoundingBoxFormat.XYXY:
+            boxes = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+        boxes = torch.zeros((0, 4)) if boxes is None else _plain(boxes).reshape(-1, 4)
+        labels = sample.get("labels")
+        labels = torch.zeros((0,), dtype=torch.int64) if labels is None else _plain(labels).reshape(-1)
+        iscrowd = sample.get("iscrowd")
+        label, image_id = sample.get("label"), sample.get("image_id")
+        return cls(size=size if size is not None else _size_of(sample),
+                   label=None if label is None else int(label),
+                   boxes=boxes, labels=labels,
+                   iscrowd=None if iscrowd is None else _plain(iscrowd).reshape(-1).bool(),
+                   masks=_plain(sample.get("masks")), semantic=_plain(sample.get("semantic")),
+                   image_id=None if image_id is None else int(image_id), path=str(sample.get("path", "")))
+
+    def to(self, device: torch.device | str) -> Target:
+        """The same target with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Target(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
+
+
+def as_target(target: Target | Mapping[str, Any]) -> Target:
+    """A target as it is, a sample dict converted (:meth:`Target.from_sample`): metrics take either."""
+    return target if isinstance(target, Target) else Target.from_sample(target)
+
+
+def _plain(value: Any) -> torch.Tensor | None:
+    """A tensor without its ``tv_tensors`` wrapper (lists and arrays become tensors), ``None`` kept."""
+    return None if value is None else torch.as_tensor(value).as_subclass(torch.Tensor)
+
+
+def _size_of(sample: Mapping[str, Any]) -> tuple[int, int] | None:
+    if "size" in sample:
+        return tuple(sample["size"])
+    if sample.get("image") is not None:
+        return tuple(sample["image"].shape[-2:])
+    boxes = sample.get("boxes")
+    if isinstance(boxes, tv_tensors.BoundingBoxes):
+        return tuple(boxes.canvas_size)
+    for key in ("masks", "semantic"):
+        if sample.get(key) is not None:
+            return tuple(sample[key].shape[-2:])
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

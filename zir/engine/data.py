@@ -13,8 +13,9 @@ from torchvision.transforms import v2
 
 from zir.augment._base import GeometricMixin, default_fill
 from zir.config import DataConfig
-from zir.data.contract import DatasetIndex, Problem
+from zir.data.contract import DatasetIndex, Problem, Target
 from zir.errors import ConfigError, DataError
+from zir.models.detect.transform import pad_batch
 
 
 @dataclass
@@ -23,40 +24,32 @@ class Batch:
 
     Attributes:
         images: float32 ``(B, 3, H, W)`` in [0, 1]; images of different sizes are zero-padded at the
-            bottom and right to the largest one (``targets[i]["size"]`` keeps each one's own size).
-        targets: one dict per image: the sample's annotations (``label``, ``boxes``, ``labels``,
-            ``masks``, ``semantic``, ``image_id``, ``path``) and ``size`` ``(H, W)``.
+            bottom and right to the largest one (``targets[i].size`` keeps each one's own size).
+        targets: one :class:`~zir.data.contract.Target` per image: the sample's annotations and the
+            image's own ``size`` ``(h, w)``.
         skipped: errors of samples dropped with ``skip_bad``.
     """
 
     images: Tensor
-    targets: list[dict[str, Any]]
+    targets: list[Target]
     skipped: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device) -> Batch:
-        moved = [{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in self.targets]
-        return Batch(self.images.to(device, non_blocking=True), moved, self.skipped)
+        return Batch(self.images.to(device, non_blocking=True), [t.to(device) for t in self.targets], self.skipped)
 
 
 def collate(samples: list[dict[str, Any]]) -> Batch:
-    """Batch samples: uint8 images become float in [0, 1] (after augmentation, which is faster on uint8)."""
+    """Batch samples: uint8 images become float in [0, 1] (after augmentation, which is faster on uint8),
+    zero-padded into one tensor (:func:`~zir.models.detect.transform.pad_batch`); each sample's
+    annotations become a :class:`~zir.data.contract.Target` with the image's own size."""
     skipped = [s["bad"] for s in samples if "bad" in s]
     good = [s for s in samples if "bad" not in s]
     if not good:
         return Batch(torch.zeros(0, 3, 1, 1), [], skipped)
-    sizes = [tuple(s["image"].shape[-2:]) for s in good]
-    H, W = max(h for h, _ in sizes), max(w for _, w in sizes)
-    images = torch.zeros(len(good), 3, H, W, dtype=torch.float32)
-    for i, s in enumerate(good):
-        im = s["image"]
-        im = im.float() / 255 if im.dtype == torch.uint8 else im.float()
-        images[i, :, : im.shape[-2], : im.shape[-1]] = im
-    targets = []
-    for s, size in zip(good, sizes):
-        t = {k: v for k, v in s.items() if k != "image"}
-        t["size"] = size
-        targets.append(t)
-    return Batch(images, targets, skipped)
+    images = [s["image"].as_subclass(Tensor) for s in good]
+    images = pad_batch([im.float() / 255 if im.dtype == torch.uint8 else im.float() for im in images],
+                       size_divisible=1)
+    return Batch(images, [Target.from_sample(s, tuple(s["image"].shape[-2:])) for s in good], skipped)
 
 
 def eval_transform(task: str, image_size: int) -> v2.Transform:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from zir.data.contract import Prediction
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
+from zir.models.detect.transform import unpad
 
 # The metric that picks the best checkpoint and drives early stopping, per task (higher is better).
 MONITOR = {"classify": "accuracy", "detect": "bbox/AP", "instance": "segm/AP", "segment": "miou",
@@ -83,11 +84,10 @@ def evaluate_predict(predict: Callable[[list[Tensor]], list[Prediction]], loader
         if not batch.targets:
             continue
         batch = batch.to(device)
-        images = [im[:, : t["size"][0], : t["size"][1]] for im, t in zip(batch.images, batch.targets)] \
-            if task != "classify" else batch.images
+        images = unpad(batch.images, [t.size for t in batch.targets]) if task != "classify" else batch.images
         with autocast(device, amp):
             predictions = predict(images)
-        targets = [t["label"] for t in batch.targets] if task == "classify" else [_to_cpu(t) for t in batch.targets]
+        targets = [t.label for t in batch.targets] if task == "classify" else [t.to("cpu") for t in batch.targets]
         metric.update([_to_cpu(p) for p in predictions], targets)
     return metric.compute(), metric
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from zir.config import RunConfig
-from zir.data.contract import ClassPrediction
+from zir.data.contract import ClassPrediction, Target
 from zir.engine.checkpoint import atomic_write
 from zir.engine.data import Batch, DataBundle, build_loader, eval_transform
 from zir.engine.evaluate import autocast
@@ -53,7 +53,7 @@ class FeatureDataset(Dataset):
 def collate_features(samples: list[dict[str, Any]]) -> Batch:
     """A :class:`Batch` whose ``images`` are features ``(B, F)``; targets keep the labels."""
     features = torch.stack([s["features"] for s in samples])
-    return Batch(features, [{"label": s["label"]} for s in samples])
+    return Batch(features, [Target(label=s["label"]) for s in samples])
 
 
 class HeadOnFeatures(ZirModel):
@@ -68,7 +68,7 @@ class HeadOnFeatures(ZirModel):
         super().__init__()
         self.model = model
 
-    def loss(self, features: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, features: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         return {"cls": cross_entropy(self.model.classify(features), targets)}
 
     @torch.no_grad()
@@ -92,7 +92,7 @@ def extract_features(model: Classifier, dataset: Dataset, cfg: RunConfig, device
             continue
         with autocast(device, cfg.train.amp):
             features.append(model.features(batch.images.to(device)).float().cpu())  # (B, F)
-        labels.append(torch.as_tensor([int(t["label"]) for t in batch.targets]))
+        labels.append(torch.as_tensor([t.label for t in batch.targets]))
     model.train(was_training)
     if not features:
         return torch.zeros(0, model.backbone.num_features), torch.zeros(0, dtype=torch.int64)

@@ -33,11 +33,9 @@ import numpy as np
 import torch
 from faster_coco_eval import COCO, COCOeval_faster
 from faster_coco_eval.core import mask as mask_codec
-from torchvision import tv_tensors
 from torchvision.ops import box_iou
-from torchvision.transforms.v2 import functional as TF
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target, as_target
 from zir.errors import DataError
 
 IOU_TYPES = ("bbox", "segm")
@@ -195,31 +193,6 @@ class _Image:
     dts: list[dict[str, Any]] = field(default_factory=list)  # COCO results
 
 
-def _image_size(target: Mapping[str, Any], pred: DetectionPrediction) -> tuple[int, int] | None:
-    """``(H, W)`` of the image a target belongs to, from the first place that has it."""
-    if "size" in target:
-        h, w = (int(v) for v in target["size"])
-        return h, w
-    boxes = target.get("boxes")
-    if isinstance(boxes, tv_tensors.BoundingBoxes):
-        h, w = boxes.canvas_size
-        return int(h), int(w)
-    for t in (target.get("masks"), target.get("image"), pred.masks):
-        if t is not None:
-            return int(t.shape[-2]), int(t.shape[-1])
-    return None
-
-
-def _target_boxes(target: Mapping[str, Any]) -> torch.Tensor:
-    """float ``(N, 4)`` XYXY boxes of a target (converted if a ``BoundingBoxes`` is in another format)."""
-    boxes = target.get("boxes")
-    if boxes is None:
-        return torch.zeros(0, 4)
-    if isinstance(boxes, tv_tensors.BoundingBoxes) and boxes.format != tv_tensors.BoundingBoxFormat.XYXY:
-        boxes = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
-    return torch.as_tensor(boxes).reshape(-1, 4)
-
-
 class CocoEvaluator:
     """COCO metrics (bbox, and segm for instance masks) of a detector over a data set.
 
@@ -237,9 +210,11 @@ class CocoEvaluator:
         ev.pr_curves()          # {"raccoon": (recall, precision)} at IoU 0.5
         ev.confusion_matrix()   # (C + 1, C + 1) with a background row and column
 
-    The targets are sample dicts (:class:`zir.data.contract.Sample`): ``image_id``, ``boxes`` (XYXY
-    absolute pixels), ``labels``, optional ``iscrowd``, ``masks`` for segm, and the image size from
-    ``"size"`` ``(H, W)``, ``boxes.canvas_size``, ``masks`` or ``image`` (segm needs it; bbox does not).
+    The targets are :class:`~zir.data.contract.Target` (what ``zir.engine.data.collate`` gives) or
+    sample dicts (:class:`zir.data.contract.Sample`, converted by ``Target.from_sample``): ``image_id``,
+    ``boxes`` (XYXY absolute pixels), ``labels``, optional ``iscrowd``, ``masks`` for segm, and the
+    image size (segm needs it; bbox does not; a dict gives it by ``"size"`` ``(H, W)``, ``image``,
+    ``boxes.canvas_size`` or ``masks``).
     """
 
     def __init__(self, classes: Sequence[str], iou_types: Sequence[str] = ("bbox",)) -> None:
@@ -258,7 +233,8 @@ class CocoEvaluator:
     # ---------------------------------------------------------------------------------------------
     # Accumulation
 
-    def update(self, predictions: Sequence[DetectionPrediction], targets: Sequence[Mapping[str, Any]]) -> None:
+    def update(self, predictions: Sequence[DetectionPrediction],
+               targets: Sequence[Target | Mapping[str, Any]]) -> None:
         """Add the predictions of a batch of images and their targets.
 
         Raises:
@@ -271,27 +247,27 @@ class CocoEvaluator:
         C = len(self.classes)
         segm = "segm" in self.iou_types
         for pred, target in zip(predictions, targets):
-            image_id = int(target.get("image_id", len(self._images) + 1))
-            source = str(target.get("path", f"image_id {image_id}"))
+            target = as_target(target)
+            image_id = target.image_id if target.image_id is not None else len(self._images) + 1
+            source = target.path or f"image_id {image_id}"
             if image_id in self._images:
                 raise DataError(source, f"image_id {image_id} was evaluated twice: image ids must be unique")
-            size = _image_size(target, pred)
+            size = target.size if target.size is not None or pred.masks is None else tuple(pred.masks.shape[-2:])
             if size is None and segm:
-                raise DataError(source, "segm evaluation needs the image size: give the target a 'size' (H, W)"
-                                        " or boxes as tv_tensors.BoundingBoxes")
+                raise DataError(source, "segm evaluation needs the image size: give the target its size "
+                                        "(Target.size, or a dict's 'size' (H, W), image or masks)")
             h, w = size if size is not None else (0, 0)  # bbox evaluation never reads the size
             entry = _Image({"id": image_id, "height": h, "width": w})
 
-            boxes = _target_boxes(target)
-            labels = torch.as_tensor(target.get("labels", torch.zeros(0))).reshape(-1).long()
+            boxes, labels = target.boxes, target.labels.long()
             n = len(boxes)
             if len(labels) != n:
                 raise DataError(source, f"{n} boxes but {len(labels)} labels")
             bad = labels[(labels < 0) | (labels >= C)]
             if len(bad):
                 raise DataError(source, f"class id {int(bad[0])} outside the {C} classes {self.classes}")
-            crowd = torch.as_tensor(target.get("iscrowd", torch.zeros(n))).reshape(-1).bool()
-            masks = target.get("masks")
+            crowd = target.iscrowd
+            masks = target.masks
             if segm and masks is None:
                 raise DataError(source, "segm evaluation needs instance masks in the target ('masks')")
             if masks is not None and len(masks) != n:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from zir.data.contract import IGNORE_INDEX, PanopticPrediction
+from zir.data.contract import IGNORE_INDEX, PanopticPrediction, Target, as_target
 
 
 class PanopticMetrics:
@@ -67,21 +67,23 @@ class PanopticMetrics:
     # Accumulation
 
     def update(self, predictions: Sequence[PanopticPrediction | Mapping[str, Any]],
-               targets: Sequence[Mapping[str, Any]]) -> None:
+               targets: Sequence[Target | Mapping[str, Any]]) -> None:
         """Add a batch of images.
 
         Args:
             predictions: per image a :class:`~zir.data.contract.PanopticPrediction` or
                 ``{"ids": int (H, W), "segments": {id: class}}``; pixels whose id has no segment are unlabelled.
-            targets: per image a panoptic sample with ``masks`` uint8/bool ``(N, H, W)``, ``labels`` int
-                ``(N,)`` and ``iscrowd`` bool ``(N,)``; pixels in no mask are void.
+            targets: per image a panoptic :class:`~zir.data.contract.Target` (or sample dict) with
+                ``masks`` uint8/bool ``(N, H, W)``, ``labels`` int ``(N,)`` and ``iscrowd`` bool ``(N,)``;
+                pixels in no mask are void.
         """
         if len(predictions) != len(targets):
             raise ValueError(f"{len(predictions)} predictions but {len(targets)} targets")
         for pred, target in zip(predictions, targets):
-            masks = torch.as_tensor(target["masks"]).bool()  # (N, H, W)
-            labels = torch.as_tensor(target["labels"]).tolist()
-            crowd = torch.as_tensor(target.get("iscrowd", torch.zeros(len(labels), dtype=torch.bool))).tolist()
+            target = as_target(target)
+            masks = target.masks.bool()  # (N, H, W)
+            labels = target.labels.tolist()
+            crowd = target.iscrowd.tolist()
             # id = index + 1, 0 = void; where masks overlap the later one wins.
             N = masks.shape[0]
             ids = torch.arange(1, N + 1).view(N, 1, 1)
@@ -93,7 +95,7 @@ class PanopticMetrics:
             else:
                 pred_ids, pred_segments = pred["ids"], {int(k): int(v) for k, v in pred["segments"].items()}
             self._add(torch.as_tensor(pred_ids), pred_segments, gt_ids, gt_segments, gt_crowd,
-                      str(target.get("path", "target")))
+                      target.path or "target")
 
     @torch.no_grad()
     def update_maps(self, pred_ids: torch.Tensor, pred_segments: Mapping[int, int], gt_ids: torch.Tensor,

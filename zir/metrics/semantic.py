@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from zir.data.contract import IGNORE_INDEX, SemanticPrediction
+from zir.data.contract import IGNORE_INDEX, SemanticPrediction, Target, as_target
 from zir.errors import DataError
 
 
@@ -68,12 +68,13 @@ class SemanticMetrics:
     # Accumulation
 
     def update(self, predictions: Sequence[SemanticPrediction | torch.Tensor],
-               targets: Sequence[Mapping[str, Any] | torch.Tensor]) -> None:
+               targets: Sequence[Target | Mapping[str, Any] | torch.Tensor]) -> None:
         """Add a batch of predicted maps and their targets.
 
         Args:
             predictions: per image a :class:`SemanticPrediction` or an int ``(H, W)`` class map.
-            targets: per image a sample dict with ``semantic`` (int ``(H, W)``, 255 = ignore) or that map.
+            targets: per image a :class:`~zir.data.contract.Target` (or sample dict) with ``semantic``
+                (int ``(H, W)``, 255 = ignore), or that map.
 
         Raises:
             DataError: a target holds a value that is neither a class nor ``ignore_index`` (the message
@@ -84,9 +85,9 @@ class SemanticMetrics:
             raise ValueError(f"{len(predictions)} predictions but {len(targets)} targets")
         for pred, target in zip(predictions, targets):
             pred_map = pred.semantic if isinstance(pred, SemanticPrediction) else pred
-            if isinstance(target, Mapping):
-                source = str(target.get("path", "target"))
-                target_map = target["semantic"]
+            if isinstance(target, (Target, Mapping)):
+                target = as_target(target)
+                source, target_map = target.path or "target", target.semantic
             else:
                 source, target_map = "target", target
             self._add(torch.as_tensor(pred_map), torch.as_tensor(target_map), source)

@@ -115,3 +115,18 @@ class Backbone(nn.Module):
 def build_backbone(name: str = "efficientnet_lite0", pretrained: str = "imagenet",
                    out_indices: tuple[int, ...] = (1, 2, 3, 4)) -> Backbone:
     return Backbone(name, pretrained, out_indices)
+
+
+def freeze_blocks(backbone: Backbone, n: int) -> None:
+    """Freeze the stem and the first ``n`` of the backbone's ``blocks`` (timm EfficientNet / MobileNet
+    layout): every parameter registered before ``blocks.{n}``."""
+    if n <= 0:
+        return
+    names = [name for name, _ in backbone.body.named_parameters()]
+    if not any(name.startswith(f"blocks.{n}.") for name in names):
+        raise ConfigError(f"frozen_blocks={n}: backbone {backbone.name!r} has no 'blocks.{n}' "
+                          "(EfficientNet/MobileNet layout); use frozen_blocks=0")
+    for name, p in backbone.body.named_parameters():
+        if name.startswith(f"blocks.{n}."):
+            break
+        p.requires_grad_(False)

@@ -1,6 +1,7 @@
 """What every zir model is: an ``nn.Module`` with the same two methods and fixed return types.
 
-* ``loss(images, targets) -> dict[str, Tensor]``: the terms of the training loss (the engine sums them).
+* ``loss(images, targets) -> dict[str, Tensor]``: the terms of the training loss (the engine sums them);
+  ``images`` is a padded batch and ``targets`` one :class:`~zir.data.contract.Target` per image.
 * ``predict(images) -> list[Prediction]``: one prediction per image, in the input image's pixels.
 
 Neither depends on train/eval mode for its return type. Images are float32 in ``[0, 1]``, RGB,
@@ -16,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zir.data.contract import Prediction
+from zir.data.contract import Prediction, Target
+from zir.models.detect.transform import normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,10 +42,10 @@ class ZirModel(nn.Module):
         self.std.copy_(torch.tensor(list(std), dtype=self.std.dtype).view(1, 3, 1, 1))
 
     def normalize(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` in [0, 1] -> standardised with ImageNet statistics."""
-        return (images - self.mean) / self.std
+        """``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1] -> standardised with the model's ``mean`` and ``std``."""
+        return normalize(images, self.mean, self.std)
 
-    def loss(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def predict(self, images: Tensor | list[Tensor]) -> list[Prediction]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from zir.cli import main
 from zir.config import load_config
+from zir.data.contract import Target
 from zir.engine.predictor import load
 from zir.engine.trainer import train
 from zir.errors import ConfigError
@@ -45,7 +46,7 @@ def test_transfer_modes_train_exactly_what_they_should():
     pretrained = offline_state_dict("efficientnet_lite0")
     lr = 1e-2
     images = torch.rand(2, 3, 32, 32)  # small: the test is about what gets gradients, not accuracy
-    targets = [{"label": 0}, {"label": 2}]
+    targets = [Target(label=0), Target(label=2)]
 
     # features: the backbone is frozen and in eval mode (BatchNorm statistics stay), only the head trains.
     model = tiny("features").train()
@@ -117,7 +118,7 @@ def test_freeze_epochs_in_training(tmp_path):
 def test_loss_falls_and_predict_any_size():
     torch.manual_seed(0)
     model = tiny("scratch", pretrained="none", dropout=0.0)
-    images, targets = torch.rand(2, 3, 64, 64), [{"label": 1}, {"label": 2}]
+    images, targets = torch.rand(2, 3, 64, 64), [Target(label=1), Target(label=2)]
     opt = torch.optim.AdamW(model.param_groups(3e-3, 0.0))
     losses = []
     for _ in range(15):

@@ -3,6 +3,8 @@ mapped back to the input's pixels, no proposals -> no detections."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -72,8 +74,8 @@ def test_loss_falls_overfitting_one_image():
 
 def test_image_without_objects_trains():
     model, b = tiny(), batch(1)
-    t = dict(b.targets[0], boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
-             iscrowd=torch.zeros(0, dtype=torch.bool))
+    t = dataclasses.replace(b.targets[0], boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
+                            iscrowd=torch.zeros(0, dtype=torch.bool))
     losses = model.loss(b.images, [t])
     assert torch.isfinite(sum(losses.values()))
     sum(losses.values()).backward()

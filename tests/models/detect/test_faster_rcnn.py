@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, roi_align
 
+from zir.data.contract import Target
 from zir.data.synth import SynthDataset
 from zir.errors import ConfigError
 from zir.models import build_model, model_config
-from zir.models.detect.faster_rcnn import FasterRCNNConfig, GroundTruth, build, ground_truth
+from zir.models.detect.faster_rcnn import FasterRCNNConfig, build
 from zir.models.detect.roi_heads import RoIHeadsConfig, RoIPooler
-from zir.models.detect.rpn import RPNConfig, match_to_ground_truth
+from zir.models.detect.rpn import RPNConfig
+from zir.models.detect.structures import GroundTruth, ground_truth, match_to_ground_truth
 from zir.models.fpn import FPN
 from zir.ops.matching import BELOW_LOW, BETWEEN
 
@@ -32,12 +34,12 @@ def tiny_config(roi_op: str = "align", **kw) -> FasterRCNNConfig:
     return FasterRCNNConfig(**args)
 
 
-def synth_batch(n: int = 2, seed: int = 3) -> tuple[torch.Tensor, list[dict]]:
+def synth_batch(n: int = 2, seed: int = 3) -> tuple[torch.Tensor, list[Target]]:
     ds = SynthDataset(task="detect", n=n, seed=seed, image_size=SIZE, max_objects=3, min_scale=0.25, max_scale=0.5)
     samples = [ds[i] for i in range(n)]
     images = torch.stack([s["image"].float() / 255 for s in samples])
-    targets = [{"boxes": s["boxes"], "labels": s["labels"], "iscrowd": s["iscrowd"], "size": (SIZE, SIZE)}
-               for s in samples]
+    targets = [Target(size=(SIZE, SIZE), boxes=s["boxes"].as_subclass(torch.Tensor), labels=s["labels"],
+                      iscrowd=s["iscrowd"]) for s in samples]
     return images, targets
 
 
@@ -114,8 +116,8 @@ def test_overfitting_two_images_lowers_the_loss_and_finds_the_objects(trained):
     predictions = model.predict(list(images))
     for pred, target in zip(predictions, targets):
         assert len(pred.boxes) > 0
-        boxes = target["boxes"].as_subclass(torch.Tensor)
-        same_class = target["labels"][:, None] == pred.labels[None, :]
+        boxes = target.boxes
+        same_class = target.labels[:, None] == pred.labels[None, :]
         best = (box_iou(boxes, pred.boxes) * same_class).max()
         assert best > 0.5
 
@@ -130,8 +132,8 @@ def test_predict_maps_boxes_back_to_the_input_pixels(trained):
     torch.testing.assert_close(big_pred.boxes, small_pred.boxes * 2.5, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(big_pred.scores, small_pred.scores)
     # and at that resolution it still finds a training object, in the big image's pixels
-    gt = targets[0]["boxes"].as_subclass(torch.Tensor) * 2.5
-    same_class = targets[0]["labels"][:, None] == big_pred.labels[None, :]
+    gt = targets[0].boxes * 2.5
+    same_class = targets[0].labels[:, None] == big_pred.labels[None, :]
     assert (box_iou(gt, big_pred.boxes) * same_class).max() > 0.5
     # an image of another size and shape: every box lies inside it
     odd = F.interpolate(images[:1], size=(300, 417), mode="bilinear", align_corners=False)[0]
@@ -162,11 +164,10 @@ def test_empty_images_give_finite_losses_and_train():
     torch.manual_seed(0)
     model = build(tiny_config())
     images, targets = synth_batch()
-    targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                  "iscrowd": torch.zeros(0, dtype=torch.bool), "size": (SIZE, SIZE)}
+    targets[1] = Target(size=(SIZE, SIZE))  # no boxes, labels or crowds
     losses = model.loss(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
-    empty = [{**targets[1]}]
+    empty = [targets[1]]
     losses = model.loss(images[1:], empty)  # a batch without any object
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["rpn_box"] == 0 and losses["roi_box"] == 0
@@ -174,9 +175,9 @@ def test_empty_images_give_finite_losses_and_train():
 
 
 def test_crowd_and_degenerate_boxes_are_never_positives():
-    target = {"boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 120, 120], [5, 5, 5, 30]]),
-              "labels": torch.tensor([1, 2, 3]), "iscrowd": torch.tensor([False, True, False])}
-    gt = ground_truth(target, (128, 128), (64, 64))  # also resized to a 64 px working frame
+    target = Target(size=(128, 128), boxes=torch.tensor([[10.0, 10, 50, 50], [60, 60, 120, 120], [5, 5, 5, 30]]),
+                    labels=torch.tensor([1, 2, 3]), iscrowd=torch.tensor([False, True, False]))
+    gt = ground_truth(target, (64, 64))  # also resized to a 64 px working frame
     assert torch.equal(gt.boxes, torch.tensor([[5.0, 5, 25, 25]])) and gt.labels.tolist() == [1]
     assert torch.equal(gt.crowd, torch.tensor([[30.0, 30, 60, 60]])) and gt.index.tolist() == [0]
     candidates = torch.tensor([[5.0, 5, 25, 25],    # the object

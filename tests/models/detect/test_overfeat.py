@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision import tv_tensors
 
+from zir.data.contract import Target
 from zir.models import build_model, get_spec
 from zir.models.detect.overfeat import OverFeatConfig, build, label_windows, position_windows, postprocess
-from zir.models.detect.rpn import GroundTruth
 from zir.models.detect.sliding_window import sliding_windows, window_count
+from zir.models.detect.structures import GroundTruth
 from zir.ops.boxes import batched_nms, iou
 from zir.ops.matching import BELOW_LOW, BETWEEN
 
@@ -21,10 +21,9 @@ def tiny(**kw):
     return build(OverFeatConfig(**{**cfg, **kw}))
 
 
-def target(boxes, labels, size):
-    return {"size": size, "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                                                             format="XYXY", canvas_size=size),
-            "labels": torch.tensor(labels, dtype=torch.int64), "iscrowd": torch.zeros(len(labels), dtype=torch.bool)}
+def target(boxes, labels, size) -> Target:
+    return Target(size=size, boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  labels=torch.tensor(labels, dtype=torch.int64))
 
 
 def test_one_output_per_window_position():

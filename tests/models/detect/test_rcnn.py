@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.data.synth import SynthDataset
 from zir.models.detect.rcnn import (
     FEATURE_FILE,
@@ -171,7 +171,7 @@ def test_no_proposals_and_blank_images_give_empty_predictions():
 def test_loss_on_an_image_without_objects():
     model = tiny()
     image = torch.rand(1, 3, 48, 48)
-    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "size": (48, 48)}
+    target = Target(size=(48, 48))  # no object
     losses = model.loss(image, [target])
     assert set(losses) == {"svm", "box"} and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()

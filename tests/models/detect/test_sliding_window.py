@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision import tv_tensors
 
+from zir.data.contract import Target
 from zir.models import build_model, get_spec
 from zir.models.detect.sliding_window import (
     SlidingWindowConfig,
@@ -26,10 +26,9 @@ def tiny(**kw):
     return build(SlidingWindowConfig(**{**cfg, **kw}))
 
 
-def target(boxes, labels, size):
-    return {"size": size, "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                                                             format="XYXY", canvas_size=size),
-            "labels": torch.tensor(labels, dtype=torch.int64), "iscrowd": torch.zeros(len(labels), dtype=torch.bool)}
+def target(boxes, labels, size) -> Target:
+    return Target(size=size, boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  labels=torch.tensor(labels, dtype=torch.int64))
 
 
 # --------------------------------------------------------------------------------------------------

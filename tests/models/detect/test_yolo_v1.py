@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from torchvision import tv_tensors
 
 import zir.models.detect.yolo_v1 as yolo
+from zir.data.contract import Target
 from zir.errors import ConfigError
 from zir.models import build_model
 from zir.models.detect.yolo_v1 import YoloV1Config, loss_yolo_v1
@@ -21,10 +21,9 @@ def tiny(**kw) -> yolo.YoloV1:
     return yolo.build(YoloV1Config(**{**cfg, **kw}))
 
 
-def target(boxes: list[list[float]], labels: list[int], size: tuple[int, int]) -> dict:
-    return {"size": size, "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes).reshape(-1, 4), format="XYXY",
-                                                             canvas_size=size),
-            "labels": torch.tensor(labels, dtype=torch.int64), "iscrowd": torch.zeros(len(labels), dtype=torch.bool)}
+def target(boxes: list[list[float]], labels: list[int], size: tuple[int, int]) -> Target:
+    return Target(size=size, boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  labels=torch.tensor(labels, dtype=torch.int64))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,7 +200,7 @@ def test_overfits_two_images(head):
     assert loss.item() < 0.1 * first
     model.eval()
     for pred, b, t in zip(model.predict(images), boxes, targets):
-        for gt, label in zip(torch.tensor(b, dtype=torch.float32), t["labels"]):
+        for gt, label in zip(torch.tensor(b, dtype=torch.float32), t.labels):
             ious = iou(gt[None], pred.boxes)[0]
             hits = (ious > 0.5) & (pred.labels == label) & (pred.scores > 0.3)
             assert hits.any(), (gt, pred)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zir.data.contract import SemanticPrediction
+from zir.data.contract import SemanticPrediction, Target
 from zir.models import MODELS, build_model
 from zir.ops.transposed import bilinear_kernel
 
@@ -41,7 +41,7 @@ def test_every_parameter_gets_a_gradient():
     model = fcn("8s")
     model.train()
     images = torch.rand(2, 3, 64, 64)
-    targets = [{"semantic": torch.randint(0, 3, (64, 64)), "size": (64, 64)} for _ in range(2)]
+    targets = [Target(semantic=torch.randint(0, 3, (64, 64)), size=(64, 64)) for _ in range(2)]
     sum(model.loss(images, targets).values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert not missing
@@ -50,11 +50,11 @@ def test_every_parameter_gets_a_gradient():
 def test_padding_is_ignored_in_the_loss():
     model = fcn("32s").eval()  # eval: BatchNorm is frozen anyway; the loss only sees the first image's pixels
     image = torch.rand(1, 3, 40, 50)
-    target = {"semantic": torch.randint(0, 3, (40, 50)), "size": (40, 50)}
+    target = Target(semantic=torch.randint(0, 3, (40, 50)), size=(40, 50))
     padded = torch.zeros(1, 3, 64, 64)
     padded[..., :40, :50] = image
     logits = model(padded)
-    expected = F.cross_entropy(logits[..., :40, :50], target["semantic"][None])
+    expected = F.cross_entropy(logits[..., :40, :50], target.semantic[None])
     torch.testing.assert_close(model.loss(padded, [target])["ce"], expected)
 
 
@@ -77,7 +77,7 @@ def test_loss_falls_on_one_image():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(15):
-        loss = model.loss(image, [{"semantic": semantic, "size": (64, 64)}])["ce"]
+        loss = model.loss(image, [Target(semantic=semantic, size=(64, 64))])["ce"]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.data.synth import SynthDataset
 from zir.engine.data import collate, eval_transform
 from zir.models.detect.faster_rcnn import FasterRCNN
@@ -99,9 +99,7 @@ def test_empty_image_gives_finite_losses():
     torch.manual_seed(0)
     model = build(tiny())
     batch = synth_batch(1)
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-             "iscrowd": torch.zeros(0, dtype=torch.bool), "masks": torch.zeros(0, SIZE, SIZE, dtype=torch.uint8),
-             "size": (SIZE, SIZE)}
+    empty = Target(size=(SIZE, SIZE), masks=torch.zeros(0, SIZE, SIZE, dtype=torch.uint8))
     for images, targets in [(torch.rand(1, 3, SIZE, SIZE), [empty]),
                             (torch.cat([batch.images, torch.rand(1, 3, SIZE, SIZE)]), [batch.targets[0], empty])]:
         losses = model.loss(images, targets)

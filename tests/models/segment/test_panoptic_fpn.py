@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from zir.api import predict_to_folder
 from zir.config import load_config
-from zir.data.contract import DetectionPrediction, PanopticPrediction
+from zir.data.contract import DetectionPrediction, PanopticPrediction, Target
 from zir.data.formats.panoptic import read_coco_panoptic
 from zir.data.image_io import read_panoptic_png, save_png
 from zir.data.synth import PANOPTIC_CLASSES, SynthDataset
@@ -104,13 +104,13 @@ def test_thing_and_stuff_bookkeeping():
     # the instance branch knows only the things: 4 + background box classes, 4 masks
     assert model.roi_heads.predictor.cls_score.out_features == 5 and model.heads.mask.logits.out_channels == 4
     assert model.heads.semantic.to_semantic[[0, 3, 4, 5, 255]].tolist() == [2, 2, 0, 1, 255]
-    sample = {"labels": torch.tensor([5, 1, 4, 3]), "boxes": torch.arange(16.0).view(4, 4),
-              "iscrowd": torch.tensor([False, False, False, True]), "masks": torch.zeros(4, 3, 3), "size": (3, 3),
-              "semantic": torch.zeros(3, 3, dtype=torch.int64)}
-    things = thing_targets(sample, model.to_thing)
-    assert things["labels"].tolist() == [1, 3] and things["boxes"][:, 0].tolist() == [4.0, 12.0]
-    assert things["iscrowd"].tolist() == [False, True] and things["masks"].shape == (2, 3, 3)
-    assert things["semantic"] is sample["semantic"] and things["size"] == (3, 3)  # for the semantic head
+    semantic = torch.zeros(3, 3, dtype=torch.int64)
+    target = Target(size=(3, 3), labels=torch.tensor([5, 1, 4, 3]), boxes=torch.arange(16.0).view(4, 4),
+                    iscrowd=torch.tensor([False, False, False, True]), masks=torch.zeros(4, 3, 3), semantic=semantic)
+    things = thing_targets(target, model.to_thing)
+    assert things.labels.tolist() == [1, 3] and things.boxes[:, 0].tolist() == [4.0, 12.0]
+    assert things.iscrowd.tolist() == [False, True] and things.masks.shape == (2, 3, 3) and things.size == (3, 3)
+    assert things.semantic is semantic  # for the semantic head
 
 
 def test_stuff_classes_may_come_in_any_order():

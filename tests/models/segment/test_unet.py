@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zir.data.contract import Target
 from zir.data.synth import SynthDataset
 from zir.errors import ConfigError
 from zir.metrics.semantic import SemanticMetrics
@@ -55,7 +56,7 @@ def test_every_parameter_gets_a_gradient(args):
     args = dict(args)
     model = unet(args.pop("num_classes"), **args)
     C = model.cfg.num_classes
-    targets = [{"semantic": torch.randint(0, C, (32, 40)), "size": (32, 40)} for _ in range(2)]
+    targets = [Target(semantic=torch.randint(0, C, (32, 40)), size=(32, 40)) for _ in range(2)]
     sum(model.loss(torch.rand(2, 3, 32, 40), targets).values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert not missing
@@ -64,8 +65,8 @@ def test_every_parameter_gets_a_gradient(args):
 # ------------------------------------------------------------------------------------------------ losses
 
 def test_semantic_targets_ignore_the_padding():
-    t = semantic_targets([{"semantic": torch.ones(3, 4, dtype=torch.int64), "size": (3, 4)},
-                          {"semantic": torch.zeros(5, 2, dtype=torch.int64), "size": (5, 2)}], (5, 4), torch.device("cpu"))
+    t = semantic_targets([Target(semantic=torch.ones(3, 4, dtype=torch.int64), size=(3, 4)),
+                          Target(semantic=torch.zeros(5, 2, dtype=torch.int64), size=(5, 2))], (5, 4), torch.device("cpu"))
     assert t.shape == (2, 5, 4)
     assert (t[0, :3] == 1).all() and (t[0, 3:] == 255).all()
     assert (t[1, :, :2] == 0).all() and (t[1, :, 2:] == 255).all()
@@ -74,7 +75,7 @@ def test_semantic_targets_ignore_the_padding():
 def test_losses_count_only_labelled_pixels():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 3, 6, 7, generator=g, requires_grad=True)
-    target = semantic_targets([{"semantic": torch.randint(0, 3, (4, 5), generator=g), "size": (4, 5)}], (6, 7),
+    target = semantic_targets([Target(semantic=torch.randint(0, 3, (4, 5), generator=g), size=(4, 5))], (6, 7),
                               torch.device("cpu"))
     loss = cross_entropy(logits, target)
     torch.testing.assert_close(loss, F.cross_entropy(logits[..., :4, :5], target[:, :4, :5]))
@@ -106,7 +107,7 @@ def test_every_loss_setting(loss, num_classes):
     semantic = torch.zeros(32, 32, dtype=torch.int64)
     semantic[4:14, 4:14] = 1
     semantic[4:14, 16:28] = num_classes - 1
-    out = model.loss(torch.rand(1, 3, 32, 32), [{"semantic": semantic, "size": (32, 32)}])
+    out = model.loss(torch.rand(1, 3, 32, 32), [Target(semantic=semantic, size=(32, 32))])
     assert set(out) == {"bce" if num_classes == 2 else "ce"} | ({"dice"} if "dice" in loss else set())
     assert all(torch.isfinite(v) for v in out.values())
 
@@ -175,7 +176,7 @@ def test_overfits_one_synthetic_image():
     model = unet(C, width=16, depth=3)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    target = [{"semantic": semantic, "size": tuple(semantic.shape)}]
+    target = [Target(semantic=semantic, size=tuple(semantic.shape))]
     losses = []
     for _ in range(60):
         loss = sum(model.loss(image, target).values())

@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zir.data.contract import ClassPrediction
+from zir.data.contract import ClassPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import create_timm
 from zir.models.base import ZirModel
+from zir.models.detect.transform import resize
 
 TRANSFER_MODES = ("scratch", "features", "finetune")
 
@@ -138,7 +139,7 @@ class Classifier(ZirModel):
         """``(B, 3, H, W)`` in [0, 1] -> logits ``(B, num_classes)``."""
         return self.classify(self.features(images))
 
-    def loss(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         return {"cls": cross_entropy(self(images), targets)}
 
     @torch.no_grad()
@@ -146,24 +147,17 @@ class Classifier(ZirModel):
         """Images of any size (a batch or a list) -> one :class:`ClassPrediction` each."""
         S = self.cfg.image_size
         batch = images.unsqueeze(0) if isinstance(images, Tensor) and images.ndim == 3 else images
-        if isinstance(batch, Tensor):
-            batch = _resize(batch, S)
+        if isinstance(batch, Tensor):  # antialiased both ways, as the data pipeline's v2.Resize
+            batch = resize(batch, (S, S), antialias=True)
         else:
-            batch = torch.cat([_resize(im.unsqueeze(0), S) for im in batch])
+            batch = torch.cat([resize(im.unsqueeze(0), (S, S), antialias=True) for im in batch])
         return to_predictions(self(batch))
 
 
-def _resize(x: Tensor, size: int) -> Tensor:
-    """``(B, 3, H, W)`` -> ``(B, 3, size, size)``, bilinear with antialiasing like the data pipeline's resize."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
 # ---- loss and postprocess (shared with the head trained on cached features) ---------------------
-def cross_entropy(logits: Tensor, targets: list[dict[str, Any]]) -> Tensor:
-    """Softmax cross-entropy of logits ``(B, C)`` against ``targets[i]["label"]``; float32 under autocast."""
-    labels = torch.as_tensor([int(t["label"]) for t in targets], device=logits.device)
+def cross_entropy(logits: Tensor, targets: list[Target]) -> Tensor:
+    """Softmax cross-entropy of logits ``(B, C)`` against ``targets[i].label``; float32 under autocast."""
+    labels = torch.as_tensor([t.label for t in targets], device=logits.device)
     return F.cross_entropy(logits.float(), labels)
 
 

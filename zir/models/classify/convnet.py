@@ -13,14 +13,14 @@ numerical stability); ``predict`` returns the softmax probabilities.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zir.data.contract import ClassPrediction
+from zir.data.contract import ClassPrediction, Target
 from zir.models.base import ZirModel, stack_images
+from zir.models.detect.transform import resize
 
 
 @dataclass
@@ -79,25 +79,18 @@ class ConvNet(ZirModel):
         x = x.mean(dim=(2, 3))  # (B, C)
         return self.head(self.dropout(x))
 
-    def loss(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
-        labels = torch.as_tensor([int(t["label"]) for t in targets], device=images.device)
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
+        labels = torch.as_tensor([t.label for t in targets], device=images.device)
         return {"cls": F.cross_entropy(self(images).float(), labels)}
 
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[ClassPrediction]:
+        S = self.cfg.image_size
         if isinstance(images, list):
-            images = [_resize(im, self.cfg.image_size) for im in images]
-        x = _resize(stack_images(images), self.cfg.image_size)
+            images = [resize(im, (S, S), antialias=True) for im in images]
+        x = resize(stack_images(images), (S, S), antialias=True)  # as the data pipeline's v2.Resize
         probs = self(x).float().softmax(dim=1)  # (B, C)
         return [ClassPrediction(scores=p, label=int(p.argmax())) for p in probs]
-
-
-def _resize(x: Tensor, size: int) -> Tensor:
-    if x.shape[-2:] == (size, size):
-        return x
-    batched = x if x.ndim == 4 else x.unsqueeze(0)
-    out = F.interpolate(batched, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out if x.ndim == 4 else out[0]
 
 
 def build(cfg: ConvNetConfig) -> ConvNet:

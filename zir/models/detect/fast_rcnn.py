@@ -24,26 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
-from zir.models.backbones import Backbone, build_backbone
+from zir.models.backbones import Backbone, build_backbone, freeze_blocks
 from zir.models.base import ZirModel
-from zir.models.detect.faster_rcnn import (
-    freeze_blocks,
-    ground_truth,
-    pad_batch,
-    resize_image,
-    resize_scale,
-    to_input_pixels,
-)
 from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
 from zir.models.detect.roi_heads import RoIHeads, RoIHeadsConfig, build_roi_heads
+from zir.models.detect.structures import ground_truth
+from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 
 
 @dataclass
@@ -91,8 +84,8 @@ FLAT_KEYS: dict[str, str] = {
 class FastRCNN(ZirModel):
     """Backbone (one map) + RoI heads on external selective search proposals.
 
-    ``loss`` and ``predict`` take float images in [0, 1]: a ``(B, 3, H, W)`` batch (with ``size`` in
-    each target for padded batches) or a list of ``(3, h, w)`` images of any sizes.
+    ``loss`` takes a padded ``(B, 3, H, W)`` batch in [0, 1] and its :class:`~zir.data.contract.Target`
+    list; ``predict`` a ``(B, 3, H, W)`` batch or a list of ``(3, h, w)`` images of any sizes.
     """
 
     task = "detect"
@@ -103,31 +96,23 @@ class FastRCNN(ZirModel):
         self.train_proposals = ProposalCache(search)  # training images repeat every epoch
         self.set_normalization(backbone.mean, backbone.std)
 
-    def prepare(self, images: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Resize each image's own ``(h, w)`` region into the working frame, normalise, pad:
+    def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Resize each ``(3, h, w)`` image into the working frame, normalise, pad:
         ``(batch (B, 3, H', W'), each image's working (h, w))``."""
-        resized = []
-        for im, (h, w) in zip(images, sizes):
-            im = resize_image(im[:, :h, :w], resize_scale((h, w), self.cfg.image_size))
-            resized.append((im - self.mean[0]) / self.std[0])  # padding stays 0 = the mean colour
-        return pad_batch(resized), [tuple(im.shape[-2:]) for im in resized]
+        return batch_images(images, self.cfg.image_size, self.mean, self.std)
 
-    def proposals(self, images: Sequence[Tensor], sizes: Sequence[tuple[int, int]],
-                  work_sizes: Sequence[tuple[int, int]], cached: bool) -> list[Tensor]:
-        """Selective search on each input image, boxes scaled into the working frame: ``[(N_i, 4)]``."""
+    def proposals(self, images: Sequence[Tensor], work_sizes: Sequence[tuple[int, int]], cached: bool) -> list[Tensor]:
+        """Selective search on each ``(3, h, w)`` input image, boxes scaled into the working frame: ``[(N_i, 4)]``."""
         search = self.train_proposals if cached else self.search
-        out = []
-        for im, (h, w), (wh, ww) in zip(images, sizes, work_sizes):
-            boxes = search(im[:, :h, :w]).to(im.device)
-            out.append(boxes * boxes.new_tensor([ww / w, wh / h, ww / w, wh / h]))
-        return out
+        return [boxes_to_working(search(im).to(im.device), tuple(im.shape[-2:]), work)
+                for im, work in zip(images, work_sizes)]
 
-    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         """``{"roi_cls", "roi_box"}``: the multi-task loss (section 2.3, equation 1) on sampled RoIs."""
-        sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
-        x, work_sizes = self.prepare(images, sizes)
-        gts = [ground_truth(t, size, work) for t, size, work in zip(targets, sizes, work_sizes)]
-        proposals = self.proposals(images, sizes, work_sizes, cached=True)
+        images = unpad(images, [t.size for t in targets])
+        x, work_sizes = self.prepare(images)
+        gts = [ground_truth(t, work) for t, work in zip(targets, work_sizes)]
+        proposals = self.proposals(images, work_sizes, cached=True)
         features = self.backbone(x)
         losses, _ = self.roi_heads.loss(features, proposals, gts)  # adds the GT boxes to the proposals
         return losses
@@ -136,11 +121,10 @@ class FastRCNN(ZirModel):
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
         """Detections in each input image's own pixels, best first (none where selective search finds
         no region)."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         sizes = [tuple(im.shape[-2:]) for im in images]
-        x, work_sizes = self.prepare(images, sizes)
-        proposals = self.proposals(images, sizes, work_sizes, cached=False)
+        x, work_sizes = self.prepare(images)
+        proposals = self.proposals(images, work_sizes, cached=False)
         detections = self.roi_heads.detect(self.backbone(x), proposals, work_sizes)
         return [to_input_pixels(d.boxes, d.scores, d.labels, work, size)
                 for d, work, size in zip(detections, work_sizes, sizes)]

@@ -31,24 +31,23 @@ Settings come in sections next to their modules: ``rpn`` (:class:`~zir.models.de
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
-from zir.data.contract import DetectionPrediction
-from zir.errors import ConfigError
-from zir.models.backbones import Backbone, build_backbone
+from zir.data.contract import Target
+from zir.models.backbones import Backbone, build_backbone, freeze_blocks
 from zir.models.base import ZirModel
 from zir.models.detect.roi_heads import Detections, RoIHeads, RoIHeadsConfig, SampledRoIs, build_roi_heads
-from zir.models.detect.rpn import RPN, GroundTruth, RPNConfig, build_rpn
+from zir.models.detect.rpn import RPN, RPNConfig, build_rpn
+from zir.models.detect.structures import GroundTruth, ground_truth
+from zir.models.detect.transform import batch_images, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
-from zir.ops.boxes import clip, remove_small_boxes
 
 
 @dataclass
@@ -109,40 +108,6 @@ FLAT_KEYS: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------------------------------
-# The transform: resize inside the model, as torchvision's GeneralizedRCNNTransform
-
-
-SIZE_DIVISIBLE = 32  # the coarsest backbone stride: every level then divides the padded batch exactly
-
-
-def resize_scale(size: tuple[int, int], image_size: int, min_size: int = 0) -> float:
-    """Scale factor that brings an ``(h, w)`` image into the working frame."""
-    h, w = size
-    scale = image_size / max(h, w)
-    return min(scale, min_size / min(h, w)) if min_size > 0 else scale
-
-
-def resize_image(image: Tensor, scale: float) -> Tensor:
-    """``(3, h, w)`` -> ``(3, round(h * scale), round(w * scale))``, antialiased when shrinking."""
-    h, w = image.shape[-2:]
-    new = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if new == (h, w):
-        return image
-    return F.interpolate(image[None], size=new, mode="bilinear", align_corners=False,
-                         antialias=scale < 1)[0]
-
-
-def pad_batch(images: Sequence[Tensor]) -> Tensor:
-    """Zero-pad ``(3, h_i, w_i)`` images to one ``(B, 3, H, W)`` with ``H, W`` multiples of 32."""
-    H = math.ceil(max(im.shape[-2] for im in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
-    W = math.ceil(max(im.shape[-1] for im in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
-    batch = images[0].new_zeros((len(images), 3, H, W))
-    for b, im in zip(batch, images):
-        b[:, : im.shape[-2], : im.shape[-1]].copy_(im)
-    return batch
-
-
-# --------------------------------------------------------------------------------------------------
 # The model: parts composed, as torchvision's GeneralizedRCNN
 
 
@@ -167,7 +132,7 @@ class ExtraHead(nn.Module):
     It adds its own loss terms and its part of the prediction; the detector calls it after the RoI heads.
     """
 
-    def loss(self, features: list[Tensor], frame: Frame, targets: Sequence[dict[str, Any]],
+    def loss(self, features: list[Tensor], frame: Frame, targets: Sequence[Target],
              gts: Sequence[GroundTruth], rois: SampledRoIs) -> dict[str, Tensor]:
         """This head's loss terms, float32 scalars.
 
@@ -192,8 +157,9 @@ class FasterRCNN(ZirModel):
     mapping back out. Faster R-CNN has no extra head; Mask R-CNN adds a mask head, Panoptic FPN a mask
     and a semantic head (their files build it).
 
-    ``loss`` and ``predict`` take float images in [0, 1]: a ``(B, 3, H, W)`` batch (with ``size`` in
-    each target for padded batches) or a list of ``(3, h, w)`` images of any sizes. ``loss`` is the union
+    ``loss`` takes a padded ``(B, 3, H, W)`` batch in [0, 1] and its :class:`~zir.data.contract.Target`
+    list (each image's ``size``); ``predict`` a ``(B, 3, H, W)`` batch or a list of ``(3, h, w)`` images
+    of any sizes. The resize in and the mapping out are ``zir.models.detect.transform``'s. ``loss`` is the union
     of its parts' loss terms; ``predict`` gives ``DetectionPrediction`` unless a head turns them into
     another type (Panoptic FPN: ``PanopticPrediction``).
 
@@ -232,38 +198,25 @@ class FasterRCNN(ZirModel):
         """Normalised ``(B, 3, H, W)`` -> pyramid levels ``[(B, d, H / s, W / s)]``, finest first."""
         return self.fpn(self.backbone(x))
 
-    def prepare(self, images: Tensor | Sequence[Tensor], sizes: Sequence[tuple[int, int]] | None = None
-                ) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Resize each image into the working frame, normalise, pad into one batch.
-
-        Args:
-            images: ``(B, 3, H, W)`` or a list of ``(3, h, w)``, in [0, 1].
-            sizes: each image's own ``(h, w)`` inside a padded batch (default: the whole tensor).
-
-        Returns:
-            ``(batch (B, 3, H', W'), each image's (h, w) in the working frame)``.
-        """
-        if sizes is None:
-            sizes = [tuple(im.shape[-2:]) for im in images]
+    def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Resize each ``(3, h, w)`` image in [0, 1] into the working frame, normalise, pad into one batch
+        (:func:`~zir.models.detect.transform.batch_images`): ``(batch (B, 3, H', W'), each image's (h, w) in
+        the working frame)``."""
         frame = self.cfg.image_size
         if self.training and self.cfg.train_scales:  # multi-scale training, one scale per batch
             scales = list(self.cfg.train_scales)
             frame = round(frame * scales[int(torch.randint(len(scales), ()))])
-        resized = []
-        for im, (h, w) in zip(images, sizes):
-            im = resize_image(im[:, :h, :w], resize_scale((h, w), frame, self.cfg.min_size))
-            resized.append((im - self.mean[0]) / self.std[0])  # padding stays 0 = the mean colour
-        return pad_batch(resized), [tuple(im.shape[-2:]) for im in resized]
+        return batch_images(images, frame, self.mean, self.std, self.cfg.min_size)
 
-    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         """``{"rpn_objectness", "rpn_box", "roi_cls", "roi_box"}`` and each extra head's terms, float32 scalars
         (Ren et al., section 3.2: the sum is trained jointly)."""
-        sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
-        x, work_sizes = self.prepare(images, sizes)
+        sizes = [t.size for t in targets]
+        x, work_sizes = self.prepare(unpad(images, sizes))
         frame = Frame(sizes, work_sizes, tuple(x.shape[-2:]))
         if self.to_thing is not None:
             targets = [thing_targets(t, self.to_thing) for t in targets]
-        gts = [ground_truth(t, size, work) for t, size, work in zip(targets, sizes, work_sizes)]
+        gts = [ground_truth(t, work) for t, work in zip(targets, work_sizes)]
         features = self.features(x)
         rpn_out = self.rpn(features, work_sizes)
         roi_losses, rois = self.roi_heads.loss(features, rpn_out.proposals, gts)
@@ -276,10 +229,9 @@ class FasterRCNN(ZirModel):
     @torch.no_grad()
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[Any]:
         """One prediction per image in its own pixels: detections best first, with what the heads add."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         sizes = [tuple(im.shape[-2:]) for im in images]
-        x, work_sizes = self.prepare(images, sizes)
+        x, work_sizes = self.prepare(images)
         frame = Frame(sizes, work_sizes, tuple(x.shape[-2:]))
         features = self.features(x)
         proposals = self.rpn(features, work_sizes).proposals
@@ -294,54 +246,18 @@ class FasterRCNN(ZirModel):
         return predictions
 
 
-def thing_targets(target: dict[str, Any], to_thing: Tensor) -> dict[str, Any]:
-    """A sample with only the objects of instance classes (``to_thing[label] >= 0``), labels renumbered to
+def thing_targets(target: Target, to_thing: Tensor) -> Target:
+    """A target with only the objects of instance classes (``to_thing[label] >= 0``), labels renumbered to
     them; its other annotations (``semantic``, ``size``) unchanged."""
-    labels = torch.as_tensor(target["labels"]).long()
+    labels = target.labels.long()
     keep = to_thing.to(labels.device)[labels] >= 0
-    out = {**target, **{k: target[k][keep] for k in ("boxes", "masks", "iscrowd") if k in target}}
-    out["labels"] = to_thing.to(labels.device)[labels[keep]]
-    return out
-
-
-def ground_truth(target: dict[str, Any], size: tuple[int, int], work_size: tuple[int, int]) -> GroundTruth:
-    """A sample's annotations in the working frame, without degenerate boxes, crowds set apart."""
-    boxes = torch.as_tensor(target["boxes"]).as_subclass(Tensor).float().reshape(-1, 4)
-    labels = torch.as_tensor(target["labels"], device=boxes.device).long().reshape(-1)
-    crowd = torch.as_tensor(target.get("iscrowd", torch.zeros(len(boxes))), device=boxes.device).bool()
-    boxes = boxes * boxes.new_tensor([work_size[1] / size[1], work_size[0] / size[0]] * 2)
-    index = torch.arange(len(boxes), device=boxes.device)
-    # BoxCoder takes the log of box sizes: zero-size boxes must not become targets
-    valid = torch.zeros_like(crowd)
-    valid[remove_small_boxes(boxes, 1e-2)] = True
-    keep = valid & ~crowd
-    return GroundTruth(boxes[keep], labels[keep], boxes[valid & crowd], index[keep])
-
-
-def to_input_pixels(boxes: Tensor, scores: Tensor, labels: Tensor, work_size: tuple[int, int],
-                    size: tuple[int, int]) -> DetectionPrediction:
-    """Map working-frame detections back to the ``(h, w)`` input image."""
-    scale = boxes.new_tensor([size[1] / work_size[1], size[0] / work_size[0]] * 2)
-    return DetectionPrediction(boxes=clip(boxes * scale, size).float(), scores=scores.float(), labels=labels)
+    return dataclasses.replace(target, boxes=target.boxes[keep], iscrowd=target.iscrowd[keep],
+                               masks=None if target.masks is None else target.masks[keep],
+                               labels=to_thing.to(labels.device)[labels[keep]])
 
 
 # --------------------------------------------------------------------------------------------------
 # build()
-
-
-def freeze_blocks(backbone: Backbone, n: int) -> None:
-    """Freeze the stem and the first ``n`` of the backbone's ``blocks`` (timm EfficientNet / MobileNet
-    layout): every parameter registered before ``blocks.{n}``."""
-    if n <= 0:
-        return
-    names = [name for name, _ in backbone.body.named_parameters()]
-    if not any(name.startswith(f"blocks.{n}.") for name in names):
-        raise ConfigError(f"frozen_blocks={n}: backbone {backbone.name!r} has no 'blocks.{n}' "
-                          "(EfficientNet/MobileNet layout); use frozen_blocks=0")
-    for name, p in backbone.body.named_parameters():
-        if name.startswith(f"blocks.{n}."):
-            break
-        p.requires_grad_(False)
 
 
 def build_parts(cfg: FasterRCNNConfig, num_classes: int) -> tuple[Backbone, FPN, RPN, RoIHeads]:

@@ -32,23 +32,30 @@ regression on the positives (both divided by the number sampled, as in Fast R-CN
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
-from zir.models.detect.faster_rcnn import ground_truth, resize_scale
-from zir.models.detect.rpn import GroundTruth
 from zir.models.detect.sliding_window import WindowClassifier, sliding_windows, window_count
-from zir.ops.boxes import batched_nms, clip, ioa, iou, scale_boxes, weighted_merge
+from zir.models.detect.structures import GroundTruth, ground_truth, ignore_crowd
+from zir.models.detect.transform import (
+    boxes_to_input,
+    image_list,
+    normalize,
+    pad_batch,
+    resize,
+    scaled_size,
+    unpad,
+    working_size,
+)
+from zir.ops.boxes import batched_nms, clip, iou, weighted_merge
 from zir.ops.coder import RCNN_HEAD_WEIGHTS, BoxCoder
-from zir.ops.matching import BELOW_LOW, BETWEEN, balanced_sample, match
+from zir.ops.matching import BETWEEN, balanced_sample, match
 
 MERGES = ("nms", "overfeat")
 
@@ -135,35 +142,23 @@ class OverFeat(ZirModel):
         and each image's scaled ``(h, w)``."""
         resized = []
         for im in images:
-            h, w = im.shape[-2:]
-            f = resize_scale((h, w), self.cfg.image_size)
-            work = (max(1, round(h * f)), max(1, round(w * f)))  # rounded as sliding_window's working frame
-            new = (max(1, round(work[0] * scale)), max(1, round(work[1] * scale)))
-            if new != (h, w):
-                im = F.interpolate(im[None], size=new, mode="bilinear", align_corners=False,
-                                   antialias=new[0] < h)[0]
-            resized.append((im - self.mean[0]) / self.std[0])
-        S = self.stride
-        H = max(self.cfg.window, math.ceil(max(im.shape[-2] for im in resized) / S) * S)
-        W = max(self.cfg.window, math.ceil(max(im.shape[-1] for im in resized) / S) * S)
-        batch = resized[0].new_zeros((len(resized), 3, H, W))
-        for b, im in zip(batch, resized):
-            b[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+            work = working_size(tuple(im.shape[-2:]), self.cfg.image_size)  # sliding_window's working frame
+            resized.append(normalize(resize(im, scaled_size(work, scale)), self.mean, self.std))
+        batch = pad_batch(resized, self.stride, min_size=self.cfg.window)
         return batch, [tuple(im.shape[-2:]) for im in resized]
 
-    def loss(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         """``{"cls", "box"}``: dense window classification and box regression at one scale of the pyramid."""
         cfg = self.cfg
-        sizes = [tuple(t.get("size", im.shape[-2:])) for im, t in zip(images, targets)]
         scale = cfg.scales[int(torch.randint(len(cfg.scales), ()))]
-        x, scaled = self.scaled_batch([im[:, :h, :w] for im, (h, w) in zip(images, sizes)], scale)
+        x, scaled = self.scaled_batch(unpad(images, [t.size for t in targets]), scale)
         logits, deltas = self(x)  # (B, K + 1, h, w), (B, 4, h, w)
         windows = position_windows(logits.shape[-2:], self.stride, cfg.window, x.device)  # (h w, 4)
         logits = logits.flatten(2).transpose(1, 2).float()  # (B, h w, K + 1)
         deltas = deltas.flatten(2).transpose(1, 2).float()  # (B, h w, 4)
         cls_logits, cls_labels, box_pred, box_target = [], [], [], []
-        for n, (t, size, work) in enumerate(zip(targets, sizes, scaled)):
-            gt = ground_truth(t, size, work)
+        for n, (t, work) in enumerate(zip(targets, scaled)):
+            gt = ground_truth(t, work)
             inside = (windows[:, 2] <= work[1]) & (windows[:, 3] <= work[0])
             matched = label_windows(gt, windows, cfg.fg_iou, cfg.bg_iou)
             matched[~inside] = BETWEEN  # only whole windows are evaluated (as by sliding_window)
@@ -178,8 +173,7 @@ class OverFeat(ZirModel):
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
         """Detections in each input image's own pixels, best first."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         return [self._predict_one(im) for im in images]
 
     def _predict_one(self, image: Tensor) -> DetectionPrediction:
@@ -199,7 +193,7 @@ class OverFeat(ZirModel):
             keep = sc > cfg.score_thresh
             sc, idx = sc[keep], idx[keep]
             K = prob.shape[1]
-            boxes.append(scale_boxes(decoded[idx // K], work, size))
+            boxes.append(boxes_to_input(decoded[idx // K], work, size))
             scores.append(sc)
             labels.append(idx % K)
         labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64, device=image.device)
@@ -230,10 +224,7 @@ def label_windows(gt: GroundTruth, windows: Tensor, fg_iou: float, bg_iou: float
     """
     quality = iou(gt.boxes, windows)
     matched = match(quality.where(quality >= bg_iou, 0.0), fg_iou, bg_iou, allow_low_quality_matches=True)
-    if len(gt.crowd) and len(windows):
-        in_crowd = ioa(gt.crowd, windows).max(dim=0).values > 0.5
-        matched[in_crowd & (matched == BELOW_LOW)] = BETWEEN
-    return matched
+    return ignore_crowd(matched, gt, windows)
 
 
 def overfeat_loss(class_logits: Tensor, labels: Tensor, box_deltas: Tensor, box_targets: Tensor) -> dict[str, Tensor]:

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from zir.errors import ConfigError
+from zir.models.detect.transform import boxes_to_input, resize, working_size
 
 MODES = ("fast", "quality")
 
@@ -81,12 +81,9 @@ def selective_search(image: Tensor | np.ndarray, mode: str = "fast", size: int =
     segmentation = _cv2()
     rgb = _to_uint8_hwc(image)
     H, W = rgb.shape[:2]
-    scale = size / max(H, W) if size > 0 else 1.0
-    if scale != 1.0:
-        small = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-        new = (max(1, round(H * scale)), max(1, round(W * scale)))
-        small = F.interpolate(small, size=new, mode="bilinear", align_corners=False, antialias=scale < 1)
-        rgb = small[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    if size > 0 and working_size((H, W), size) != (H, W):
+        small = resize(torch.from_numpy(rgb).permute(2, 0, 1).float(), working_size((H, W), size))
+        rgb = small.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     search = segmentation.createSelectiveSearchSegmentation()
     search.setBaseImage(np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV wants BGR
     search.switchToSelectiveSearchFast() if mode == "fast" else search.switchToSelectiveSearchQuality()
@@ -94,8 +91,7 @@ def selective_search(image: Tensor | np.ndarray, mode: str = "fast", size: int =
     xywh = np.unique(xywh, axis=0)  # sorted: OpenCV's order is random from call to call, its set is not
     boxes = torch.from_numpy(xywh).float()
     boxes[:, 2:] += boxes[:, :2]  # (x, y, w, h) -> XYXY, exclusive edges
-    h, w = rgb.shape[:2]
-    boxes *= torch.tensor([W / w, H / h, W / w, H / h])  # back to the input's pixels
+    boxes = boxes_to_input(boxes, rgb.shape[:2], (H, W))
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)

@@ -53,12 +53,13 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import create_timm
 from zir.models.base import ZirModel
-from zir.models.detect.faster_rcnn import ground_truth
 from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
+from zir.models.detect.structures import ground_truth
+from zir.models.detect.transform import image_list, unpad
 from zir.ops import roi_align
 from zir.ops.boxes import batched_nms, clip, iou
 from zir.ops.coder import BoxCoder
@@ -343,24 +344,21 @@ class RCNN(ZirModel):
         """Part 3: SVM margins ``(N, K)``."""
         return features @ self.svm_weight.T + self.svm_bias
 
-    def regions(self, image: Tensor, target: dict[str, Any], size: tuple[int, int],
-                generator: torch.Generator | None = None) -> Regions:
-        """One training image's sampled, labelled regions (cached proposals + ground truth)."""
-        h, w = size
-        image = image[:, :h, :w]
-        gt = ground_truth(target, (h, w), (h, w))
+    def regions(self, image: Tensor, target: Target, generator: torch.Generator | None = None) -> Regions:
+        """One training image's sampled, labelled regions (cached proposals + ground truth): ``image``
+        ``(3, h, w)`` and its target, in the image's own pixels (R-CNN has no working frame)."""
+        gt = ground_truth(target, target.size)
         labelled = label_regions(self.train_proposals(image).to(image.device), gt.boxes, gt.labels,
                                  self.cfg.num_classes)
         return sample_regions(labelled, len(gt.boxes), self.cfg.reg_iou, self.cfg.train_regions, generator)
 
-    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         """``{"svm", "box"}`` on a batch's regions: the squared hinge (per class: positives its
         ground-truth boxes, negatives IoU < ``neg_iou``) and the regressors' mean squared error."""
         feats, regs = [], []
-        for im, t in zip(images, targets):
-            size = tuple(t["size"]) if "size" in t else tuple(im.shape[-2:])
-            r = self.regions(im, t, size)
-            feats.append(self.embed(im[:, :size[0], :size[1]], r.boxes))
+        for im, t in zip(unpad(images, [t.size for t in targets]), targets):
+            r = self.regions(im, t)
+            feats.append(self.embed(im, r.boxes))
             regs.append(r)
         x = torch.cat(feats)
         r = Regions(*(torch.cat(ts) for ts in zip(*regs)))
@@ -409,7 +407,7 @@ class RCNN(ZirModel):
             image = torch.as_tensor(sample["image"]).as_subclass(Tensor).to(device)
             image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
             g = torch.Generator().manual_seed(i)
-            r = self.regions(image, sample, tuple(image.shape[-2:]), g)
+            r = self.regions(image, Target.from_sample(sample, tuple(image.shape[-2:])), g)
             parts["features"].append(self.embed(image, r.boxes).half().cpu())
             for name, value in r._asdict().items():
                 parts[name].append(value.cpu())
@@ -480,8 +478,7 @@ class RCNN(ZirModel):
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
         """Detections in each input image's own pixels, best first (none where selective search finds
         no region)."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         return [self._predict_one(im) for im in images]
 
     def _predict_one(self, image: Tensor) -> DetectionPrediction:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torchvision.ops.poolers import LevelMapper
 
 from zir.errors import ConfigError
-from zir.models.detect.rpn import GroundTruth, match_to_ground_truth
+from zir.models.detect.structures import GroundTruth, match_to_ground_truth
 from zir.ops import roi_align, roi_pool
 from zir.ops.boxes import batched_nms, clip, remove_small_boxes
 from zir.ops.coder import RCNN_HEAD_WEIGHTS, BoxCoder

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zir.errors import ConfigError
+from zir.models.detect.structures import GroundTruth, match_to_ground_truth
 from zir.ops.anchors import anchors as level_anchors
-from zir.ops.boxes import batched_nms, clip, ioa, iou, remove_small_boxes
+from zir.ops.boxes import batched_nms, clip, remove_small_boxes
 from zir.ops.coder import RPN_WEIGHTS, BoxCoder
-from zir.ops.matching import BELOW_LOW, BETWEEN, balanced_sample, match
+from zir.ops.matching import balanced_sample
 
 
 @dataclass
@@ -57,42 +58,6 @@ class RPNConfig:
     post_nms_top_n: tuple[int, int] = (1000, 100)
     nms_iou: float = 0.7
     batch_size: int = 256
-
-
-@dataclass
-class GroundTruth:
-    """The annotations of one image as the detection heads use them (in the model's working pixels).
-
-    Attributes:
-        boxes: float32 ``(G, 4)`` XYXY of the objects to detect (non-crowd, non-degenerate).
-        labels: int64 ``(G,)`` zir class ids (0-based, no background).
-        crowd: float32 ``(C, 4)`` crowd regions: never positives, and predictions inside them are not
-            trained as background either.
-        index: int64 ``(G,)`` position of each box in the sample's own ``boxes`` (so Mask R-CNN can
-            pick the masks that go with them).
-    """
-
-    boxes: Tensor
-    labels: Tensor
-    crowd: Tensor
-    index: Tensor
-
-
-def match_to_ground_truth(gt: GroundTruth, candidates: Tensor, high: float, low: float,
-                          allow_low_quality_matches: bool = False) -> Tensor:
-    """``zir.ops.matching.match`` of ``candidates (P, 4)`` to ``gt.boxes``, with crowd regions ignored.
-
-    A candidate that would be negative but lies mostly (> 50 % of its area) inside a crowd region is
-    marked :data:`BETWEEN` (ignored): it may well show one of the crowd's objects.
-
-    Returns:
-        int64 ``(P,)``: ground-truth index, ``BELOW_LOW`` (negative) or ``BETWEEN`` (ignored).
-    """
-    matched = match(iou(gt.boxes, candidates), high, low, allow_low_quality_matches)
-    if len(gt.crowd) and len(candidates):
-        in_crowd = ioa(gt.crowd, candidates).max(dim=0).values > 0.5
-        matched[in_crowd & (matched == BELOW_LOW)] = BETWEEN
-    return matched
 
 
 class RPNHead(nn.Module):

@@ -30,7 +30,6 @@ larger image it slides. Here every window is a separate input, so it returns one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +37,13 @@ from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.classify.convnet import ConvBlock
-from zir.models.detect.faster_rcnn import ground_truth, resize_scale, to_input_pixels
+from zir.models.detect.structures import ground_truth
+from zir.models.detect.transform import image_list, normalize, resize, to_input_pixels, unpad, working_size
 from zir.ops.boxes import batched_nms, iou, scale_boxes
 
 
@@ -214,13 +214,8 @@ class SlidingWindow(ZirModel):
 
     def working_image(self, image: Tensor) -> Tensor:
         """``(3, h, w)`` in [0, 1] -> normalised, resized so that its longer side is ``image_size``."""
-        h, w = image.shape[-2:]
-        scale = resize_scale((h, w), self.cfg.image_size)
-        new = (max(1, round(h * scale)), max(1, round(w * scale)))
-        if new != (h, w):
-            image = F.interpolate(image[None], size=new, mode="bilinear", align_corners=False,
-                                  antialias=scale < 1)[0]
-        return (image - self.mean[0]) / self.std[0]
+        work = working_size(tuple(image.shape[-2:]), self.cfg.image_size)
+        return normalize(resize(image, work), self.mean, self.std)
 
     def classify(self, crops: Tensor) -> Tensor:
         """``(N, 3, input_size, input_size)`` normalised -> logits ``(N, K + 1)``."""
@@ -238,13 +233,12 @@ class SlidingWindow(ZirModel):
         return (f"windows={self.cfg.windows}, stride={self.cfg.stride}, scales={self.cfg.scales}, "
                 f"input_size={self.cfg.input_size}, windows per {S}x{S} image={self.windows_per_image((S, S))}")
 
-    def loss(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         """``{"cls"}``: cross-entropy of the classifier on sampled object and background crops."""
         crops, labels = [], []
-        for im, t in zip(images, targets):
-            h, w = t.get("size", im.shape[-2:])
-            work = self.working_image(im[:, :h, :w])
-            gt = ground_truth(t, (h, w), tuple(work.shape[-2:]))
+        for im, t in zip(unpad(images, [t.size for t in targets]), targets):
+            work = self.working_image(im)
+            gt = ground_truth(t, tuple(work.shape[-2:]))
             boxes, box_labels = sample_crops(gt.boxes, gt.labels, tuple(work.shape[-2:]), self.cfg.crops_per_image,
                                              self.cfg.positive_fraction, self.cfg.windows, self.cfg.scales)
             crops.append(crop_windows(work[None], boxes, torch.zeros(len(boxes), device=boxes.device),
@@ -256,8 +250,7 @@ class SlidingWindow(ZirModel):
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
         """Detections in each input image's own pixels, best first."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
+        images = image_list(images)
         return [self._predict_one(im) for im in images]
 
     def _predict_one(self, image: Tensor) -> DetectionPrediction:

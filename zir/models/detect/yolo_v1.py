@@ -51,19 +51,19 @@ arrived with YOLO v2's fully convolutional head), so every image is letterboxed 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.classify.convnet import ConvBlock
-from zir.ops.boxes import aligned_iou, batched_nms, clip, letterbox, letterbox_boxes, unletterbox_boxes
+from zir.models.detect.transform import image_list, letterbox_batch, unpad
+from zir.ops.boxes import aligned_iou, batched_nms, clip, letterbox_boxes, unletterbox_boxes
 from zir.ops.coder import decode_yolo_v1, encode_yolo_v1
 
 PAD_VALUE = 114 / 255  # zir.augment's Letterbox pads with YOLO's grey, so training and inference match
@@ -209,44 +209,27 @@ class YoloV1(ZirModel):
         boxes = torch.cat([boxes[..., :2], boxes[..., 2:4].square(), boxes[..., 4:]], dim=-1)
         return torch.cat([boxes.flatten(-2), out[..., 5 * B:]], dim=-1)
 
-    def _square_inputs(self, images: list[Tensor]) -> Tensor:
-        """Letterbox each ``(3, h, w)`` image onto an ``image_size`` square canvas -> ``(N, 3, s, s)``."""
-        s = self.cfg.image_size
-        out = images[0].new_full((len(images), 3, s, s), PAD_VALUE, dtype=torch.float32)
-        for n, im in enumerate(images):
-            (h, w), (top, left) = letterbox(tuple(im.shape[-2:]), (s, s))
-            if im.shape[-2:] != (h, w):
-                im = F.interpolate(im[None].float(), size=(h, w), mode="bilinear", antialias=True,
-                                   align_corners=False)[0]
-            out[n, :, top: top + h, left: left + w] = im
-        return out
-
-    def loss(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
-        """Images ``(N, 3, H, W)`` zero-padded, ``targets[n]`` with ``size``, ``boxes``, ``labels``
-        (``iscrowd`` objects are left out) -> the four terms of the loss, each averaged over images."""
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
+        """Images ``(N, 3, H, W)`` zero-padded and their targets (``size``, ``boxes``, ``labels``;
+        ``iscrowd`` objects are left out) -> the four terms of the loss, each averaged over images."""
         s, cfg = self.cfg.image_size, self.cfg
-        crops = [im[:, : t["size"][0], : t["size"][1]] for im, t in zip(images, targets)]
+        crops = unpad(images, [t.size for t in targets])
         grids = []
-        for im, t in zip(crops, targets):
-            size = tuple(im.shape[-2:])
-            boxes = clip(t["boxes"].as_subclass(Tensor).float(), size)
-            labels = t["labels"]
+        for t in targets:
+            boxes = clip(t.boxes.float(), t.size)
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # degenerate boxes: no centre
-            if "iscrowd" in t:
-                keep &= ~t["iscrowd"].bool()
-            boxes = letterbox_boxes(boxes[keep], size, (s, s))
-            grids.append(encode_yolo_v1(boxes, labels[keep], (s, s), cfg.S, cfg.num_classes))
-        pred = self(self._square_inputs(crops)).float()  # (N, S, S, 5B + C)
+            keep &= ~t.iscrowd.bool()
+            boxes = letterbox_boxes(boxes[keep], t.size, (s, s))
+            grids.append(encode_yolo_v1(boxes, t.labels[keep], (s, s), cfg.S, cfg.num_classes))
+        pred = self(letterbox_batch(crops, s, PAD_VALUE)).float()  # (N, S, S, 5B + C)
         return loss_yolo_v1(pred, torch.stack(grids), cfg.B, cfg.lambda_coord, cfg.lambda_noobj)
 
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
         """Images of any sizes (``(N, 3, H, W)`` or a list of ``(3, h, w)`` in [0, 1]) -> detections in
         each input image's pixels."""
-        if isinstance(images, Tensor) and images.ndim == 3:
-            images = images[None]
-        images = list(images)
-        pred = self(self._square_inputs(images)).float()
+        images = image_list(images)
+        pred = self(letterbox_batch(images, self.cfg.image_size, PAD_VALUE)).float()
         s = self.cfg.image_size
         dets = postprocess_yolo_v1(pred, (s, s), self.cfg.B, self.cfg.score_thresh, self.cfg.nms_iou,
                                    self.cfg.max_detections)

@@ -22,17 +22,17 @@ The loss is per-pixel softmax cross-entropy, ignoring 255 and the batch padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
-from zir.data.contract import SemanticPrediction
+from zir.data.contract import SemanticPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
+from zir.models.detect.transform import resize, scores_to_input, working_size
 from zir.models.segment.losses import cross_entropy, semantic_targets
 from zir.ops.transposed import bilinear_upsampler
 from zir.ops.tta import check_views, dihedral_mean
@@ -106,7 +106,7 @@ class FCN(ZirModel):
             score = up(score) + self.score[str(s)](feats[s])  # (B, K, H/s, W/s)
         return self.up_final(score)[:, :, :H, :W]
 
-    def loss(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         logits = self(images)
         target = semantic_targets(targets, tuple(images.shape[-2:]), images.device)
         return {"ce": cross_entropy(logits, target)}
@@ -118,24 +118,11 @@ class FCN(ZirModel):
         out = []
         for image in images:
             h, w = image.shape[-2:]
-            x = resize_longer(image.unsqueeze(0), self.cfg.image_size)
+            x = resize(image.unsqueeze(0), working_size((h, w), self.cfg.image_size))
             probs = dihedral_mean(lambda v: self(v).float().softmax(1), x, self.cfg.tta)
-            if probs.shape[-2:] != (h, w):
-                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-            probs = probs[0]  # (K, h, w)
+            probs = scores_to_input(probs, (h, w))[0]  # (K, h, w)
             out.append(SemanticPrediction(semantic=probs.argmax(0), scores=probs))
         return out
-
-
-def resize_longer(images: Tensor, size: int) -> Tensor:
-    """``(B, 3, h, w)`` -> bilinear resize so that ``max(h, w) == size`` (aspect kept), as the data
-    pipeline does for dense tasks; unchanged when it already is."""
-    h, w = images.shape[-2:]
-    if max(h, w) == size:
-        return images
-    scale = size / max(h, w)
-    new = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.interpolate(images, size=new, mode="bilinear", antialias=scale < 1, align_corners=False)
 
 
 def build(cfg: FCNConfig) -> FCN:

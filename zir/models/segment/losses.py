@@ -1,7 +1,7 @@
 """Losses shared by the semantic segmentation models (``fcn``, ``unet``).
 
 * :func:`semantic_targets`: the batch's ``semantic`` maps as one ``(B, H, W)`` tensor at the padded
-  image size; padding (beyond ``targets[i]["size"]``) becomes 255 (ignored).
+  image size; padding (beyond ``targets[i].size``) becomes 255 (ignored).
 * :func:`cross_entropy`: softmax cross-entropy over ``C`` logits, 255 ignored, optional pixel weights.
 * :func:`binary_cross_entropy`: one logit per pixel for two-class tasks (class 1 = foreground).
 * :func:`soft_dice`: ``1 - mean_c 2 |P_c Y_c| / (|P_c| + |Y_c|)`` on probabilities (Milletari et al. 2016).
@@ -18,27 +18,27 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zir.data.contract import IGNORE_INDEX
+from zir.data.contract import IGNORE_INDEX, Target
 
 
-def semantic_targets(targets: list[dict[str, Any]], shape: tuple[int, int], device: torch.device) -> Tensor:
+def semantic_targets(targets: Sequence[Target], shape: tuple[int, int], device: torch.device) -> Tensor:
     """int64 ``(B, H, W)`` class maps at the padded batch size ``shape``; 255 where there is no label.
 
-    Each ``targets[i]["semantic"]`` is ``(h_i, w_i)``; pixels outside ``targets[i]["size"]`` (the
-    zero padding the batch added) are ignored, so padding never counts as background.
+    Each ``targets[i].semantic`` is ``(h_i, w_i)``; pixels outside ``targets[i].size`` (the zero
+    padding the batch added) are ignored, so padding never counts as background.
     """
     H, W = shape
     out = torch.full((len(targets), H, W), IGNORE_INDEX, dtype=torch.int64, device=device)
     for i, t in enumerate(targets):
-        sem = torch.as_tensor(t["semantic"]).to(device=device, dtype=torch.int64)
-        h, w = t.get("size", sem.shape[-2:])
+        sem = t.semantic.to(device=device, dtype=torch.int64)
+        h, w = t.size
         h, w = min(h, sem.shape[-2], H), min(w, sem.shape[-1], W)
         out[i, :h, :w] = sem[:h, :w]
     return out

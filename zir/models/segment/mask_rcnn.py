@@ -21,17 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zir.data.contract import DetectionPrediction
+from zir.data.contract import DetectionPrediction, Target
 from zir.models.detect import faster_rcnn
 from zir.models.detect.faster_rcnn import ExtraHead, FasterRCNN, FasterRCNNConfig, Frame
 from zir.models.detect.roi_heads import Detections, RoIPooler, SampledRoIs
-from zir.models.detect.rpn import GroundTruth
+from zir.models.detect.structures import GroundTruth
+from zir.models.detect.transform import boxes_to_input
 from zir.ops import roi_align
 from zir.ops.masks import paste_masks_in_image
 
@@ -106,20 +106,20 @@ class MaskHead(ExtraHead):
         """RoI features ``(R, d, 14, 14)`` -> mask logits ``(R, K, 28, 28)``."""
         return self.logits(F.relu(self.deconv(self.convs(x))))
 
-    def loss(self, features: list[Tensor], frame: Frame, targets: Sequence[dict[str, Any]],
+    def loss(self, features: list[Tensor], frame: Frame, targets: Sequence[Target],
              gts: Sequence[GroundTruth], rois: SampledRoIs) -> dict[str, Tensor]:
         """``{"roi_mask": L_mask}`` on the positive RoIs; targets carry ``masks`` uint8 ``(N, H, W)`` in the
         (padded) input image's pixels."""
         M = self.cfg.mask_size
         boxes, labels, gt_targets = [], [], []
-        for props, lab, matched, gt, t, size, work in zip(rois.proposals, rois.labels, rois.matched,
-                                                          gts, targets, frame.sizes, frame.work_sizes):
+        for props, lab, matched, gt, t, work in zip(rois.proposals, rois.labels, rois.matched,
+                                                    gts, targets, frame.work_sizes):
             fg = lab > 0
             boxes.append(props[fg])
             labels.append(lab[fg] - 1)
             # the GT masks are in the input frame: take the RoIs there (inverse of ground_truth's scaling)
-            in_input = props[fg] * props.new_tensor([size[1] / work[1], size[0] / work[0]] * 2)
-            masks = torch.as_tensor(t["masks"], device=props.device)[gt.index]  # (G, H, W), in gts' order
+            in_input = boxes_to_input(props[fg], work, t.size)
+            masks = t.masks.to(props.device)[gt.index]  # (G, h, w), in gts' order
             gt_targets.append(project_masks_on_boxes(masks, in_input, matched[fg], M))
         if sum(len(b) for b in boxes) == 0:  # no positive RoI: an empty batch still reaches every weight
             R = features[0].new_zeros((0, features[0].shape[1], self.cfg.roi_size, self.cfg.roi_size))

@@ -33,12 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zir.data.contract import IGNORE_INDEX, DetectionPrediction, PanopticPrediction
+from zir.data.contract import IGNORE_INDEX, DetectionPrediction, PanopticPrediction, Target
 from zir.errors import ConfigError
 from zir.models.detect import faster_rcnn
 from zir.models.detect.faster_rcnn import ExtraHead, FasterRCNN, Frame
 from zir.models.detect.roi_heads import Detections, SampledRoIs
-from zir.models.detect.rpn import GroundTruth
+from zir.models.detect.structures import GroundTruth
+from zir.models.detect.transform import labels_to_working
 from zir.models.segment import mask_rcnn
 from zir.models.segment.mask_rcnn import MaskHead, MaskRCNNConfig
 
@@ -160,7 +161,7 @@ class SemanticHead(ExtraHead):
                                                                        align_corners=False))
         return self.classifier(out)
 
-    def loss(self, features: list[Tensor], frame: Frame, targets: Sequence[dict[str, Any]],
+    def loss(self, features: list[Tensor], frame: Frame, targets: Sequence[Target],
              gts: Sequence[GroundTruth], rois: SampledRoIs) -> dict[str, Tensor]:
         """``{"semantic": lambda_s L_sem}``: per-pixel cross-entropy against each target's ``semantic`` int64
         ``(H, W)`` map (255 = void), every thing pixel counting as "thing"."""
@@ -168,9 +169,7 @@ class SemanticHead(ExtraHead):
         device = logits.device
         target = torch.full((logits.shape[0], *frame.padded), IGNORE_INDEX, dtype=torch.long, device=device)
         for b, (t, (h, w)) in enumerate(zip(targets, frame.work_sizes)):
-            sem = torch.as_tensor(t["semantic"], device=device).long()[None, None].float()
-            # sampled at pixel centres, the grid of the image's bilinear resize ("nearest" is half a pixel off)
-            sem = F.interpolate(sem, size=(h, w), mode="nearest-exact")[0, 0].long()
+            sem = labels_to_working(t.semantic.to(device).long(), (h, w))
             target[b, :h, :w] = self.to_semantic[sem.clamp(0, 255)]
         if (target != IGNORE_INDEX).any():
             sem_loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)

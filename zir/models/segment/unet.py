@@ -29,18 +29,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
-from zir.data.contract import SemanticPrediction
+from zir.data.contract import SemanticPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
-from zir.models.segment.fcn import resize_longer
+from zir.models.detect.transform import resize, scores_to_input, working_size
 from zir.models.segment.losses import (
     binary_cross_entropy,
     border_weight_map,
@@ -206,7 +205,7 @@ class UNet(ZirModel):
             y = up(y, skip)
         return self.head(y)[:, :, :H, :W]
 
-    def loss(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         logits = self(images)
         target = semantic_targets(targets, tuple(images.shape[-2:]), images.device)  # (B, H, W), 255 = ignore
         weight = None
@@ -238,11 +237,9 @@ class UNet(ZirModel):
             h, w = image.shape[-2:]
             x = image.unsqueeze(0)
             if not self.cfg.tile:
-                x = resize_longer(x, self.cfg.image_size)
+                x = resize(x, working_size((h, w), self.cfg.image_size))
             probs = dihedral_mean(lambda v: self._probs(self.predict_tiles(v, self.cfg.tile)), x, self.cfg.tta)
-            if probs.shape[-2:] != (h, w):
-                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-            probs = probs[0]  # (C, h, w)
+            probs = scores_to_input(probs, (h, w))[0]  # (C, h, w)
             out.append(SemanticPrediction(semantic=probs.argmax(0), scores=probs))
         return out
 
