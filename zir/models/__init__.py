@@ -12,35 +12,51 @@ from dataclasses import dataclass
 from typing import Any
 
 from zir.errors import ConfigError
-from zir.models.base import ZirModel
+from zir.models.base import Fitting, ZirModel
 from zir.models.classify import classifier, convnet
 from zir.models.detect import fast_rcnn, faster_rcnn, overfeat, rcnn, sliding_window, yolo_v1
 from zir.models.segment import fcn, mask_rcnn, panoptic_fpn, unet
 
 
+def by_gradient(cfg: Any) -> Fitting:
+    """``ModelSpec.fitting`` of most models: gradient steps on ``loss``, whatever the config."""
+    return "gradient"
+
+
+def in_closed_form(cfg: Any) -> Fitting:
+    """``ModelSpec.fitting`` of a model solved from cached features (:class:`~zir.models.base.FitsInClosedForm`)."""
+    return "closed_form"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: the task, the config dataclass, its builder and a one-line summary."""
+    """A registry entry: the task, the config dataclass, its builder, a one-line summary, and how the
+    engine fits the model (``fitting(config) -> Fitting``, see :data:`zir.models.base.Fitting`): a function
+    of the model's config, so a setting such as the classifier's ``transfer`` can decide it."""
 
     task: str
     config: type
     build: Callable[[Any], ZirModel]
     summary: str
+    fitting: Callable[[Any], Fitting] = by_gradient
 
 
 MODELS: dict[str, ModelSpec] = {
     "convnet": ModelSpec("classify", convnet.ConvNetConfig, convnet.build,
                          "small ConvNet: conv-BN-ReLU-pool blocks, linear head, softmax + cross-entropy"),
     "classifier": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
-                            "timm backbone + linear head; transfer=scratch|features|finetune, backbone=NAME"),
+                            "timm backbone + linear head; transfer=scratch|features|finetune, backbone=NAME",
+                            classifier.fitting),
     "efficientnet_lite0": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
-                                    "classifier on EfficientNet-Lite0 with ImageNet weights (offline)"),
+                                    "classifier on EfficientNet-Lite0 with ImageNet weights (offline)",
+                                    classifier.fitting),
     "yolo_v1": ModelSpec("detect", yolo_v1.YoloV1Config, yolo_v1.build,
                          "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss"),
     "faster_rcnn": ModelSpec("detect", faster_rcnn.FasterRCNNConfig, faster_rcnn.build,
                              "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS"),
     "rcnn": ModelSpec("detect", rcnn.RCNNConfig, rcnn.build,
-                      "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression"),
+                      "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression",
+                      in_closed_form),
     "fast_rcnn": ModelSpec("detect", fast_rcnn.FastRCNNConfig, fast_rcnn.build,
                            "Fast R-CNN: selective search, one feature map, RoI pooling, 2 FC, multi-task loss"),
     "sliding_window": ModelSpec("detect", sliding_window.SlidingWindowConfig, sliding_window.build,
