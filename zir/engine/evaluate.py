@@ -60,7 +60,7 @@ def evaluate(model: ZirModel, loader: DataLoader, task: str, classes: list[str],
     """Predict every batch of ``loader`` and return ``(metrics, metric_object)``."""
     was_training = model.training
     model.eval()
-    metric = make_metric(task, classes, getattr(model, "thing_classes", None))
+    metric = make_metric(task, classes, model.thing_classes)  # panoptic: which classes are things
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         if not batch.targets:
             continue
