@@ -23,7 +23,6 @@ the same weights as a run that was never interrupted.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import random
 import time
@@ -48,7 +47,7 @@ from zir.engine.evaluate import MONITOR, autocast, evaluate
 from zir.engine.features import FEATURE_FILE, cache_key, feature_loaders, fit_closed_form
 from zir.engine.logger import RunLogger
 from zir.errors import CheckpointError, ConfigError, TrainingError
-from zir.models import get_spec, model_config
+from zir.models import get_spec, model_keys
 from zir.models.base import FitsInClosedForm, Fitting, TrainsOnFeatures, ZirModel
 
 #: Called on the main process after every epoch's checkpoint with
@@ -120,17 +119,15 @@ def seed_everything(seed: int) -> None:
 
 def with_synth_task(cfg: RunConfig) -> RunConfig:
     """``data=synth`` means the built-in scenes of the run's task: ``synth:detect`` with ``task=detect``."""
-    if cfg.data.path != "synth":
-        return cfg
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=f"synth:{cfg.task or 'classify'}"))
+    return cfg.override({"data.path": f"synth:{cfg.task or 'classify'}"}) if cfg.data.path == "synth" else cfg
 
 
 def with_data_facts(cfg: RunConfig, data: DataBundle) -> RunConfig:
     """Panoptic: the data says which classes are things; the run's config records it (``model_args``), so
     ``zir.load`` rebuilds the same model from ``config.yaml``."""
-    if data.thing_classes is None or "thing_classes" not in {f.name for f in dataclasses.fields(get_spec(cfg.model).config)}:
+    if data.thing_classes is None or "thing_classes" not in model_keys(cfg.model):
         return cfg
-    return dataclasses.replace(cfg, model_args={**cfg.model_args, "thing_classes": list(data.thing_classes)})
+    return cfg.override({"model_args.thing_classes": list(data.thing_classes)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +178,7 @@ def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
     seed_everything(t.seed)  # identical initial weights on every rank
     cfg = with_data_facts(cfg, data)
     spec = get_spec(cfg.model)
-    model_cfg = model_config(cfg.model, len(data.classes), cfg.data.image_size, cfg.model_args)
+    model_cfg = cfg.model_config(len(data.classes))
     model = spec.build(model_cfg).to(device)
     if data.task != model.task:
         raise ConfigError(f"model {cfg.model!r} is for {model.task}, but {cfg.data.path} is a {data.task} dataset")

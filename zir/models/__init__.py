@@ -74,6 +74,18 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Fields of a model config filled from the data and the run, never a user's setting: the class count, and
+# the input side (``data.image_size``; the rule is zir.config.settle_image_size).
+FROM_DATA = ("num_classes", "image_size")
+
+
+def model_keys(name: str) -> set[str]:
+    """The top-level ``model_args`` keys model ``name`` takes: its config's fields (and flat aliases of
+    nested ones, where a model has them), less :data:`FROM_DATA`. ``zir.config.resolve_key`` reads it to
+    send a bare ``key=value`` to the model."""
+    return {f.name for f in dataclasses.fields(get_spec(name).config)} - set(FROM_DATA)
+
+
 def model_config(name: str, num_classes: int, image_size: int, args: dict[str, Any] | None = None) -> Any:
     """The model's config dataclass filled from ``args`` plus the data's class count and image size."""
     spec = get_spec(name)
