@@ -54,13 +54,18 @@ def test_resolve_key(key, model, path):
 
 
 @dataclasses.dataclass
+class _Head:
+    depth: int = 1
+
+
+@dataclasses.dataclass
 class _ClashConfig:
     """A model config with a setting named like a training one, to see that zir does not choose."""
 
     num_classes: int = 2
     image_size: int = 32
     lr: float = 0.1
-    head: dict = dataclasses.field(default_factory=dict)
+    head: _Head = dataclasses.field(default_factory=_Head)  # a nested section, as the two-stage detectors'
 
 
 @pytest.fixture
@@ -74,7 +79,7 @@ def test_a_bare_key_in_two_sections_asks_for_the_dotted_key(clash_model):
         load_config(overrides=["model=clash", "lr=0.5"])
     cfg = load_config(overrides=["model=clash", "train.lr=0.5", "model_args.lr=0.25", "model_args.head.depth=2"])
     assert cfg.train.lr == 0.5 and cfg.model_args == {"lr": 0.25, "head": {"depth": 2}}
-    assert cfg.model_config(num_classes=3) == _ClashConfig(num_classes=3, image_size=64, lr=0.25, head={"depth": 2})
+    assert cfg.model_config(num_classes=3) == _ClashConfig(num_classes=3, image_size=64, lr=0.25, head=_Head(depth=2))
 
 
 def test_unknown_key_names_the_closest_and_lists_the_known_ones():
@@ -203,3 +208,24 @@ def test_bad_yaml_names_the_file(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_model_sections_from_dotted_keys_yaml_and_old_flat_names(tmp_path):
+    """A model's config sections (``rpn``, ``roi_heads``...) can be set by dotted key, nested YAML or the old
+    flat name; all reach the same place in the model's config (``zir.models.model_config``)."""
+    from zir.models import model_config
+
+    cfg = load_config(overrides=["model=faster_rcnn", "model_args.rpn.nms_iou=0.6", "box_hidden=32"])
+    assert cfg.model_args == {"rpn": {"nms_iou": 0.6}, "box_hidden": 32}
+    (tmp_path / "run.yaml").write_text("model: faster_rcnn\nmodel_args: {rpn: {nms_iou: 0.6}, roi_heads: {hidden: 32}}\n")
+    from_yaml = load_config(tmp_path / "run.yaml", overrides={"model_args.rpn.batch_size": 128})
+    given = {"model": "faster_rcnn", "model_args": {"rpn": {"nms_iou": 0.6}, "fpn_channels": 16}}
+    from_api = load_config(overrides={**given, "model_args.rpn.batch_size": 128})
+    assert given["model_args"] == {"rpn": {"nms_iou": 0.6}, "fpn_channels": 16}  # the caller's dicts are unchanged
+    built = [model_config("faster_rcnn", 2, 64, c.model_args) for c in (cfg, from_yaml, from_api)]
+    assert all(b.rpn.nms_iou == 0.6 for b in built) and built[0].roi_heads.hidden == built[1].roi_heads.hidden == 32
+    assert built[1].rpn.batch_size == built[2].rpn.batch_size == 128 and built[2].fpn_channels == 16
+    with pytest.raises(ConfigError, match=r"no settings \['rpn.nms_id'\].*'rpn' has"):
+        load_config(overrides=["model=faster_rcnn", "model_args.rpn.nms_id=0.6"])
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config(overrides=["model=faster_rcnn", "model_args.rpn.nms_iou=0.6", "rpn_nms_iou=0.5"])

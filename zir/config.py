@@ -347,7 +347,7 @@ def _set_path(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
         if not isinstance(target[p], dict):
             raise ConfigError(f"{'.'.join(path[:i + 1])} is {target[p]!r}, not a group of settings")
         target = target[p]
-    target[path[-1]] = value
+    target[path[-1]] = copy.deepcopy(value)  # later keys nest into it: the caller's mapping stays as given
 
 
 def parse_override(item: str) -> tuple[str, Any]:

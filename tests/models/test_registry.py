@@ -38,8 +38,8 @@ PREDICTION = {"classify": ClassPrediction, "detect": DetectionPrediction, "insta
 
 def test_every_model_has_tiny_settings():
     assert set(MODELS) <= set(TINY), f"add tiny settings for {set(MODELS) - set(TINY)}"
-    for name, spec in MODELS.items():
-        assert set(TINY[name]) <= set(spec.config.__dataclass_fields__), name
+    for name in MODELS:
+        model_config(name, 2, SIZE, TINY[name])  # a ConfigError names any key the model does not know
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -105,5 +105,5 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     # The checkpoint's weights replace pretrained ones anyway: skip loading ImageNet's.
     build_cfg = cfg.override({"model_args.pretrained": "none"}) if "pretrained" in model_keys(cfg.model) else cfg
     model = get_spec(cfg.model).build(build_cfg.model_config(len(meta["classes"])))
-    load_weights(model, weights)
+    load_weights(model, weights, get_spec(cfg.model).renames)
     return Predictor(model, list(meta["classes"]), cfg, device)

@@ -231,7 +231,7 @@ def restore(run: Run) -> Standing:
     if read_meta(weights / "last.safetensors").get("epoch") != state["epoch"]:
         raise CheckpointError(f"{weights}: last.safetensors and last_state.pt are from different "
                               "epochs; the run was interrupted while saving. Start it again.")
-    load_weights(run.model, weights / "last.safetensors")
+    load_weights(run.model, weights / "last.safetensors", get_spec(run.cfg.model).renames)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
