@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,14 @@ def train(config: str | Path | RunConfig | None = None, *, resume: str | Path | 
           progress: bool = True, **settings: Any) -> TrainResult:
     """Train a model. ``settings`` are the CLI's ``key=value`` pairs (``model="convnet"``, ``epochs=5``,
     ``data="shapes/"``, ``batch_size=32``, ``model_args={"width": 16}``...), applied over ``config``."""
+    from zir.analysis.report import write_report
     from zir.engine.trainer import train as _train
 
+    report = [partial(write_report, progress=progress)]  # report.html when training ends
     if resume is not None:
-        return _train(load_config(), resume=resume, progress=progress)
+        return _train(load_config(), resume=resume, on_end=report, progress=progress)
     cfg = config.override(settings) if isinstance(config, RunConfig) else load_config(config, overrides=settings)
-    return _train(cfg, progress=progress)
+    return _train(cfg, on_end=report, progress=progress)
 
 
 def evaluate(run: str | Path, progress: bool = True, **data_settings: Any) -> dict[str, float]:

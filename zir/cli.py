@@ -170,17 +170,18 @@ def _split_settings(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from zir.analysis.report import write_report
     from zir.config import load_config
     from zir.engine.trainer import train
 
     if args.resume:
         if args.settings:
             print("zir: note: settings are ignored with --resume (the run's own config.yaml is used)", file=sys.stderr)
-        result = train(load_config(), resume=args.resume)
+        result = train(load_config(), resume=args.resume, on_end=[write_report])
     else:
         path, overrides = _split_settings(args.settings)
         cfg = load_config(path, overrides + (["data.skip_bad=true"] if args.skip_bad else []))
-        result = train(cfg)
+        result = train(cfg, on_end=[write_report])
     print(f"run: {result.run_dir}\nbest: {json.dumps(_round(result.best_metrics))}\n"
           f"report: {result.run_dir / 'report.html'}")
     return 0

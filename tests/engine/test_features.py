@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 import zir
+from zir.analysis.report import write_report
 from zir.config import load_config
 from zir.engine.data import build_datasets
-from zir.engine.features import feature_loaders
+from zir.engine.features import cache_key, feature_cache, feature_loaders, gather
 from zir.engine.trainer import train
-from zir.models import build_model
+from zir.models import build_model, model_config
 from zir.models.backbones import offline_state_dict
 from zir.models.classify.classifier import Classifier
 
@@ -32,7 +35,8 @@ def test_features_mode_caches_once_trains_and_saves_the_whole_model(tmp_path, mo
     monkeypatch.setattr(Classifier, "features", counting)
     cfg = load_config(overrides=FEATURES + [f"project={tmp_path}", "name=f"])
     per_epoch: list[int] = []
-    result = train(cfg, progress=False, callbacks=[lambda info: per_epoch.append(calls["n"])])
+    result = train(cfg, progress=False, callbacks=[lambda info: per_epoch.append(calls["n"])],
+                   on_end=[partial(write_report, progress=False)])
     run = result.run_dir
 
     # The backbone ran once per batch of train (40 / 16 -> 3 batches) and validation (8 -> 1), not per epoch.
@@ -59,16 +63,43 @@ def test_features_mode_caches_once_trains_and_saves_the_whole_model(tmp_path, mo
     pred = predictor.predict(torch.rand(3, 100, 80))[0]
     assert pred.scores.shape == (4,) and predictor.classes == ["circle", "square", "triangle", "star"]
 
-    # A resumed run reads the cache instead of running the backbone again.
+    # The same run's settings read the cache instead of running the backbone again (a resumed run) ...
     before = calls["n"]
-    data = build_datasets(cfg.data, seed=cfg.train.seed)
-    model = build_model(cfg.model, 4, 64, cfg.model_args)
-    train_loader, val_loader = feature_loaders(model, data, cfg, torch.device("cpu"), run / "features.safetensors",
-                                               reuse_cache=True, progress=False)
+    saved_cfg = load_config(run / "config.yaml")
+    data = build_datasets(saved_cfg.data, seed=saved_cfg.train.seed)
+    model = build_model(saved_cfg.model, 4, 64, saved_cfg.model_args)
+    key = cache_key(saved_cfg, model_config(saved_cfg.model, 4, 64, saved_cfg.model_args), train=40, val=8)
+    train_loader, val_loader = feature_loaders(model, data, saved_cfg, torch.device("cpu"),
+                                               run / "features.safetensors", key, progress=False)
     assert calls["n"] == before
     batch = next(iter(val_loader))
     assert torch.equal(batch.images, cache["val_features"][:8]) and len(batch.targets) == 8
     assert sum(len(b.targets) for b in train_loader) == 40
+    # ... and other settings compute the features again (the file is overwritten for them).
+    other = cache_key(saved_cfg, model_config(saved_cfg.model, 4, 64, {**saved_cfg.model_args, "pretrained": "none"}),
+                      train=40, val=8)
+    feature_loaders(model, data, saved_cfg, torch.device("cpu"), run / "features.safetensors", other, progress=False)
+    assert calls["n"] == before + 4
+
+
+def test_resume_in_features_mode_reads_the_cache_and_is_exact(tmp_path, monkeypatch):
+    """A run interrupted after epoch 1 and resumed ends as one never interrupted, and the resumed run reads
+    the features the first part cached (its key, from the saved config.yaml, is the same)."""
+    common = FEATURES + [f"project={tmp_path}", "pretrained=none"]
+    reference = train(load_config(overrides=common + ["name=ref"]), progress=False).run_dir
+
+    def interrupt(info):
+        if info["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(overrides=common + ["name=cut"]), callbacks=[interrupt], progress=False)
+    monkeypatch.setattr(Classifier, "features", lambda self, images: pytest.fail("the backbone ran again"))
+    result = train(load_config(), resume=tmp_path / "cut", progress=False)
+    assert result.epochs_done == 3
+    a = load_file(str(reference / "weights" / "last.safetensors"))
+    b = load_file(str(result.run_dir / "weights" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_features_mode_ignores_augmentation(tmp_path):
@@ -77,6 +108,37 @@ def test_features_mode_ignores_augmentation(tmp_path):
     plain = load_config(overrides=FEATURES + [f"project={tmp_path}"])
     model = build_model(cfg.model, 4, 64, {**cfg.model_args, "pretrained": "none"}).eval()
     augmented, unaugmented = [
-        feature_loaders(model, build_datasets(c.data, seed=0), c, torch.device("cpu"), progress=False)[0].dataset
+        feature_loaders(model, build_datasets(c.data, seed=0), c, torch.device("cpu"), None, "", progress=False)[0].dataset
         for c in (cfg, plain)]
     assert torch.equal(augmented.features, unaugmented.features)
+
+
+def test_feature_cache_reads_only_what_was_written_for_its_key(tmp_path):
+    path = tmp_path / "features.safetensors"
+    computed: list[str] = []
+
+    def compute(value: float):
+        def run():
+            computed.append(str(value))
+            return {"x": torch.full((2, 3), value), "y": torch.arange(2)}
+        return run
+
+    first = feature_cache(path, "a", compute(1.0))
+    assert computed == ["1.0"] and path.is_file()
+    again = feature_cache(path, "a", compute(2.0))  # same key: read back, not computed
+    assert computed == ["1.0"] and torch.equal(again["x"], first["x"]) and torch.equal(again["y"], first["y"])
+    other = feature_cache(path, "b", compute(3.0))  # another key: computed, and the file now holds it
+    assert computed == ["1.0", "3.0"] and float(other["x"][0, 0]) == 3.0
+    assert float(feature_cache(path, "b", compute(4.0))["x"][0, 0]) == 3.0
+    path.write_bytes(b"not a safetensors file")  # unreadable: computed again, not an error
+    assert float(feature_cache(path, "b", compute(5.0))["x"][0, 0]) == 5.0
+    elsewhere = tmp_path / "rank1.safetensors"
+    feature_cache(elsewhere, "b", compute(6.0), write=False)  # not the main process: nothing written
+    assert not elsewhere.exists()
+
+
+def test_gather_concatenates_each_names_rows_and_leaves_out_none():
+    rows = {0: {"f": torch.ones(2, 4), "i": torch.tensor([1, 2])}, 1: None, 2: {"f": torch.zeros(1, 4), "i": torch.tensor([3])}}
+    out = gather(range(3), rows.__getitem__, "test", progress=False)
+    assert out["f"].shape == (3, 4) and out["f"][:2].eq(1).all() and out["i"].tolist() == [1, 2, 3]
+    assert gather(range(2), lambda i: None, "test", progress=False) == {}

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import zir
+from zir.analysis.report import write_report
 from zir.config import load_config
 from zir.engine.trainer import cosine_with_warmup, train
 from zir.errors import CheckpointError, ConfigError
@@ -31,8 +35,11 @@ def weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
 
 
 def test_run_folder_has_everything(tmp_path):
-    result = train(tiny(tmp_path, "a", "epochs=2"), progress=False)
+    ended: list[Path] = []
+    result = train(tiny(tmp_path, "a", "epochs=2"), progress=False,
+                   on_end=[ended.append, partial(write_report, progress=False)])
     run = result.run_dir
+    assert ended == [run]  # the end callbacks get the run folder, once
     for f in ["config.yaml", "weights/best.safetensors", "weights/last.safetensors", "weights/last_state.pt",
               "metrics.jsonl", "results.csv", "curves.png", "report.html", "val_metrics.json"]:
         assert (run / f).is_file(), f
@@ -42,6 +49,35 @@ def test_run_folder_has_everything(tmp_path):
     assert result.epochs_done == 2
     # A second run with the same name does not overwrite the first.
     assert train(tiny(tmp_path, "a", "epochs=1"), progress=False).run_dir.name == "a-2"
+
+
+def test_the_engine_writes_no_report_itself_and_zir_train_does(tmp_path):
+    """The report is the caller's end callback: the engine alone leaves it out; the API and CLI pass it."""
+    run = train(tiny(tmp_path, "bare", "epochs=1"), progress=False).run_dir
+    assert (run / "curves.png").is_file() and not (run / "report.html").exists()
+    api_run = zir.train(tiny(tmp_path, "api", "epochs=1"), progress=False).run_dir
+    assert (api_run / "report.html").is_file() and (api_run / "val_metrics.json").is_file()
+
+
+def test_the_config_given_is_never_changed(tmp_path):
+    """data=synth resolves to synth:TASK and panoptic thing_classes come from the data, in the run's own
+    config (config.yaml and the checkpoints, so zir.load rebuilds the same model), not in the caller's."""
+    cfg = tiny(tmp_path, "same", "epochs=1", "data=synth")
+    before = copy.deepcopy(cfg)
+    run = train(cfg, progress=False).run_dir
+    assert cfg == before
+    assert load_config(run / "config.yaml").data.path == "synth:classify"
+
+    panoptic = load_config(overrides=[
+        "model=panoptic_fpn", "task=panoptic", "data=synth", "synth_n=4", "image_size=64", "batch_size=2",
+        "epochs=1", "threads=1", f"project={tmp_path}", "name=pan",
+        "model_args={pretrained: none, fpn_channels: 16, box_hidden: 32, mask_channels: 16, semantic_channels: 16}"])
+    before = copy.deepcopy(panoptic)
+    run = train(panoptic, progress=False).run_dir
+    assert panoptic == before and "thing_classes" not in panoptic.model_args
+    saved = load_config(run / "config.yaml")
+    assert saved.data.path == "synth:panoptic" and saved.model_args["thing_classes"] == [True] * 4 + [False] * 2
+    assert zir.load(run).model.thing_classes == saved.model_args["thing_classes"]
 
 
 def test_loss_falls(tmp_path):
@@ -57,6 +93,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal
+        from zir.analysis.report import write_report
         from zir.config import load_config
         from zir.engine.trainer import train
 
@@ -65,7 +102,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
 
         cfg = load_config(overrides={TINY!r} + ["project={tmp_path}", "name=killed"])
-        train(cfg, callbacks=[kill_after_first_epoch], progress=False)
+        train(cfg, callbacks=[kill_after_first_epoch], on_end=[write_report], progress=False)
     """))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr  # really killed, not a clean exit

@@ -77,3 +77,25 @@ def test_loss_backward_and_predict(name):
         else:
             assert p.scores.shape == (len(ds.classes),)
             torch.testing.assert_close(p.scores.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_entry_says_how_the_model_is_fitted_and_the_model_can_be(name):
+    """``ModelSpec.fitting`` is a function of the config alone; a model fitted on cached features has what
+    the engine then calls (``features`` + ``head_on_features``, or ``training_features`` + ``fit_features``)."""
+    spec = MODELS[name]
+    cfg = model_config(name, 6 if spec.task == "panoptic" else 4, SIZE, TINY[name])
+    fitting = spec.fitting(cfg)
+    assert fitting in ("gradient", "features", "closed_form")
+    calls = {"gradient": (), "features": ("features", "head_on_features"),
+             "closed_form": ("training_features", "fit_features")}[fitting]
+    model = spec.build(cfg)
+    assert all(callable(getattr(model, c, None)) for c in calls), calls
+
+
+def test_transfer_decides_how_the_classifier_is_fitted():
+    for transfer, fitting in [("features", "features"), ("finetune", "gradient"), ("scratch", "gradient")]:
+        cfg = model_config("classifier", 3, SIZE, {"pretrained": "none", "transfer": transfer})
+        assert MODELS["classifier"].fitting(cfg) == fitting
+    assert MODELS["rcnn"].fitting(model_config("rcnn", 3, SIZE)) == "closed_form"
+    assert MODELS["convnet"].fitting(model_config("convnet", 3, SIZE)) == "gradient"

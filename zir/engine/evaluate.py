@@ -64,7 +64,7 @@ def evaluate(model: ZirModel, loader: DataLoader, task: str, classes: list[str],
     """Predict every batch of ``loader`` and return ``(metrics, metric_object)``."""
     was_training = model.training
     model.eval()
-    metric = make_metric(task, classes, getattr(model, "thing_classes", None))
+    metric = make_metric(task, classes, model.thing_classes)  # panoptic: which classes are things
     result = evaluate_predict(model.predict, loader, metric, task, device, amp, progress)
     model.train(was_training)
     return result

@@ -1,40 +1,98 @@
-"""``transfer=features``: run the frozen backbone once, cache the features, train only the head on them.
+"""The feature cache: what a frozen network computes from the training data, computed once, kept on disk.
 
-The lecture's frozen feature extractor: the pretrained network's pooled features are fixed, so they are
-computed once per image (train and validation) instead of once per image and epoch; training the
-linear head (multinomial logistic regression) on ``(N, F)`` vectors then takes seconds.
+Two ways of fitting a model (its registry entry says which, :data:`zir.models.base.Fitting`) start from
+features that do not change while the model trains, so they are computed once per run and written to
+``RUN/features.safetensors``; another epoch or a resumed run reads them back:
 
-The training loop does not change: :func:`feature_loaders` gives loaders whose :class:`Batch` holds
-features ``(B, F)`` in ``images``, and :class:`HeadOnFeatures` is the model the loop trains and evaluates
-(``loss`` and ``predict`` on features). The checkpoints still hold the whole model (backbone + head), so
-``zir.load`` / ``zir predict`` / the report work on images as for any run.
+* ``features`` (the lecture's frozen feature extractor, the classifier's ``transfer=features``): the
+  backbone's pooled features ``(N, F)`` of every training and validation image; the head
+  (``model.head_on_features()``) then trains on them by gradient steps in seconds
+  (:func:`feature_loaders` gives loaders whose :class:`Batch` holds features ``(B, F)`` in ``images``).
+  Augmentation is ignored in this mode (``data.augment``): the features are those of the plain resized
+  images, because an augmented view would have to run through the backbone every epoch, which is what
+  this mode avoids. With ``data.augment`` other than ``none`` a note says so.
+* ``closed_form`` (R-CNN): ``model.training_features`` of every training image (its regions' CNN
+  features and labels), from which ``model.fit_features`` solves the model (:func:`fit_closed_form`).
+  With data augmentation, each image's cached rows are those of the one augmented view seen when the
+  cache was made.
 
-Augmentation is ignored in this mode (``data.augment``): the features are those of the plain resized
-images, because an augmented view would have to be run through the backbone again every epoch, which
-is what this mode avoids. With ``data.augment`` other than ``none`` a note says so.
-
-Features are also written to ``RUN/features.safetensors``, so a resumed run does not recompute them.
+The file is reused only when it was written for the same :func:`cache_key` (model, its config, the data
+settings, seed, amp and dataset sizes); otherwise it is computed again and overwritten. Models never
+touch files: they give tensors, the engine caches them.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from zir.config import RunConfig
-from zir.data.contract import ClassPrediction, Target
+from zir.data.contract import Target
 from zir.engine.checkpoint import atomic_write
-from zir.engine.data import Batch, DataBundle, build_loader, eval_transform
+from zir.engine.data import Batch, DataBundle, build_loader, collate, eval_transform
 from zir.engine.evaluate import autocast
-from zir.models.base import ZirModel
-from zir.models.classify.classifier import Classifier, cross_entropy, to_predictions
+from zir.models.base import FitsInClosedForm, TrainsOnFeatures, ZirModel
+
+FEATURE_FILE = "features.safetensors"
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache
+
+
+def cache_key(cfg: RunConfig, model_config: Any, **sizes: int) -> str:
+    """What determines cached features: the model and its whole config, the data settings (not
+    ``batch_size``/``workers``), the seed (it splits train/val), ``amp``, and the dataset sizes."""
+    data = {k: v for k, v in asdict(cfg.data).items() if k not in ("batch_size", "workers")}
+    return json.dumps({"model": cfg.model, "model_config": asdict(model_config), "data": data,
+                       "seed": cfg.train.seed, "amp": cfg.train.amp, **sizes}, sort_keys=True)
+
+
+def feature_cache(path: Path | None, key: str, compute: Callable[[], dict[str, Tensor]],
+                  write: bool = True) -> dict[str, Tensor]:
+    """The tensors in ``path`` when it was written for ``key``; else ``compute()``, written to ``path``
+    (atomically, with ``key`` in its metadata) when ``write`` (the main process of a multi-process run)."""
+    if path is not None and path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    return load_file(str(path))
+        except (SafetensorError, OSError):
+            pass  # unreadable (e.g. a half-copied run folder): compute it again
+    tensors = compute()
+    if path is not None and write:
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"key": key}))
+    return tensors
+
+
+def gather(items: Iterable[T], extract: Callable[[T], dict[str, Tensor] | None], desc: str,
+           progress: bool = True) -> dict[str, Tensor]:
+    """``extract`` every item (``None``: nothing from this one) and concatenate each name's rows (dim 0)
+    into one contiguous CPU tensor; ``{}`` when nothing was extracted."""
+    parts: dict[str, list[Tensor]] = {}
+    for item in tqdm(items, desc=desc, leave=False, disable=not progress):
+        rows = extract(item)
+        for name, value in (rows or {}).items():
+            parts.setdefault(name, []).append(value.cpu())
+    return {name: torch.cat(values).contiguous() for name, values in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# fitting="features": the head trains on cached backbone features
 
 
 class FeatureDataset(Dataset):
@@ -56,70 +114,49 @@ def collate_features(samples: list[dict[str, Any]]) -> Batch:
     return Batch(features, [Target(label=s["label"]) for s in samples])
 
 
-class HeadOnFeatures(ZirModel):
-    """What the loop trains in features mode: ``model``'s head, fed cached features instead of images.
-
-    ``loss(features (B, F), targets)`` and ``predict(features (B, F))``; the backbone is not called.
-    """
-
-    task = "classify"
-
-    def __init__(self, model: Classifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def loss(self, features: Tensor, targets: list[Target]) -> dict[str, Tensor]:
-        return {"cls": cross_entropy(self.model.classify(features), targets)}
-
-    @torch.no_grad()
-    def predict(self, features: Tensor) -> list[ClassPrediction]:  # type: ignore[override]
-        return to_predictions(self.model.classify(features))
-
-
 @torch.no_grad()
-def extract_features(model: Classifier, dataset: Dataset, cfg: RunConfig, device: torch.device,
-                     progress: bool = True, desc: str = "features") -> tuple[Tensor, Tensor]:
-    """Run the backbone once over ``dataset``: ``(features (N, F) float32, labels (N,) int64)`` on the CPU.
-
-    Samples dropped by ``data.skip_bad`` are left out.
-    """
-    was_training = model.training
-    model.eval()
+def extract_features(model: TrainsOnFeatures, dataset: Dataset, cfg: RunConfig, device: torch.device,
+                     progress: bool = True, desc: str = "features") -> dict[str, Tensor]:
+    """Run ``model.features`` once over ``dataset``: ``{"features" (N, F) float32, "labels" (N,) int64}``
+    on the CPU (``{}`` for no images). Samples dropped by ``data.skip_bad`` are left out."""
     loader = build_loader(dataset, cfg.data, train=False, seed=cfg.train.seed)
-    features, labels = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+
+    def extract(batch: Batch) -> dict[str, Tensor] | None:
         if not batch.targets:
-            continue
+            return None
         with autocast(device, cfg.train.amp):
-            features.append(model.features(batch.images.to(device)).float().cpu())  # (B, F)
-        labels.append(torch.as_tensor([t.label for t in batch.targets]))
-    model.train(was_training)
-    if not features:
-        return torch.zeros(0, model.backbone.num_features), torch.zeros(0, dtype=torch.int64)
-    return torch.cat(features), torch.cat(labels)
+            features = model.features(batch.images.to(device)).float()  # (B, F)
+        return {"features": features, "labels": torch.as_tensor([int(t.label) for t in batch.targets])}
+
+    return gather(loader, extract, desc, progress)
 
 
-def feature_loaders(model: Classifier, data: DataBundle, cfg: RunConfig, device: torch.device,
-                    cache: Path | None = None, reuse_cache: bool = False, rank: int = 0, world: int = 1,
+def feature_loaders(model: ZirModel, data: DataBundle, cfg: RunConfig, device: torch.device,
+                    cache: Path | None = None, key: str = "", rank: int = 0, world: int = 1,
                     progress: bool = True) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders over cached backbone features, computed now and written to ``cache``,
-    or read from it with ``reuse_cache`` (a resumed run; a new run never trusts a file it finds there).
+    """Train and validation loaders over the backbone features of ``data`` (``model`` is a
+    :class:`~zir.models.base.TrainsOnFeatures`), read from ``cache`` when it holds them for ``key``, else
+    computed (the model in eval mode) and written there.
 
     The training loader shuffles like :func:`zir.engine.data.build_loader` (order from ``(seed, epoch)``).
     """
-    if reuse_cache and cache is not None and cache.is_file():
-        tensors = load_file(str(cache))
-    else:
+
+    def compute() -> dict[str, Tensor]:
         if cfg.data.augment != "none" and progress:
             tqdm.write(f"transfer=features ignores data.augment={cfg.data.augment}: the backbone runs once, "
                        "on the plain images (augmentation needs transfer=finetune or scratch)")
         train_set = copy.copy(data.train)  # same images, without the augmentation
         train_set.transform = eval_transform(data.task, cfg.data.image_size)  # type: ignore[attr-defined]
-        train_x, train_y = extract_features(model, train_set, cfg, device, progress, "features (train)")
-        val_x, val_y = extract_features(model, data.val, cfg, device, progress, "features (val)")
-        tensors = {"train_features": train_x, "train_labels": train_y, "val_features": val_x, "val_labels": val_y}
-        if cache is not None and rank == 0:
-            atomic_write(cache, lambda tmp: save_file(tensors, tmp))
+        was_training = model.training
+        model.eval()
+        extractor = cast(TrainsOnFeatures, model)
+        parts = {"train": extract_features(extractor, train_set, cfg, device, progress, "features (train)"),
+                 "val": extract_features(extractor, data.val, cfg, device, progress, "features (val)")}
+        model.train(was_training)
+        empty = {"features": torch.zeros(0, 0), "labels": torch.zeros(0, dtype=torch.int64)}
+        return {f"{split}_{name}": rows.get(name, empty[name]) for split, rows in parts.items() for name in empty}
+
+    tensors = feature_cache(cache, key, compute, write=rank == 0)
     train_set = FeatureDataset(tensors["train_features"], tensors["train_labels"])
     val_set = FeatureDataset(tensors["val_features"], tensors["val_labels"])
     B = cfg.data.batch_size
@@ -129,3 +166,31 @@ def feature_loaders(model: Classifier, data: DataBundle, cfg: RunConfig, device:
                               drop_last=drop_last)
     val_loader = DataLoader(val_set, batch_size=B, shuffle=False, collate_fn=collate_features)
     return train_loader, val_loader
+
+
+# --------------------------------------------------------------------------------------------------
+# fitting="closed_form": the model is solved from cached features of the training images
+
+
+def fit_closed_form(model: FitsInClosedForm, dataset: Dataset, device: torch.device, cache: Path | None = None,
+                    key: str = "", write: bool = True, progress: bool = True) -> dict[str, float]:
+    """One closed-form epoch: ``model.training_features`` of every training sample (read from ``cache``
+    when it holds them for ``key``), then ``model.fit_features`` on all of them.
+
+    Sample ``i``'s random choices come from a generator seeded with ``i``, so the rows do not depend on
+    the visiting order. Returns the model's statistics plus ``features_s`` and ``fit_s`` (seconds).
+    """
+    t0 = time.time()
+
+    def extract(i: int) -> dict[str, Tensor] | None:
+        batch = collate([dataset[i]])  # one sample: floats in [0, 1], dropped when data.skip_bad marks it
+        if not batch.targets:
+            return None
+        batch = batch.to(device)
+        return model.training_features(batch.images[0], batch.targets[0], torch.Generator().manual_seed(i))
+
+    features = feature_cache(cache, key, lambda: gather(range(len(dataset)), extract,  # type: ignore[arg-type]
+                                                        "features (train)", progress), write)
+    t_features = time.time() - t0
+    stats = model.fit_features(features)
+    return {**stats, "features_s": t_features, "fit_s": time.time() - t0}

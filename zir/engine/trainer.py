@@ -1,14 +1,23 @@
 """The training loop: one readable function for every task.
 
+    setup: data, model (the registry entry says how it is fitted), optimizer, schedule
     for each epoch:
-        for each batch:  losses = model.loss(images, targets); loss = sum(losses) / accumulate
+        gradient steps:  for each batch: losses = model.loss(images, targets); loss = sum(losses) / accumulate
                          backward; every `accumulate` micro-batches: clip, optimizer step, schedule step
+        (or closed form: the model solved from cached features, zir.engine.features)
         evaluate -> log -> checkpoint (last, best) -> callbacks -> early stop?
+    end callbacks (the CLI and the API pass one that writes report.html)
 
-Only evaluation, checkpointing and logging are pluggable (``callbacks``); there is no trainer class to
-subclass. Determinism: the data order of epoch ``e`` depends only on ``(seed, e)`` and the random
-generators are re-seeded from ``(seed, e)`` at every epoch start, so a run killed after epoch ``k`` and
-resumed ends with the same weights as a run that was never interrupted.
+The model's registry entry (``ModelSpec.fitting``, a function of the model's config) says how it is
+fitted, and :func:`train` decides once: ``gradient`` trains the model on images, ``features`` trains its
+head on cached backbone features with the same loop, ``closed_form`` replaces the loop by a solve on
+cached features. Only evaluation, checkpointing and logging are pluggable (``callbacks``); there is no
+trainer class to subclass, and the config given is never changed (the run's own, with the data's facts
+filled in, is derived from it and saved as ``config.yaml``).
+
+Determinism: the data order of epoch ``e`` depends only on ``(seed, e)`` and the random generators are
+re-seeded from ``(seed, e)`` at every epoch start, so a run killed after epoch ``k`` and resumed ends with
+the same weights as a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -17,29 +26,35 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import zir
-from zir.config import RunConfig
+from zir import __version__
+from zir.config import RunConfig, load_config
 from zir.engine import distributed as dist
 from zir.engine.checkpoint import load_state, load_weights, read_meta, save_state, save_weights
-from zir.engine.data import Batch, build_datasets, build_loader
+from zir.engine.data import Batch, DataBundle, build_datasets, build_loader
 from zir.engine.evaluate import MONITOR, autocast, evaluate
+from zir.engine.features import FEATURE_FILE, cache_key, feature_loaders, fit_closed_form
 from zir.engine.logger import RunLogger
 from zir.errors import CheckpointError, ConfigError, TrainingError
-from zir.models import build_model, get_spec
-from zir.models.base import ZirModel
+from zir.models import get_spec, model_keys
+from zir.models.base import FitsInClosedForm, Fitting, TrainsOnFeatures, ZirModel
 
+#: Called on the main process after every epoch's checkpoint with
+#: ``{"epoch" (0-based), "row" (the logged row), "metrics", "run_dir", "model"}``.
 Callback = Callable[[dict[str, Any]], None]
+#: Called on the main process when training ends, with the run folder (e.g. to write report.html).
+EndCallback = Callable[[Path], None]
 
 
 @dataclass
@@ -98,33 +113,62 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data``; with ``resume=RUN_DIR`` continue that run exactly.
+# --------------------------------------------------------------------------------------------------
+# The run's config: derived from the one given, which is never changed
 
-    Returns:
-        :class:`TrainResult`. The run folder holds config.yaml, weights/, metrics.jsonl, results.csv,
-        curves.png and report.html.
-    """
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise CheckpointError(f"{run_dir}: not a zir run folder (no config.yaml); pass runs/NAME")
-        from zir.config import load_config
 
-        cfg = load_config(run_dir / "config.yaml")
+def with_synth_task(cfg: RunConfig) -> RunConfig:
+    """``data=synth`` means the built-in scenes of the run's task: ``synth:detect`` with ``task=detect``."""
+    return cfg.override({"data.path": f"synth:{cfg.task or 'classify'}"}) if cfg.data.path == "synth" else cfg
+
+
+def with_data_facts(cfg: RunConfig, data: DataBundle) -> RunConfig:
+    """Panoptic: the data says which classes are things; the run's config records it (``model_args``), so
+    ``zir.load`` rebuilds the same model from ``config.yaml``."""
+    if data.thing_classes is None or "thing_classes" not in model_keys(cfg.model):
+        return cfg
+    return cfg.override({"model_args.thing_classes": list(data.thing_classes)})
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup
+
+
+@dataclass
+class Run:
+    """Everything the epochs need, made once by :func:`setup`."""
+
+    cfg: RunConfig  # the run's own config (saved as config.yaml)
+    dir: Path
+    device: torch.device
+    data: DataBundle
+    fitting: Fitting
+    distributed: bool  # several processes (torchrun)
+    model: ZirModel  # what the checkpoints hold
+    fit: ZirModel  # what the loop trains and evaluates: the model, or its head on cached features
+    net: nn.Module  # LossOf(fit), wrapped by DistributedDataParallel in a multi-process run
+    train_loader: DataLoader
+    val_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    feature_key: str  # the feature cache's key (fitting features and closed_form)
+    logger: RunLogger
+    skipped: list[str] = field(default_factory=list)  # samples dropped by data.skip_bad
+
+
+def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
+    """Device, process group, data, model, optimizer and schedule for ``cfg``; ``run_dir`` when resuming."""
     t = cfg.train
     device = select_device(t.device)
     distributed = dist.init_from_env(device)
     rank, world = dist.rank(), dist.world_size()
     if t.threads:
         torch.set_num_threads(t.threads)
-    if resume is None:
+    if run_dir is None:
         run_dir = Path(dist.broadcast_object(make_run_dir(cfg) if dist.is_main() else None))  # type: ignore[arg-type]
-    main = dist.is_main()
 
-    if cfg.data.path == "synth":  # data=synth task=detect (a derived config: the caller's is not changed)
-        cfg = cfg.override({"data.path": f"synth:{cfg.task or 'classify'}"})
+    cfg = with_synth_task(cfg)
     data = build_datasets(cfg.data, seed=t.seed)
     if cfg.task and cfg.task != data.task:
         raise ConfigError(f"task={cfg.task} but {cfg.data.path} is a {data.task} dataset")
@@ -132,149 +176,210 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
     val_loader = build_loader(data.val, cfg.data, train=False, seed=t.seed)
 
     seed_everything(t.seed)  # identical initial weights on every rank
-    if data.thing_classes is not None and "thing_classes" in get_spec(cfg.model).config.__dataclass_fields__:
-        # panoptic: the data says what is stuff (a derived config: the caller's is not changed)
-        cfg = cfg.override({"model_args.thing_classes": list(data.thing_classes)})
-    model = build_model(cfg.model, len(data.classes), cfg.data.image_size, cfg.model_args).to(device)
+    cfg = with_data_facts(cfg, data)
+    spec = get_spec(cfg.model)
+    model_cfg = cfg.model_config(len(data.classes))
+    model = spec.build(model_cfg).to(device)
     if data.task != model.task:
         raise ConfigError(f"model {cfg.model!r} is for {model.task}, but {cfg.data.path} is a {data.task} dataset")
-    fit: ZirModel = model  # what the loop trains and evaluates; the checkpoints always hold `model`
-    if getattr(model, "trains_on_features", False):  # transfer=features: the backbone runs once, the head trains
-        from zir.engine.features import HeadOnFeatures, feature_loaders
+    fitting = spec.fitting(model_cfg)
+    key = cache_key(cfg, model_cfg, train=len(data.train), val=len(data.val))
+    fit = model
+    if fitting == "features":  # the backbone runs once, the head trains on its cached features
+        train_loader, val_loader = feature_loaders(model, data, cfg, device, run_dir / FEATURE_FILE, key, rank,
+                                                   world, progress and dist.is_main())
+        fit = cast(TrainsOnFeatures, model).head_on_features()
 
-        train_loader, val_loader = feature_loaders(model, data, cfg, device, run_dir / "features.safetensors",
-                                                   reuse_cache=resume is not None, rank=rank, world=world,
-                                                   progress=progress and main)
-        fit = HeadOnFeatures(model)  # type: ignore[arg-type]
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / t.accumulate))
     schedule = cosine_with_warmup(round(t.warmup_epochs * steps_per_epoch), t.epochs * steps_per_epoch, t.final_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
-
-    start_epoch, best, bad_epochs, best_metrics = 0, -math.inf, 0, {}
-    logger = RunLogger(run_dir)
-    if resume is not None:
-        state = load_state(run_dir / "weights" / "last_state.pt")
-        if read_meta(run_dir / "weights" / "last.safetensors").get("epoch") != state["epoch"]:
-            raise CheckpointError(f"{run_dir}/weights: last.safetensors and last_state.pt are from different "
-                                  "epochs; the run was interrupted while saving. Start it again.")
-        load_weights(model, run_dir / "weights" / "last.safetensors", get_spec(cfg.model).renames)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best, bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
-        best_metrics = read_meta(run_dir / "weights" / "best.safetensors").get("metrics", {}) \
-            if (run_dir / "weights" / "best.safetensors").is_file() else {}
-        if main:
-            logger.resume(last_epoch=state["epoch"] + 1)  # rows count epochs from 1
-    elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        for stale in ("metrics.jsonl", "results.csv"):  # exist_ok reuses the folder: start the logs afresh
-            (run_dir / stale).unlink(missing_ok=True)
-
     net: nn.Module = LossOf(fit)
     if distributed:
         if device.type == "cuda":
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    return Run(cfg, run_dir, device, data, fitting, distributed, model, fit, net, train_loader, val_loader, optimizer,
+               torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), scaler, key, RunLogger(run_dir),
+               [str(p) for p in data.problems if p.severity == "error"])
 
-    monitor = MONITOR[data.task]
-    meta = {"config": cfg.to_dict(), "classes": data.classes, "task": data.task, "zir_version": zir.__version__}
-    skipped: list[str] = [str(p) for p in data.problems if p.severity == "error"]  # dropped by skip_bad
-    t_start, stopped_early, epoch = time.time(), False, start_epoch - 1
-    for epoch in range(start_epoch, t.epochs):
-        seed_everything(t.seed * 1_000_003 + epoch * 1009 + rank)
-        train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        model.train()
-        if hasattr(model, "set_epoch"):  # e.g. the classifier's freeze_epochs: state from the epoch number
-            model.set_epoch(epoch)
-        sums: dict[str, float] = {}
-        n_images, t_epoch = 0, time.time()
-        # A model trained in closed form instead of by gradient steps (R-CNN: cached CNN features, then
-        # SVMs and ridge regressors) has `fit`; its epoch is that call, and evaluation and checkpoints follow.
-        fitted = model.fit(data.train, run_dir, progress=progress and main) if hasattr(model, "fit") else None
-        bar = tqdm(train_loader if fitted is None else [], desc=f"epoch {epoch + 1}/{t.epochs}",
-                   disable=not (progress and main), leave=False)
-        for i, batch in enumerate(bar):
-            batch: Batch
-            skipped += batch.skipped
-            if not batch.targets:
-                continue
-            batch = batch.to(device)
-            step_now = (i + 1) % t.accumulate == 0 or i + 1 == len(train_loader)
-            # DDP: all-reduce gradients only on the micro-batch that steps (same result, less traffic).
-            sync = net.no_sync() if distributed and not step_now else contextlib.nullcontext()
-            with sync:
-                with autocast(device, t.amp):
-                    losses = net(batch.images, batch.targets)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
-                    raise TrainingError(f"loss is {loss.item()} ({terms}) at epoch {epoch + 1}, batch {i} "
-                                        f"(optimizer step {scheduler.last_epoch}); the last good checkpoint "
-                                        f"is kept in {run_dir}/weights. Lower train.lr, or check the data "
-                                        "with `zir data check`")
-                scaler.scale(loss / t.accumulate).backward()
-            if step_now:
-                if t.clip_grad > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            n_images += len(batch.targets)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch.targets)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{n_images * world / (time.time() - t_epoch):.0f}")
 
-        last_epoch = epoch + 1 == t.epochs
+@dataclass
+class Standing:
+    """Where training stands between epochs: what the resume state carries."""
+
+    start_epoch: int = 0
+    best: float = -math.inf
+    bad_epochs: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def begin(run: Run) -> Standing:
+    """A new run: the folder with its config; the logs start afresh (``exist_ok`` reuses a folder)."""
+    if dist.is_main():
+        run.dir.mkdir(parents=True, exist_ok=True)
+        run.cfg.save(run.dir / "config.yaml")
+        for stale in ("metrics.jsonl", "results.csv"):
+            (run.dir / stale).unlink(missing_ok=True)
+    return Standing()
+
+
+def restore(run: Run) -> Standing:
+    """A resumed run: weights, optimizer, schedule and scaler as the last finished epoch left them."""
+    weights = run.dir / "weights"
+    state = load_state(weights / "last_state.pt")
+    if read_meta(weights / "last.safetensors").get("epoch") != state["epoch"]:
+        raise CheckpointError(f"{weights}: last.safetensors and last_state.pt are from different "
+                              "epochs; the run was interrupted while saving. Start it again.")
+    load_weights(run.model, weights / "last.safetensors", get_spec(run.cfg.model).renames)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    best_metrics = read_meta(weights / "best.safetensors").get("metrics", {}) \
+        if (weights / "best.safetensors").is_file() else {}
+    if dist.is_main():
+        run.logger.resume(last_epoch=state["epoch"] + 1)  # rows count epochs from 1
+    return Standing(state["epoch"] + 1, state["best"], state["bad_epochs"], best_metrics)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: Sequence[Callback] | None = None,
+          on_end: Sequence[EndCallback] | None = None, progress: bool = True) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data``; with ``resume=RUN_DIR`` continue that run exactly.
+
+    ``callbacks`` run after every epoch's checkpoint and ``on_end`` when training ends (main process).
+
+    Returns:
+        :class:`TrainResult`. The run folder holds config.yaml, weights/, metrics.jsonl, results.csv and
+        curves.png (and what ``on_end`` writes: report.html for ``zir train`` and ``zir.train``).
+    """
+    if resume is not None:
+        if not (Path(resume) / "config.yaml").is_file():
+            raise CheckpointError(f"{resume}: not a zir run folder (no config.yaml); pass runs/NAME")
+        cfg = load_config(Path(resume) / "config.yaml")
+    run = setup(cfg, None if resume is None else Path(resume), progress)
+    standing = begin(run) if resume is None else restore(run)
+    one_epoch = closed_form_epoch if run.fitting == "closed_form" else gradient_epoch  # the one dispatch
+    t, main = run.cfg.train, dist.is_main()
+    t_start, stopped_early, epoch = time.time(), False, standing.start_epoch - 1
+    for epoch in range(standing.start_epoch, t.epochs):
+        seed_everything(t.seed * 1_000_003 + epoch * 1009 + dist.rank())
+        run.train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        run.model.train()
+        run.model.set_epoch(epoch)  # e.g. the classifier's freeze_epochs: state from the epoch number
+        t_epoch = time.time()
+        terms, n_images = one_epoch(run, epoch, progress and main)
         out_of_time = t.time_limit > 0 and (time.time() - t_start) / 60 >= t.time_limit
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update({f"train/{k}": dist.all_reduce_mean(v / max(n_images, 1), device) for k, v in sums.items()})
-        row.update({f"train/{k}": v for k, v in (fitted or {}).items()})
-        row["images_per_s"] = n_images * world / (time.time() - t_epoch)
-        metrics: dict[str, float] = {}
-        if main and ((epoch + 1) % t.eval_every == 0 or last_epoch or out_of_time):
-            metrics, _ = evaluate(fit, val_loader, data.task, data.classes, device, t.amp, progress)
-            row.update({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        row["time_s"] = time.time() - t_start
-
-        if main:
-            improved = monitor in metrics and metrics[monitor] > best
-            if improved:
-                best, bad_epochs, best_metrics = metrics[monitor], 0, metrics
-                save_weights(model, run_dir / "weights" / "best.safetensors",
-                             {**meta, "epoch": epoch, "metrics": metrics})
-            elif metrics:
-                bad_epochs += 1
-            state = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "torch_rng": torch.get_rng_state()}
-            save_state(run_dir / "weights" / "last_state.pt", state)
-            save_weights(model, run_dir / "weights" / "last.safetensors", {**meta, "epoch": epoch, "metrics": metrics})
-            logger.log(row)
-            tqdm.write(_summary(row, monitor)) if progress else None
-            for cb in callbacks or []:
-                cb({"epoch": epoch, "row": row, "metrics": metrics, "run_dir": run_dir, "model": model})
-        stop = (t.patience > 0 and bad_epochs >= t.patience) or out_of_time
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], **terms,
+                               "images_per_s": n_images * dist.world_size() / (time.time() - t_epoch)}
+        evaluate_now = (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs or out_of_time
+        end_epoch(run, standing, epoch, row, evaluate_now, t_start, callbacks or (), progress)
+        stop = (t.patience > 0 and standing.bad_epochs >= t.patience) or out_of_time
         stopped_early = bool(dist.broadcast_object(stop))
         if stopped_early:
             break
 
-    if main and skipped:
-        skipped = sorted(set(skipped))
+    if main and run.skipped:
+        skipped = sorted(set(run.skipped))
         tqdm.write(f"skipped {len(skipped)} bad samples (data.skip_bad=true):\n  " + "\n  ".join(skipped))
     if main:
-        from zir.analysis.report import write_report
-
-        logger.plot()
-        write_report(run_dir, progress=progress)
+        run.logger.plot()
+        for cb in on_end or ():
+            cb(run.dir)
     dist.barrier()
     dist.cleanup()
-    return TrainResult(run_dir, best_metrics, epoch + 1, stopped_early)
+    return TrainResult(run.dir, standing.best_metrics, epoch + 1, stopped_early)
+
+
+def gradient_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, float], int]:
+    """One pass of gradient steps over the training loader.
+
+    Returns:
+        ``({"train/TERM": mean over images}, images seen)``.
+    """
+    t, device, optimizer, scaler = run.cfg.train, run.device, run.optimizer, run.scaler
+    sums: dict[str, float] = {}
+    n_images, t_epoch = 0, time.time()
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False)
+    for i, batch in enumerate(bar):
+        batch: Batch
+        run.skipped += batch.skipped
+        if not batch.targets:
+            continue
+        batch = batch.to(device)
+        step_now = (i + 1) % t.accumulate == 0 or i + 1 == len(run.train_loader)
+        # DDP: all-reduce gradients only on the micro-batch that steps (same result, less traffic).
+        sync = run.net.no_sync() if run.distributed and not step_now else contextlib.nullcontext()
+        with sync:
+            with autocast(device, t.amp):
+                losses = run.net(batch.images, batch.targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
+                raise TrainingError(f"loss is {loss.item()} ({terms}) at epoch {epoch + 1}, batch {i} "
+                                    f"(optimizer step {run.scheduler.last_epoch}); the last good checkpoint "
+                                    f"is kept in {run.dir}/weights. Lower train.lr, or check the data "
+                                    "with `zir data check`")
+            scaler.scale(loss / t.accumulate).backward()
+        if step_now:
+            if t.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(run.model.parameters(), t.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+        n_images += len(batch.targets)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch.targets)
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}",
+                        img_s=f"{n_images * dist.world_size() / (time.time() - t_epoch):.0f}")
+    means = {f"train/{k}": dist.all_reduce_mean(v / max(n_images, 1), device) for k, v in sums.items()}
+    return means, n_images
+
+
+def closed_form_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, float], int]:
+    """The model solved from cached features of the training images (no images pass through a loss).
+
+    Returns:
+        ``({"train/STATISTIC": value}, 0)``.
+    """
+    stats = fit_closed_form(cast(FitsInClosedForm, run.model), run.data.train, run.device, run.dir / FEATURE_FILE,
+                            run.feature_key, write=dist.is_main(), progress=progress)
+    return {f"train/{k}": v for k, v in stats.items()}, 0
+
+
+def end_epoch(run: Run, standing: Standing, epoch: int, row: dict[str, Any], evaluate_now: bool, t_start: float,
+              callbacks: Sequence[Callback], progress: bool) -> None:
+    """Main process: evaluate, checkpoint (best when the monitored metric improved, and last), log the
+    row and call ``callbacks``; ``standing`` follows."""
+    if not dist.is_main():
+        return
+    t, monitor = run.cfg.train, MONITOR[run.data.task]
+    metrics: dict[str, float] = {}
+    if evaluate_now:
+        metrics, _ = evaluate(run.fit, run.val_loader, run.data.task, run.data.classes, run.device, t.amp, progress)
+        row.update({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    row["time_s"] = time.time() - t_start
+    meta = {"config": run.cfg.to_dict(), "classes": run.data.classes, "task": run.data.task,
+            "zir_version": __version__, "epoch": epoch, "metrics": metrics}
+    if monitor in metrics and metrics[monitor] > standing.best:
+        standing.best, standing.bad_epochs, standing.best_metrics = metrics[monitor], 0, metrics
+        save_weights(run.model, run.dir / "weights" / "best.safetensors", meta)
+    elif metrics:
+        standing.bad_epochs += 1
+    state = {"epoch": epoch, "best": standing.best, "bad_epochs": standing.bad_epochs,
+             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "scaler": run.scaler.state_dict(), "torch_rng": torch.get_rng_state()}
+    save_state(run.dir / "weights" / "last_state.pt", state)
+    save_weights(run.model, run.dir / "weights" / "last.safetensors", meta)
+    run.logger.log(row)
+    tqdm.write(_summary(row, monitor)) if progress else None
+    for cb in callbacks:
+        cb({"epoch": epoch, "row": row, "metrics": metrics, "run_dir": run.dir, "model": run.model})
 
 
 class LossOf(nn.Module):

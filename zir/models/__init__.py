@@ -17,10 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zir.errors import ConfigError
-from zir.models.base import ZirModel
+from zir.models.base import Fitting, ZirModel
 from zir.models.classify import classifier, convnet
 from zir.models.detect import fast_rcnn, faster_rcnn, overfeat, rcnn, sliding_window, yolo_v1
 from zir.models.segment import fcn, mask_rcnn, panoptic_fpn, unet
+
+
+def by_gradient(cfg: Any) -> Fitting:
+    """``ModelSpec.fitting`` of most models: gradient steps on ``loss``, whatever the config."""
+    return "gradient"
+
+
+def in_closed_form(cfg: Any) -> Fitting:
+    """``ModelSpec.fitting`` of a model solved from cached features (:class:`~zir.models.base.FitsInClosedForm`)."""
+    return "closed_form"
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,8 @@ class ModelSpec:
         stages: detectors: 1 for one-stage (one dense pass decides boxes and classes), 2 for two-stage
             (proposals, then a classifier per region), as in the lecture's speed/accuracy comparison
             (``zir bench detectors`` marks them); 0 for other tasks.
+        fitting: how the engine fits the model, a function of the model's config (so a setting such as
+            the classifier's ``transfer`` can decide it) returning a :data:`zir.models.base.Fitting`.
         aliases: old flat setting name -> its dotted place in the config now (``"rpn_nms_iou": "rpn.nms_iou"``),
             so README commands and old runs' ``config.yaml`` keep working.
         renames: old parameter-name prefix -> new prefix (``"mask_head.": "heads.mask."``), applied when
@@ -42,6 +54,7 @@ class ModelSpec:
     config: type
     build: Callable[[Any], ZirModel]
     summary: str
+    fitting: Callable[[Any], Fitting] = by_gradient
     aliases: Mapping[str, str] = field(default_factory=dict)
     renames: Mapping[str, str] = field(default_factory=dict)
     stages: int = 0
@@ -51,9 +64,11 @@ MODELS: dict[str, ModelSpec] = {
     "convnet": ModelSpec("classify", convnet.ConvNetConfig, convnet.build,
                          "small ConvNet: conv-BN-ReLU-pool blocks, linear head, softmax + cross-entropy"),
     "classifier": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
-                            "timm backbone + linear head; transfer=scratch|features|finetune, backbone=NAME"),
+                            "timm backbone + linear head; transfer=scratch|features|finetune, backbone=NAME",
+                            fitting=classifier.fitting),
     "efficientnet_lite0": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
-                                    "classifier on EfficientNet-Lite0 with ImageNet weights (offline)"),
+                                    "classifier on EfficientNet-Lite0 with ImageNet weights (offline)",
+                                    fitting=classifier.fitting),
     "yolo_v1": ModelSpec("detect", yolo_v1.YoloV1Config, yolo_v1.build,
                          "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss",
                          stages=1),
@@ -62,7 +77,7 @@ MODELS: dict[str, ModelSpec] = {
                              aliases=faster_rcnn.FLAT_KEYS, stages=2),
     "rcnn": ModelSpec("detect", rcnn.RCNNConfig, rcnn.build,
                       "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression",
-                      stages=2),
+                      stages=2, fitting=in_closed_form),
     "fast_rcnn": ModelSpec("detect", fast_rcnn.FastRCNNConfig, fast_rcnn.build,
                            "Fast R-CNN: selective search, one feature map, RoI pooling, 2 FC, multi-task loss",
                            aliases=fast_rcnn.FLAT_KEYS, stages=2),

@@ -12,7 +12,7 @@ Neither depends on train/eval mode for its return type. Images are float32 in ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,15 @@ from zir.models.detect.transform import normalize
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: How the engine fits a model; the registry entry (``ModelSpec.fitting``) says which, from the model's
+#: config, so the engine decides once and never asks the model:
+#:   ``gradient``     ``loss`` -> backward -> optimizer step, batch after batch (most models);
+#:   ``features``     a frozen part runs once over the data, its features are cached and only a head
+#:                    trains by gradient steps on them (:class:`TrainsOnFeatures`, e.g. transfer=features);
+#:   ``closed_form``  features of the training data are cached once and the model is solved from them
+#:                    without gradient steps (:class:`FitsInClosedForm`, R-CNN's SVMs and ridge regressors).
+Fitting = Literal["gradient", "features", "closed_form"]
+
 
 class ZirModel(nn.Module):
     """Base class: the shared interface, input normalisation and optimizer parameter groups."""
@@ -30,6 +39,8 @@ class ZirModel(nn.Module):
     #: ``classify``, ``detect``, ``instance``, ``segment`` or ``panoptic``; a composed model that serves several
     #: tasks (``zir.models.detect.faster_rcnn.FasterRCNN``) sets it per instance.
     task: str = ""
+    #: panoptic models: per class, True for a thing and False for stuff (the metric needs it); else None.
+    thing_classes: list[bool] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,6 +62,11 @@ class ZirModel(nn.Module):
     def predict(self, images: Tensor | list[Tensor]) -> list[Prediction]:
         raise NotImplementedError
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the engine at the start of every training epoch (0-based), after ``train()``: state
+        that follows the epoch number (e.g. the classifier's ``freeze_epochs``) is set here, from the
+        number alone, so a resumed run is in the state of one that was never interrupted. No-op here."""
+
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW/SGD groups: no weight decay on norms and biases (1-D parameters)."""
         decay, no_decay = [], []
@@ -66,3 +82,34 @@ def stack_images(images: Tensor | list[Tensor]) -> Tensor:
     if isinstance(images, Tensor):
         return images if images.ndim == 4 else images.unsqueeze(0)
     return torch.stack(list(images))
+
+
+class TrainsOnFeatures(Protocol):
+    """A model fitted with ``fitting="features"``: the engine runs ``features`` once over the training and
+    validation images, caches the result, and trains and evaluates ``head_on_features()`` on it by
+    gradient steps. The checkpoints hold the whole model, so it predicts on images as any other."""
+
+    def features(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> ``(B, F)`` from the frozen part; the same every epoch."""
+        ...
+
+    def head_on_features(self) -> ZirModel:
+        """The trainable rest as a model whose ``loss`` and ``predict`` take features ``(B, F)``; it shares
+        its parameters with this model."""
+        ...
+
+
+class FitsInClosedForm(Protocol):
+    """A model fitted with ``fitting="closed_form"``: every epoch, the engine gathers
+    ``training_features`` of each training sample once (cached on disk) and calls ``fit_features``."""
+
+    def training_features(self, image: Tensor, target: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        """One training image ``(3, H, W)`` in [0, 1] and its target -> rows to cache (every value has the
+        same first dimension, the rows of this image; CPU tensors). ``generator`` is seeded from the
+        sample's index, so the rows do not depend on the order images are visited."""
+        ...
+
+    def fit_features(self, features: dict[str, Tensor]) -> dict[str, float]:
+        """Solve the model from the rows of every training image concatenated (``{}`` when there are none);
+        returns statistics to log."""
+        ...

@@ -1,5 +1,6 @@
 """R-CNN: the SVM solver and its hard-negative mining, the ridge box regressor, region labelling, the
-feature cache, predict's mapping and empty cases, and training through the engine."""
+closed-form fit on the engine's feature cache, predict's mapping and empty cases, and training through
+the engine."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from safetensors.torch import load_file
 
 from zir.data.contract import DetectionPrediction, Target
 from zir.data.synth import SynthDataset
+from zir.engine.data import collate
+from zir.engine.features import FEATURE_FILE, fit_closed_form
 from zir.models.detect.rcnn import (
-    FEATURE_FILE,
     RCNNConfig,
     build,
     fit_ridge,
@@ -122,10 +124,13 @@ def test_label_regions_by_hand():
 
 
 def test_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
+    """Through the engine's one feature cache: every training image's regions once, then the closed-form
+    fit; fitting again with the same key reads the file and gives the same model."""
     model = tiny()
     data = SynthDataset(task="detect", n=3, seed=1, image_size=48, max_objects=3, min_scale=0.2)
-    stats = model.fit(data, tmp_path, progress=False)
-    cache = load_file(str(tmp_path / FEATURE_FILE))
+    path = tmp_path / FEATURE_FILE
+    stats = fit_closed_form(model, data, torch.device("cpu"), path, "key", progress=False)
+    cache = load_file(str(path))
     assert cache["features"].shape == (stats["regions"], model.svm_weight.shape[1])
     n_gt = sum(len(data[i]["labels"]) for i in range(len(data)))
     assert int((cache["gt_label"] >= 0).sum()) == n_gt  # every ground-truth box is a region
@@ -133,12 +138,32 @@ def test_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     weights = {k: v.clone() for k, v in model.state_dict().items()}
 
     refit = tiny()
-    monkeypatch.setattr(refit, "embed", lambda *a: pytest.fail("features were computed again"))
-    again = refit.fit(data, tmp_path, progress=False)
+    monkeypatch.setattr(refit, "cnn_features", lambda *a: pytest.fail("features were computed again"))
+    again = fit_closed_form(refit, data, torch.device("cpu"), path, "key", progress=False)
     assert {k: v for k, v in again.items() if not k.endswith("_s")} == \
         {k: v for k, v in stats.items() if not k.endswith("_s")}
     for k, v in refit.state_dict().items():
         torch.testing.assert_close(v, weights[k])
+
+
+def test_training_features_are_unscaled_and_fit_features_sets_the_scale():
+    """The cached rows do not depend on the model's current feature scale (a refit starts from the raw
+    CNN features); the fit scales them to mean norm feature_norm and predicts with that scale."""
+    model = tiny()
+    data = SynthDataset(task="detect", n=2, seed=1, image_size=48, max_objects=2, min_scale=0.3)
+    batch = collate([data[0]])
+    rows = model.training_features(batch.images[0], batch.targets[0], torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.feature_scale.fill_(7.0)
+    again = model.training_features(batch.images[0], batch.targets[0], torch.Generator().manual_seed(0))
+    assert torch.equal(rows["features"], again["features"]) and rows["features"].dtype == torch.float16
+    assert set(rows) == {"features", "boxes", "gt_label", "class_iou", "best_class", "best_iou", "best_box"}
+    assert all(len(v) == len(rows["boxes"]) for v in rows.values())
+    model.fit_features(rows)
+    scaled = model.embed(batch.images[0], rows["boxes"])
+    torch.testing.assert_close(scaled.norm(dim=1).mean(), torch.tensor(model.cfg.feature_norm), rtol=2e-3, atol=0)
+    empty = model.fit_features({})  # every training image dropped: nothing to fit, no error
+    assert empty["regions"] == 0.0 and float(model.feature_scale) == 1.0
 
 
 def test_predict_detects_its_proposals_in_input_pixels_and_regresses_after_nms():
@@ -179,6 +204,7 @@ def test_loss_on_an_image_without_objects():
 
 
 def test_zir_train_fits_in_closed_form_and_checkpoints(tmp_path):
+    from zir.analysis.report import write_report
     from zir.config import load_config
     from zir.engine.trainer import train
 
@@ -186,7 +212,7 @@ def test_zir_train_fits_in_closed_form_and_checkpoints(tmp_path):
         "model=rcnn", "data=synth:detect", "synth_n=4", "image_size=48", "epochs=1", "threads=1",
         f"project={tmp_path}", "name=r", "model_args={pretrained: none, crop_size: 32, context: 4, "
         "train_regions: 8, ss_size: 48, initial_negatives: 50}"])
-    result = train(cfg, progress=False)
+    result = train(cfg, progress=False, on_end=[write_report])
     run = result.run_dir
     assert (run / FEATURE_FILE).is_file() and (run / "report.html").is_file()
     (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

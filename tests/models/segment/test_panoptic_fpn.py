@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zir.analysis.report import write_report
 from zir.api import predict_to_folder
 from zir.config import load_config
 from zir.data.contract import DetectionPrediction, PanopticPrediction, Target
@@ -197,7 +198,7 @@ def test_training_run_evaluates_pq_and_writes_coco_panoptic_predictions(tmp_path
         "threads=1", f"project={tmp_path}", "name=pan",
         "model_args={pretrained: none, fpn_channels: 16, box_hidden: 32, mask_channels: 16, "
         "semantic_channels: 16, roi_batch_size: 64}"])
-    run = train(cfg, progress=False).run_dir
+    run = train(cfg, progress=False, on_end=[write_report]).run_dir  # the report writes val_metrics.json
     metrics = json.loads((run / "val_metrics.json").read_text())
     assert {"PQ", "SQ", "RQ", "PQ_th", "PQ_st", "PQ/sky"} <= set(metrics)
     assert (run / "report.html").is_file() and (run / "predictions" / "000.png").is_file()

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from zir.data.contract import ClassPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import create_timm
-from zir.models.base import ZirModel
+from zir.models.base import Fitting, ZirModel
 from zir.models.detect.transform import resize
 
 TRANSFER_MODES = ("scratch", "features", "finetune")
@@ -89,11 +89,6 @@ class Classifier(ZirModel):
         self.set_epoch(0)
 
     # ---- transfer modes -------------------------------------------------------------------------
-    @property
-    def trains_on_features(self) -> bool:
-        """True for ``transfer=features``: the engine caches backbone features and trains the head on them."""
-        return self.cfg.transfer == "features"
-
     def set_epoch(self, epoch: int) -> None:
         """Freeze or unfreeze the backbone for ``epoch`` (0-based); derived from the epoch alone, so a
         resumed run is in the same state as one that was never interrupted."""
@@ -135,6 +130,10 @@ class Classifier(ZirModel):
         """Pooled features ``(B, F)`` -> logits ``(B, num_classes)``: the (logistic-regression) head."""
         return self.head(self.dropout(features))
 
+    def head_on_features(self) -> HeadOnFeatures:
+        """``transfer=features``: the head as a model on cached features (see :func:`fitting`)."""
+        return HeadOnFeatures(self)
+
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> logits ``(B, num_classes)``."""
         return self.classify(self.features(images))
@@ -154,6 +153,26 @@ class Classifier(ZirModel):
         return to_predictions(self(batch))
 
 
+class HeadOnFeatures(ZirModel):
+    """What the engine trains with ``transfer=features``: ``model``'s head, fed cached features ``(B, F)``
+    instead of images; the backbone is not called. It holds ``model``, so the head's parameters are
+    shared: training this trains the classifier.
+    """
+
+    task = "classify"
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def loss(self, features: Tensor, targets: list[Target]) -> dict[str, Tensor]:
+        return {"cls": cross_entropy(self.model.classify(features), targets)}
+
+    @torch.no_grad()
+    def predict(self, features: Tensor) -> list[ClassPrediction]:  # type: ignore[override]
+        return to_predictions(self.model.classify(features))
+
+
 # ---- loss and postprocess (shared with the head trained on cached features) ---------------------
 def cross_entropy(logits: Tensor, targets: list[Target]) -> Tensor:
     """Softmax cross-entropy of logits ``(B, C)`` against ``targets[i].label``; float32 under autocast."""
@@ -164,6 +183,13 @@ def cross_entropy(logits: Tensor, targets: list[Target]) -> Tensor:
 def to_predictions(logits: Tensor) -> list[ClassPrediction]:
     probs = logits.float().softmax(dim=1)  # (B, C)
     return [ClassPrediction(scores=p, label=int(p.argmax())) for p in probs]
+
+
+def fitting(cfg: ClassifierConfig) -> Fitting:
+    """How the engine fits this classifier: ``transfer=features`` trains the head on cached backbone
+    features (the backbone is frozen, so its features are computed once); the other modes by gradient
+    steps on images."""
+    return "features" if cfg.transfer == "features" else "gradient"
 
 
 def build(cfg: ClassifierConfig) -> Classifier:

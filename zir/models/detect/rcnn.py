@@ -10,10 +10,12 @@ The lecture's four parts, each its own piece here::
     predict: scores -> threshold, per-class NMS -> box regression of the kept boxes -> input pixels
 
 Training is not gradient descent: the CNN is fixed, so the feature vector of every training region is
-computed once and cached on disk (``RUN/rcnn_features.safetensors``), then the SVMs and regressors are
-fitted on the cache (seconds), as in the paper (section 2.3). :meth:`RCNN.fit` does it; the trainer calls
-it instead of its gradient loop, then evaluates and checkpoints as for any model (the SVM and
-regressor weights are parameters, so they are in the safetensors checkpoint).
+computed once and cached, then the SVMs and regressors are fitted on the cache (seconds), as in the
+paper (section 2.3). The registry entry says so (``fitting="closed_form"``): the engine caches
+:meth:`RCNN.training_features` of every training image once (``RUN/features.safetensors``) and calls
+:meth:`RCNN.fit_features` instead of its gradient loop, then evaluates and checkpoints as for any model
+(the SVM and regressor weights are parameters, so they are in the safetensors checkpoint). This file
+holds the math only: what a region's feature is, and the solvers as functions of feature tensors.
 
 * SVMs (section 2.3): class ``c``'s positives are its ground-truth boxes, its negatives the regions with
   IoU < 0.3 with every box of class ``c``; regions in between are ignored. The SVM is the L2-loss linear
@@ -39,19 +41,13 @@ warped regions first; here the pretrained features are used as they are).
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
@@ -111,7 +107,6 @@ class RCNNConfig:
 
 
 SVM_BIAS_FEATURE = 10.0  # the bias as a constant feature of this value, regularised with the weights
-FEATURE_FILE = "rcnn_features.safetensors"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,7 +309,12 @@ class RCNN(ZirModel):
         return self
 
     def embed(self, image: Tensor, boxes: Tensor) -> Tensor:
-        """Part 2: ``image (3, H, W)`` in [0, 1], ``boxes (N, 4)`` in its pixels -> features ``(N, F)``.
+        """Part 2: ``image (3, H, W)`` in [0, 1], ``boxes (N, 4)`` in its pixels -> features ``(N, F)``,
+        scaled as the SVMs and regressors were fitted (see :meth:`cnn_features`)."""
+        return self.cnn_features(image, boxes) * self.feature_scale
+
+    def cnn_features(self, image: Tensor, boxes: Tensor) -> Tensor:
+        """The CNN's features ``(N, F)`` of ``boxes (N, 4)`` in ``image (3, H, W)``, before scaling.
 
         Each box grows so that after warping to ``crop_size`` it has ``context`` pixels of image on each
         side (section 2.1, "warp" with p = 16); outside the image is the mean colour (0 after
@@ -333,7 +333,7 @@ class RCNN(ZirModel):
             for chunk in rois.split(self.cfg.chunk):
                 crops = roi_align(x, chunk, S, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
                 out.append(self.cnn(crops).float())
-        return torch.cat(out) * self.feature_scale
+        return torch.cat(out)
 
     def regress(self, features: Tensor, boxes: Tensor, labels: Tensor) -> Tensor:
         """Part 4: each box refined by its class's regressor: ``(N, F)``, ``(N, 4)``, ``(N,)`` -> ``(N, 4)``."""
@@ -376,70 +376,30 @@ class RCNN(ZirModel):
         return {"svm": svm, "box": box}
 
     # ----------------------------------------------------------------------------------------------
-    # Training in closed form
+    # Training in closed form (the engine caches training_features once, then calls fit_features)
 
-    def cached_features(self, dataset: Any, path: Path | None, progress: bool = True) -> dict[str, Tensor]:
-        """Parts 1-2 over the training set, once: the sampled regions' features and labels, read from
-        ``path`` when it was written for the same settings and dataset size, else computed and written.
+    def training_features(self, image: Tensor, target: Target, generator: torch.Generator) -> dict[str, Tensor]:
+        """Parts 1-2 on one training image ``(3, H, W)`` in [0, 1]: its sampled, labelled regions and
+        their CNN features, unscaled (``fit_features`` sets the scale from all of them).
 
-        Returns ``{"features" (N, F) float16 unscaled, "gt_label", "class_iou", "best_class",
-        "best_iou", "best_box", "boxes"}``; N sums the regions of all images.
+        Returns ``{"features" (R, F) float16, "boxes", "gt_label", "class_iou", "best_class", "best_iou",
+        "best_box"}`` (see :class:`Regions`), on the CPU.
         """
-        cfg = self.cfg
-        key = json.dumps({k: v for k, v in asdict(cfg).items() if k in (
-            "num_classes", "backbone", "pretrained", "crop_size", "context", "ss_mode", "ss_size",
-            "max_proposals", "train_regions", "reg_iou")} | {"images": len(dataset)}, sort_keys=True)
-        if path is not None and path.is_file():
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    if (f.metadata() or {}).get("key") == key:
-                        return load_file(str(path))
-            except (SafetensorError, OSError):
-                pass  # unreadable: compute it again
-        scale = self.feature_scale.clone()
-        self.feature_scale.fill_(1.0)
-        parts: dict[str, list[Tensor]] = {k: [] for k in ("features", *Regions._fields)}
-        device = self.svm_weight.device
-        for i in tqdm(range(len(dataset)), desc="R-CNN features", leave=False, disable=not progress):
-            sample = dataset[i]
-            if "bad" in sample:  # data.skip_bad dropped it
-                continue
-            image = torch.as_tensor(sample["image"]).as_subclass(Tensor).to(device)
-            image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
-            g = torch.Generator().manual_seed(i)
-            r = self.regions(image, Target.from_sample(sample, tuple(image.shape[-2:])), g)
-            parts["features"].append(self.embed(image, r.boxes).half().cpu())
-            for name, value in r._asdict().items():
-                parts[name].append(value.cpu())
-        self.feature_scale.copy_(scale)
-        K, F_ = cfg.num_classes, self.svm_weight.shape[1]
-        empty = {"features": torch.zeros(0, F_, dtype=torch.float16), "boxes": torch.zeros(0, 4),
-                 "gt_label": torch.zeros(0, dtype=torch.int64), "class_iou": torch.zeros(0, K),
-                 "best_class": torch.zeros(0, dtype=torch.int64), "best_iou": torch.zeros(0),
-                 "best_box": torch.zeros(0, 4)}
-        cache = {k: torch.cat(v).contiguous() if v else empty[k] for k, v in parts.items()}
-        if path is not None:
-            from zir.engine.checkpoint import atomic_write  # the engine's atomic file write
+        r = self.regions(image, target, generator)
+        return {"features": self.cnn_features(image, r.boxes).half().cpu(),
+                **{name: value.cpu() for name, value in r._asdict().items()}}
 
-            atomic_write(path, lambda tmp: save_file(cache, tmp, metadata={"key": key}))
-        return cache
-
-    def fit(self, dataset: Any, run_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
-        """Train parts 3 and 4 on the cached features of ``dataset``'s samples (what
-        ``zir.engine.trainer.train`` calls instead of gradient steps).
-
-        The features are cached in ``run_dir/rcnn_features.safetensors``; fitting again (another epoch,
-        a resumed run) reads them back. With data augmentation, each image's cached regions are those of
-        the one augmented view seen when the cache was made.
+    def fit_features(self, features: dict[str, Tensor]) -> dict[str, float]:
+        """Parts 3 and 4 from the training regions of every image (:meth:`training_features`
+        concatenated): scale the features to mean norm ``feature_norm``, then per class an SVM with
+        hard-negative mining and a ridge box regressor; the solutions become the model's parameters.
 
         Returns:
-            statistics: cached regions, the SVMs' mean final objective and hard negatives added, the
-            regressors' training error, seconds spent.
+            statistics: regions, the SVMs' mean final objective, hard negatives added, the regressors'
+            training error.
         """
-        t0 = time.time()
         cfg, K = self.cfg, self.cfg.num_classes
-        cache = self.cached_features(dataset, Path(run_dir) / FEATURE_FILE if run_dir else None, progress)
-        t_features = time.time() - t0
+        cache = features or self._no_regions()
         raw = cache["features"].float()
         norms = raw.norm(dim=1)
         scale = cfg.feature_norm / float(norms.mean()) if len(raw) and float(norms.mean()) > 0 else 1.0
@@ -468,8 +428,15 @@ class RCNN(ZirModel):
             self.box_weight.copy_(BW)
             self.box_bias.copy_(Bb)
         return {"regions": float(len(x)), "svm_objective": sum(objectives) / max(len(objectives), 1),
-                "hard_negatives": float(added), "box_mse": sum(box_errors) / max(len(box_errors), 1),
-                "features_s": t_features, "fit_s": time.time() - t0}
+                "hard_negatives": float(added), "box_mse": sum(box_errors) / max(len(box_errors), 1)}
+
+    def _no_regions(self) -> dict[str, Tensor]:
+        """The rows of a training set without images (every one dropped by ``data.skip_bad``)."""
+        K, F_ = self.cfg.num_classes, self.svm_weight.shape[1]
+        return {"features": torch.zeros(0, F_, dtype=torch.float16), "boxes": torch.zeros(0, 4),
+                "gt_label": torch.zeros(0, dtype=torch.int64), "class_iou": torch.zeros(0, K),
+                "best_class": torch.zeros(0, dtype=torch.int64), "best_iou": torch.zeros(0),
+                "best_box": torch.zeros(0, 4)}
 
     # ----------------------------------------------------------------------------------------------
     # Prediction
