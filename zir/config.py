@@ -194,7 +194,53 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         _set(d, key, value)
     cfg = RunConfig.from_dict(d)
     _check_model_args(cfg)
+    validate(cfg)
     return cfg
+
+
+# Valid ranges of the numeric settings: (low, high, low inclusive, high inclusive); None = unbounded.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.val_split": (0, 1, True, False),
+    "data.image_size": (8, None, True, True),
+    "data.batch_size": (1, None, True, True),
+    "data.workers": (0, None, True, True),
+    "data.synth_n": (1, None, True, True),
+    "data.mosaic": (0, 1, True, True),
+    "data.crop": (0, None, True, True),
+    "train.epochs": (1, None, True, True),
+    "train.lr": (0, None, False, True),
+    "train.weight_decay": (0, None, True, True),
+    "train.warmup_epochs": (0, None, True, True),
+    "train.final_lr": (0, 1, True, True),
+    "train.clip_grad": (0, None, True, True),
+    "train.accumulate": (1, None, True, True),
+    "train.seed": (0, None, True, True),
+    "train.patience": (0, None, True, True),
+    "train.time_limit": (0, None, True, True),
+    "train.eval_every": (1, None, True, True),
+    "train.threads": (0, None, True, True),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every numeric setting against :data:`RANGES` when a config is loaded, so ``epochs=-1`` or
+    ``batch_size=0`` stops at once with the valid range instead of training nothing or crashing later.
+
+    Raises:
+        ConfigError: naming the first setting out of range, its value and the valid range.
+    """
+    import math
+
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (low is None or value > low or (low_in and value == low))
+        ok = ok and (high is None or value < high or (high_in and value == high))
+        if not ok:
+            lo = "" if low is None else f"{low} {'<=' if low_in else '<'} "
+            hi = "" if high is None else f" {'<=' if high_in else '<'} {high}"
+            raise ConfigError(f"{key}={value!r} is out of range; valid: {lo}{name}{hi}")
 
 
 def _check_model_args(cfg: RunConfig) -> None:

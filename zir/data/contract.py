@@ -47,6 +47,8 @@ class Sample(TypedDict, total=False):
         boxes: ``tv_tensors.BoundingBoxes`` float32 ``(N, 4)`` XYXY absolute pixels.
         labels: ``Tensor`` int64 ``(N,)`` class id per object.
         iscrowd: ``Tensor`` bool ``(N,)``: COCO crowd regions (ignored by matching and metrics).
+        difficult: ``Tensor`` bool ``(N,)``: VOC difficult objects (trained on; left out of evaluation:
+            a detection on one is neither a true nor a false positive).
         masks: ``tv_tensors.Mask`` uint8 ``(N, H, W)`` one binary mask per object.
         semantic: ``tv_tensors.Mask`` int64 ``(H, W)`` class id per pixel, 255 = ignore.
         image_id: ``int`` unique within the dataset.
@@ -58,6 +60,7 @@ class Sample(TypedDict, total=False):
     boxes: tv_tensors.BoundingBoxes
     labels: torch.Tensor
     iscrowd: torch.Tensor
+    difficult: torch.Tensor
     masks: tv_tensors.Mask
     semantic: tv_tensors.Mask
     image_id: int

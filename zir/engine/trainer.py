@@ -31,7 +31,15 @@ from tqdm import tqdm
 import zir
 from zir.config import RunConfig
 from zir.engine import distributed as dist
-from zir.engine.checkpoint import load_state, load_weights, read_meta, save_state, save_weights
+from zir.engine.checkpoint import (
+    discard_untrained,
+    load_state,
+    load_weights,
+    new_run_dir,
+    read_meta,
+    save_state,
+    save_weights,
+)
 from zir.engine.data import Batch, build_datasets, build_loader
 from zir.engine.evaluate import MONITOR, autocast, evaluate
 from zir.engine.logger import RunLogger
@@ -67,7 +75,7 @@ def make_run_dir(cfg: RunConfig) -> Path:
     while run_dir.exists() and not cfg.exist_ok:
         i += 1
         run_dir = base.with_name(f"{cfg.name}-{i}")
-    return run_dir
+    return new_run_dir(run_dir)  # checked writable before the data is read; removed if it never trains
 
 
 def build_optimizer(model: ZirModel, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -98,6 +106,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@discard_untrained
 def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[Callback] | None = None,
           progress: bool = True) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; with ``resume=RUN_DIR`` continue that run exactly.
