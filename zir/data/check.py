@@ -162,9 +162,17 @@ def _segmentation_problems(seg: Any, image_hw: tuple[int, int] | None) -> list[s
     if seg is None:
         return []
     if isinstance(seg, dict):
-        size = seg.get("size")
-        if size is None or "counts" not in seg:
+        size, counts = seg.get("size"), seg.get("counts")
+        if size is None or counts is None:
             return ["RLE without 'size' or 'counts'; re-encode the mask"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_count(v) for v in size)):
+            return [f"RLE size {size!r} is not [height, width]; re-encode the mask"]
+        if isinstance(counts, list):
+            if not all(_is_count(v) for v in counts) or sum(counts) != size[0] * size[1]:
+                return ["uncompressed RLE counts must be whole numbers >= 0 adding up to height * width; "
+                        "re-encode the mask"]
+        elif not (isinstance(counts, (str, bytes)) and (counts.isascii() if isinstance(counts, str) else True)):
+            return ["RLE counts must be a list of numbers or a COCO-compressed ASCII string; re-encode the mask"]
         if image_hw is not None and tuple(int(v) for v in size) != tuple(image_hw):
             return [f"RLE size {list(size)} differs from the image's {list(image_hw)} (H, W); "
                     "re-encode the mask at the image's size"]
@@ -177,9 +185,25 @@ def _segmentation_problems(seg: Any, image_hw: tuple[int, int] | None) -> list[s
         if len(poly) < 6 or len(poly) % 2:
             out.append(f"polygon with {len(poly)} coordinates; a polygon needs at least 3 (x, y) "
                        "points; fix or drop it")
+        elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+            out.append("polygon with coordinates that are not numbers; fix or drop it")
         elif not np.isfinite(np.asarray(poly, dtype=np.float64)).all():
             out.append("polygon with NaN or infinite coordinates; fix or drop it")
+        elif image_hw is not None and not _near_image(poly, image_hw):
+            out.append(f"polygon points lie far outside the {image_hw[1]}x{image_hw[0]} image; fix or drop it")
     return out
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 2**31
+
+
+def _near_image(poly: list[float], image_hw: tuple[int, int]) -> bool:
+    """Points within one image size of the image (further out is a broken annotation, and would make
+    the rasteriser allocate memory for the whole outline)."""
+    H, W = image_hw
+    xs, ys = np.asarray(poly[0::2], np.float64), np.asarray(poly[1::2], np.float64)
+    return bool((xs >= -W).all() and (xs <= 2 * W).all() and (ys >= -H).all() and (ys <= 2 * H).all())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -117,7 +117,11 @@ def _instance_masks(record: Record, H: int, W: int) -> np.ndarray:
         if isinstance(seg, dict) and "size" in seg and tuple(seg["size"]) != (H, W):
             raise DataError(record.source, f"RLE size {seg['size']} differs from the image's {[H, W]}",
                             where=f"object {i}")
-        masks[i] = decode_segmentation(seg, H, W)
+        try:
+            masks[i] = decode_segmentation(seg, H, W)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeError) as e:
+            raise DataError(record.source, f"cannot decode the segmentation ({e}); fix or drop the object",
+                            where=f"object {i}") from None
     return masks
 
 
