@@ -56,3 +56,20 @@ def test_bad_yaml_names_the_file(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=-1", "train.epochs=-1 is out of range; valid: 1 <= epochs"),
+    ("image_size=0", "data.image_size=0 is out of range; valid: 8 <= image_size"),
+    ("batch_size=0", "data.batch_size=0 is out of range; valid: 1 <= batch_size"),
+    ("lr=0", "train.lr=0.0 is out of range; valid: 0 < lr"),
+    ("val_split=1", "data.val_split=1.0 is out of range; valid: 0 <= val_split < 1"),
+    ("mosaic=2", "data.mosaic=2.0 is out of range; valid: 0 <= mosaic <= 1"),
+])
+def test_numeric_settings_are_range_checked_when_loaded(override, message):
+    from zir.config import load_config
+    from zir.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert str(e.value) == message

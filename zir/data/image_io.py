@@ -52,7 +52,7 @@ def _open(path: Path, what: str = "image") -> Iterator[Image.Image]:
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as e:
-        raise DataError(path, f"{what} is too large to decode safely ({e}); remove it, or raise the limit "
+        raise DataError(path, f"{what} is too large to decode safely ({_why(e, path)}); remove it, or raise the limit "
                               f"with {MAX_PIXELS_ENV}=N if it is a real image") from None
     with img:
         w, h = img.size
@@ -63,6 +63,11 @@ def _open(path: Path, what: str = "image") -> Iterator[Image.Image]:
         if w < 1 or h < 1:
             raise DataError(path, f"{what} is {w}x{h} pixels; re-export or remove the file")
         yield img
+
+
+def _why(e: BaseException, path: Path) -> str:
+    """PIL's message without the path it repeats (the DataError names the file first already)."""
+    return str(e).replace(f" '{path}'", "").replace(str(path), "this file")
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -106,7 +111,7 @@ def open_pil(path: str | Path) -> Image.Image:
             img.load()  # decodes everything: a truncated file fails here, not later in a worker
             return ImageOps.exif_transpose(img)
     except _ERRORS as e:
-        raise DataError(path, f"cannot read image ({e}); re-export or remove the file") from e
+        raise DataError(path, f"cannot read image ({_why(e, path)}); re-export or remove the file") from e
 
 
 def read_image(path: str | Path) -> tv_tensors.Image:
@@ -123,7 +128,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
     except _ERRORS as e:
-        raise DataError(path, f"cannot read image header ({e}); re-export or remove the file") from e
+        raise DataError(path, f"cannot read image header ({_why(e, path)}); re-export or remove the file") from e
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -147,7 +152,7 @@ def verify_image(path: str | Path) -> tuple[int, int]:
             else:
                 img.verify()
     except _ERRORS as e:
-        raise DataError(path, f"cannot read image ({e}); re-export or remove the file") from e
+        raise DataError(path, f"cannot read image ({_why(e, path)}); re-export or remove the file") from e
     return size
 
 
@@ -171,7 +176,7 @@ def read_label_png(path: str | Path) -> np.ndarray:
                 img = img.convert("L")
             return np.asarray(img, dtype=np.int64)
     except _ERRORS as e:
-        raise DataError(path, f"cannot read mask ({e}); re-export or remove the file") from e
+        raise DataError(path, f"cannot read mask ({_why(e, path)}); re-export or remove the file") from e
 
 
 def read_panoptic_png(path: str | Path) -> np.ndarray:
@@ -183,7 +188,7 @@ def read_panoptic_png(path: str | Path) -> np.ndarray:
         with _open(path, "panoptic PNG") as img:
             a = np.asarray(img.convert("RGB"), dtype=np.int64)
     except _ERRORS as e:
-        raise DataError(path, f"cannot read panoptic PNG ({e})") from e
+        raise DataError(path, f"cannot read panoptic PNG ({_why(e, path)})") from e
     return a[..., 0] + 256 * a[..., 1] + 65536 * a[..., 2]
 
 

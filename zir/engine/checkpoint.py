@@ -52,11 +52,38 @@ def atomic_write(path: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
+def save_last(weights_dir: Path, model: nn.Module, state: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write ``last.safetensors`` and ``last_state.pt`` as a pair that resume can trust.
+
+    Both go to temporary files first (the slow part) and are renamed one right after the other, so a
+    run killed while writing keeps the previous epoch's pair, never a new state beside old weights.
+    """
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    tmps = []
+    try:
+        for name, write in (("last.safetensors", lambda tmp: _save_safetensors(model, tmp, meta)),
+                            ("last_state.pt", lambda tmp: torch.save(state, tmp))):
+            fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            tmps.append((tmp, weights_dir / name))
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~_UMASK)
+        for tmp, path in tmps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _save_safetensors(model: nn.Module, tmp: str, meta: dict[str, Any]) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
 def save_weights(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     """Write ``model``'s state dict and ``meta`` (JSON-encoded values) as one safetensors file."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {k: json.dumps(v) for k, v in meta.items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: _save_safetensors(model, tmp, meta))
 
 
 def _intact_sibling(path: Path) -> Path | None:
@@ -113,7 +140,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """The resume state (optimizer, scheduler, RNG, epoch) written by :func:`save_state`.
+    """The resume state (optimizer, scheduler, RNG, epoch) written by :func:`save_last`.
 
     Raises:
         CheckpointError: when it is missing, or damaged (truncated, random bytes, not a dict with an

@@ -37,7 +37,7 @@ from zir.engine.checkpoint import (
     load_weights,
     new_run_dir,
     read_meta,
-    save_state,
+    save_last,
     save_weights,
 )
 from zir.engine.data import Batch, build_datasets, build_loader
@@ -262,8 +262,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
             state = {"epoch": epoch, "best": best, "bad_epochs": bad_epochs, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                      "torch_rng": torch.get_rng_state()}
-            save_state(run_dir / "weights" / "last_state.pt", state)
-            save_weights(model, run_dir / "weights" / "last.safetensors", {**meta, "epoch": epoch, "metrics": metrics})
+            save_last(run_dir / "weights", model, state, {**meta, "epoch": epoch, "metrics": metrics})
             logger.log(row)
             tqdm.write(_summary(row, monitor)) if progress else None
             for cb in callbacks or []:
