@@ -62,7 +62,7 @@ def test_bad_yaml_names_the_file(tmp_path):
     ("epochs=-1", "train.epochs=-1 is out of range; valid: 1 <= epochs"),
     ("image_size=0", "data.image_size=0 is out of range; valid: 8 <= image_size"),
     ("batch_size=0", "data.batch_size=0 is out of range; valid: 1 <= batch_size"),
-    ("lr=0", "train.lr=0.0 is out of range; valid: 0 < lr"),
+    ("lr=-1", "train.lr=-1.0 is out of range; valid: 0 <= lr"),
     ("val_split=1", "data.val_split=1.0 is out of range; valid: 0 <= val_split < 1"),
     ("mosaic=2", "data.mosaic=2.0 is out of range; valid: 0 <= mosaic <= 1"),
 ])

@@ -208,7 +208,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.mosaic": (0, 1, True, True),
     "data.crop": (0, None, True, True),
     "train.epochs": (1, None, True, True),
-    "train.lr": (0, None, False, True),
+    "train.lr": (0, None, True, True),  # lr=0 is a way to record the initial weights
     "train.weight_decay": (0, None, True, True),
     "train.warmup_epochs": (0, None, True, True),
     "train.final_lr": (0, 1, True, True),
