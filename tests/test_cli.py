@@ -120,3 +120,22 @@ def test_eval_on_data_with_other_classes_names_both_counts(trained, tmp_path, ca
     assert main(["eval", str(run), f"data={other}"]) == 2
     err = capsys.readouterr().err
     assert "2 classes" in err and "model 4" in err
+
+
+def test_settings_errors_name_the_key_and_the_fix(trained, tmp_path, capsys):
+    _, data, run = trained
+    assert main(["train", f"data={data}", f"project={tmp_path}", "epochz=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown setting 'epochz'" in err and "Did you mean epochs" in err
+    assert main(["train", f"data={data}", f"project={tmp_path}", "model_args.image_size=48"]) == 2
+    assert "data.image_size" in capsys.readouterr().err
+    assert main(["eval", str(run), "epochs=3"]) == 2  # eval changes the data, never the model or training
+    assert "evaluate takes data settings" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_eval_takes_bare_and_dotted_data_settings(trained, tmp_path):
+    _, data, run = trained
+    assert main(["eval", str(run), f"data.path={data}", "batch_size=4", "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["eval", str(run), f"data={data}", "--json", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()

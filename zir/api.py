@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zir.config import RunConfig, load_config
+from zir.config import RunConfig, load_config, resolve_key
 from zir.data.contract import ClassPrediction, DetectionPrediction, PanopticPrediction, SemanticPrediction
 from zir.data.image_io import is_image_file, read_image
 from zir.engine.predictor import Predictor, load
 from zir.engine.trainer import TrainResult
-from zir.errors import DataError
+from zir.errors import ConfigError, DataError
 
 __all__ = ["train", "load", "evaluate", "predict_to_folder", "compare", "demo", "synth"]
 
@@ -39,21 +39,8 @@ def train(config: str | Path | RunConfig | None = None, *, resume: str | Path | 
 
     if resume is not None:
         return _train(load_config(), resume=resume, progress=progress)
-    if isinstance(config, RunConfig):
-        cfg = load_config(overrides={**_flatten(config.to_dict()), **settings})
-    else:
-        cfg = load_config(config, overrides=settings)
+    cfg = config.override(settings) if isinstance(config, RunConfig) else load_config(config, overrides=settings)
     return _train(cfg, progress=progress)
-
-
-def _flatten(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if k in ("data", "train"):
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-        else:
-            out[k] = v
-    return out
 
 
 def evaluate(run: str | Path, progress: bool = True, **data_settings: Any) -> dict[str, float]:
@@ -62,12 +49,13 @@ def evaluate(run: str | Path, progress: bool = True, **data_settings: Any) -> di
     from zir.engine.evaluate import evaluate as _evaluate
 
     predictor = load(run)
-    cfg = predictor.config
-    overrides = {("data.path" if k == "data" else k if k.startswith("data.") else f"data.{k}"): v
-                 for k, v in data_settings.items()}
-    cfg = load_config(overrides={**_flatten(cfg.to_dict()), **overrides})
-    if "data.path" in overrides and "data.val_path" not in overrides:
-        cfg.data.val_path = cfg.data.path  # evaluate on all of the given data, not a split of it
+    given = {resolve_key(k, predictor.config.model) for k in data_settings}
+    if any(path[0] != "data" for path in given):
+        raise ConfigError(f"evaluate takes data settings (data=PATH, val_path, batch_size, ...), got "
+                          f"{sorted(data_settings)}; the model and its training stay as {run} has them")
+    cfg = predictor.config.override(data_settings)
+    if ("data", "path") in given and ("data", "val_path") not in given:
+        cfg = cfg.override({"data.val_path": cfg.data.path})  # all of the given data, not a split of it
     bundle = build_datasets(cfg.data, seed=cfg.train.seed)
     if bundle.task != predictor.task:  # before the class check: a task mismatch is the real problem
         raise DataError(cfg.data.val_path or cfg.data.path, f"this is a {bundle.task} dataset, but the run in "

@@ -187,22 +187,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from zir.api import evaluate
+    from zir.config import parse_override
     from zir.data.output import check_writable
 
     if args.json:
         check_writable(args.json, "file")
-    metrics = evaluate(args.run, **dict(_kv(s) for s in args.settings))
+    metrics = evaluate(args.run, **dict(parse_override(s) for s in args.settings))
     for k, v in metrics.items():
         print(f"{k:>24s}  {v:.4f}" if isinstance(v, float) else f"{k:>24s}  {v}")
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=1))
     return 0
-
-
-def _kv(item: str) -> tuple[str, str]:
-    from zir.config import _split
-
-    return _split(item)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

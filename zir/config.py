@@ -1,21 +1,34 @@
-"""Run configuration: plain dataclasses, loadable from YAML and overridable with ``key=value``.
+"""Run configuration: plain frozen dataclasses, loadable from YAML and overridable with ``key=value``.
 
 A run is described by one :class:`RunConfig`::
 
     model: convnet            # a name from zir.models.MODELS
-    model_args: {width: 32}   # fields of that model's own config dataclass
+    model_args: {width: 32}   # settings of that model's own config dataclass
     data: {path: shapes/, image_size: 64, ...}    # DataConfig
     train: {epochs: 10, lr: 0.003, ...}           # TrainConfig
 
-On the command line, ``data=PATH`` sets ``data.path``; a key without a dot is looked up in the run,
-then in ``train``, then in ``data`` (``epochs=5``, ``batch_size=32``); dotted keys address a section
-(``model_args.width=16``, ``data.val_split=0.1``). Values are parsed as YAML (``5``, ``1e-3``, ``true``,
-``[1, 2]``). Every checkpoint stores the whole config, so a run folder needs nothing else.
+Keys (the CLI's ``key=value``, the API's keyword arguments) mean one setting each; :func:`resolve_key`
+is the one resolver:
+
+* a dotted key addresses a section: ``data.val_split=0.1``, ``train.lr=1e-3``, ``model_args.width=16``
+  (deeper for nested model configs: ``model_args.rpn.nms_iou=0.6``);
+* ``data=PATH`` sets ``data.path``; ``model_args={width: 16}`` replaces the model's settings;
+* a bare key names the one run, data, train or model setting of that name (``epochs=5``,
+  ``batch_size=32``, ``transfer=finetune``). No name is used twice today; if one were, zir would stop and
+  ask for the dotted key instead of choosing.
+
+Values are parsed as YAML (``5``, ``1e-3``, ``true``, ``[1, 2]``). ``image_size`` has one place,
+``data.image_size``; the model's config takes it from there (:func:`settle_image_size`). A loaded config
+is never changed: derive another with :meth:`RunConfig.override`. Every checkpoint stores the whole
+config, so a run folder needs nothing else.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,8 +37,10 @@ import yaml
 
 from zir.errors import ConfigError
 
+Settings = Mapping[str, Any] | Iterable[tuple[str, Any]]
 
-@dataclass
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the data is and how it is fed to the model.
 
@@ -35,7 +50,9 @@ class DataConfig:
         format: ``auto`` or a reader name.
         val_path: a separate validation set; if empty, ``val_split`` of ``path`` is held out.
         val_split: fraction held out for validation when there is no ``val_path``.
-        image_size: side in pixels the model sees (square resize for classification).
+        image_size: side in pixels the model sees (square resize for classification). The one place of
+            this setting: the model config's ``image_size`` is filled from it (see
+            :func:`settle_image_size`).
         batch_size: images per optimizer step and process, before accumulation.
         workers: data-loader worker processes (0 = load in the main process).
         augment: preset of ``zir.augment``: ``none``, ``light``, ``standard`` or ``heavy``.
@@ -64,7 +81,7 @@ class DataConfig:
     orientation: str = "upright"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How the model is optimised.
 
@@ -103,14 +120,20 @@ class TrainConfig:
     threads: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run; stored in ``runs/NAME/config.yaml`` and in every checkpoint.
 
+    Frozen: nothing changes a config after it is built. Derive a changed one with :meth:`override`, which
+    resolves and checks its keys as a loaded config's are.
+
     Attributes:
         model: registry name (``zir models`` lists them).
-        model_args: fields of the model's config dataclass (e.g. ``{"width": 32}``). On the command
-            line a key that is not a run, train or data setting goes here (``transfer=finetune``).
+        model_args: the user's settings of the model (e.g. ``{"width": 32}``), kept as written so that
+            config.yaml stays plain YAML; :meth:`model_config` turns them into the model's typed config
+            dataclass. On the command line a bare key that is a setting of the model goes here
+            (``transfer=finetune``). Each config owns its dict (copied on building): change it only
+            through :meth:`override` too.
         task: optional; when given, the data and the model must be of this task.
         name: run name; the run lives in ``project/name``.
         project: folder holding runs.
@@ -132,20 +155,93 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """Build and check a config from its dict form (config.yaml, a checkpoint's metadata); missing
+        keys take their defaults. Raises ConfigError for unknown keys and bad values."""
         d = dict(d)
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
         data = _section(DataConfig, d.pop("data", {}) or {}, "data")
         train = _section(TrainConfig, d.pop("train", {}) or {}, "train")
-        return cls(data=data, train=train, **d)
+        model_args = copy.deepcopy(d.pop("model_args", {}) or {})  # nothing shared with the caller's dict
+        if not isinstance(model_args, Mapping):
+            raise ConfigError(f"model_args must be a mapping of model settings, got {model_args!r}")
+        run = {f.name: _coerce(d[f.name], f, f.name) for f in fields(cls) if f.name in d}
+        cfg = cls(data=data, train=train, model_args=settle_image_size(data, model_args), **run)
+        validate(cfg)
+        return cfg
+
+    def override(self, settings: Settings) -> RunConfig:
+        """A new config: this one with ``settings`` (``{"epochs": 5, "data.val_split": 0.1}`` or
+        ``[("epochs", 5), ...]``) applied in order, each key resolved by :func:`resolve_key`. The one way
+        to change a config; ``self`` is left as it was."""
+        items = list(settings.items() if isinstance(settings, Mapping) else settings)
+        model = str(next((v for k, v in reversed(items) if k == "model"), self.model))
+        d = self.to_dict()
+        for key, value in items:
+            path = resolve_key(key, model)
+            if path == ("data", "path") and isinstance(value, Mapping):
+                raise ConfigError(f"{key}= takes a dataset path; give data settings one by one "
+                                  "(data.val_split=0.1, batch_size=8)")
+            _set_path(d, path, value)
+        return RunConfig.from_dict(d)
+
+    def model_config(self, num_classes: int) -> Any:
+        """The model's typed config dataclass, built by ``zir.models.model_config`` from ``model_args``,
+        the data's class count and ``data.image_size``."""
+        from zir.models import model_config
+
+        return model_config(self.model, num_classes, self.data.image_size, self.model_args)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _section(cls: type, d: dict[str, Any], name: str) -> Any:
+def settle_image_size(data: DataConfig, model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The one rule for ``image_size``: ``data.image_size`` is the side the model sees, and the model
+    config's ``image_size`` field is always filled from it (``zir.models.model_config``), so it is not
+    a model setting. Runs written before this rule may hold ``model_args.image_size``: equal to
+    ``data.image_size`` it is dropped; a different value is refused with the fix, since one of the two
+    would be silently ignored.
+
+    Returns:
+        ``model_args`` without ``image_size`` (a new dict).
+    """
+    args = dict(model_args)
+    if "image_size" in args:
+        if args["image_size"] != data.image_size:
+            raise ConfigError(f"image_size is set twice: data.image_size={data.image_size} and model_args."
+                              f"image_size={args['image_size']}; the model's input side is data.image_size "
+                              f"alone: set image_size={args['image_size']} and remove model_args.image_size")
+        del args["image_size"]
+    return args
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks beyond each value's type, run on every config built from settings (:meth:`RunConfig.from_dict`:
+    config.yaml, ``key=value`` overrides, checkpoints): the model exists and takes its settings (its own
+    config builder judges them, nested sections too). Range checks of numeric settings belong here."""
+    from zir.models import FROM_DATA, get_spec
+
+    get_spec(cfg.model)  # an unknown model name, with the list of models
+    for key in FROM_DATA:
+        if key in cfg.model_args:
+            raise ConfigError(f"model_args.{key}: {_FROM_DATA_HELP[key]}")
+    # The model's own builder checks its settings (nested ones too); the class count is a placeholder.
+    cfg.model_config(num_classes=1)
+    check_ranges(cfg)
+
+
+_FROM_DATA_HELP = {
+    "num_classes": "the class count is taken from the data; remove it",
+    "image_size": "the model's input side is data.image_size; set image_size=N (or data.image_size=N)",
+}
+
+
+def _section(cls: type, d: Mapping[str, Any], name: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{name} must be a mapping of settings, got {d!r}")
     known = {f.name: f for f in fields(cls)}
     unknown = set(d) - set(known)
     if unknown:
@@ -175,9 +271,102 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config (optional) and apply ``key=value`` overrides on top of it."""
-    d: dict[str, Any] = RunConfig().to_dict()
+# --------------------------------------------------------------------------------------------------
+# Keys: the one resolver, used by load_config, RunConfig.override, the CLI and the API
+
+_RUN_KEYS = ("model", "task", "name", "project", "exist_ok")
+_SECTIONS: dict[str, type] = {"data": DataConfig, "train": TrainConfig}
+
+
+def resolve_key(key: str, model: str) -> tuple[str, ...]:
+    """Where a user's key goes in a config's dict form, for a run of ``model``.
+
+    ``"epochs"`` -> ``("train", "epochs")``, ``"data"`` -> ``("data", "path")``, ``"width"`` ->
+    ``("model_args", "width")``, ``"model_args.rpn.nms_iou"`` -> ``("model_args", "rpn", "nms_iou")``.
+
+    Raises:
+        ConfigError: an unknown key (with the known ones), a section given without a key, or a bare key
+            that names settings in two sections (asking for the dotted key).
+    """
+    from zir.models import FROM_DATA, model_keys
+
+    parts = tuple(key.strip().split("."))
+    if any(not p for p in parts):
+        raise ConfigError(f"bad setting name {key!r}; write e.g. epochs=5 or data.image_size=64")
+    head = parts[0]
+    if len(parts) == 1:
+        if head == "data":  # data=PATH, as in `yolo train data=...`
+            return ("data", "path")
+        if head == "model_args":
+            return ("model_args",)
+        if head == "train":
+            raise ConfigError("train is a section: write train.KEY=VALUE (e.g. train.epochs=5)")
+        if head in FROM_DATA and head not in DataConfig.__dataclass_fields__:
+            raise ConfigError(f"{head}: {_FROM_DATA_HELP[head]}")
+        found = [(head,)] if head in _RUN_KEYS else []
+        found += [(s, head) for s, cls in _SECTIONS.items() if head in cls.__dataclass_fields__]
+        found += [("model_args", head)] if head in model_keys(model) else []
+        if len(found) > 1:
+            names = " and ".join(".".join(p) for p in found)
+            raise ConfigError(f"{head} names {names}; write the dotted key you mean "
+                              f"(e.g. {'.'.join(found[0])}=...)")
+        if not found:
+            raise ConfigError(_unknown(key, model))
+        return found[0]
+    if head in _SECTIONS:
+        if len(parts) != 2 or parts[1] not in _SECTIONS[head].__dataclass_fields__:
+            raise ConfigError(_unknown(key, model))
+        return parts
+    if head == "model_args":
+        if parts[1] in FROM_DATA:
+            raise ConfigError(f"{key}: {_FROM_DATA_HELP[parts[1]]}")
+        if parts[1] not in model_keys(model):
+            raise ConfigError(_unknown(key, model))
+        return parts  # deeper keys are checked by the model's config builder
+    raise ConfigError(f"unknown setting {key!r}: {head!r} is not a section (data, train, model_args)")
+
+
+def _unknown(key: str, model: str) -> str:
+    """The message for a key that is no setting: the closest known keys, then all of them."""
+    from zir.models import model_keys
+
+    known = {"run": [*_RUN_KEYS, "model_args"], **{s: [f.name for f in fields(cls)] for s, cls in _SECTIONS.items()},
+             f"model {model}": sorted(model_keys(model))}
+    close = difflib.get_close_matches(key.split(".")[-1], [k for keys in known.values() for k in keys], n=3)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    listing = "; ".join(f"{section}: {', '.join(keys)}" for section, keys in known.items())
+    return (f"unknown setting {key!r}: not a run, train or data setting, nor a setting of model {model!r}."
+            f"{hint} Known: {listing} (see `zir train --help`)")
+
+
+def _set_path(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set ``value`` at ``path`` in a config's dict form, making nested model_args mappings as needed."""
+    target = d
+    for i, p in enumerate(path[:-1]):
+        if target.get(p) is None:
+            target[p] = {}
+        if not isinstance(target[p], dict):
+            raise ConfigError(f"{'.'.join(path[:i + 1])} is {target[p]!r}, not a group of settings")
+        target = target[p]
+    target[path[-1]] = copy.deepcopy(value)  # later keys nest into it: the caller's mapping stays as given
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"epochs=5"`` -> ``("epochs", 5)``: the value parsed as YAML (``1e-3``, ``true``, ``[1, 2]``)."""
+    if "=" not in item:
+        raise ConfigError(f"expected key=value, got {item!r} (e.g. epochs=5 or data.image_size=64)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | Settings | None = None) -> RunConfig:
+    """Read a YAML config (optional) and apply overrides on top of it: ``key=value`` strings (the CLI)
+    or a mapping / pairs of keys and values (the API)."""
+    cfg = RunConfig()
     if path:
         p = Path(path)
         if not p.is_file():
@@ -188,14 +377,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             raise ConfigError(f"{p}: not valid YAML ({e})") from e
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping of settings at the top level")
-        _merge(d, loaded)
-    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides or [])
-    for key, value in items:
-        _set(d, key, value)
-    cfg = RunConfig.from_dict(d)
-    _check_model_args(cfg)
-    validate(cfg)
-    return cfg
+        try:
+            cfg = RunConfig.from_dict(loaded)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    if isinstance(overrides, Mapping):
+        items: list[tuple[str, Any]] = list(overrides.items())
+    else:
+        items = [parse_override(o) if isinstance(o, str) else o for o in overrides or []]
+    return cfg.override(items) if items else cfg
 
 
 # Valid ranges of the numeric settings: (low, high, low inclusive, high inclusive); None = unbounded.
@@ -222,8 +412,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
 }
 
 
-def validate(cfg: RunConfig) -> None:
-    """Check every numeric setting against :data:`RANGES` when a config is loaded, so ``epochs=-1`` or
+def check_ranges(cfg: RunConfig) -> None:
+    """Check every numeric setting against :data:`RANGES` (from :func:`validate`), so ``epochs=-1`` or
     ``batch_size=0`` stops at once with the valid range instead of training nothing or crashing later.
 
     Raises:
@@ -243,59 +433,6 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}={value!r} is out of range; valid: {lo}{name}{hi}")
 
 
-def _check_model_args(cfg: RunConfig) -> None:
-    from zir.models import MODELS
-
-    if cfg.model not in MODELS:
-        return  # reported with the list of models when the run starts
-    known = {f.name for f in fields(MODELS[cfg.model].config)}
-    unknown = set(cfg.model_args) - known
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)}: not a run, train or data setting, nor a "
-                          f"setting of model {cfg.model!r} ({', '.join(sorted(known))}); see `zir train --help`")
-
-
-def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k != "model_args":
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
-
-
-def _split(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"expected key=value, got {item!r} (e.g. epochs=5 or data.image_size=64)")
-    key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def _set(d: dict[str, Any], key: str, value: Any) -> None:
-    if key == "data" and not isinstance(value, dict):  # data=PATH, as in `yolo train data=...`
-        d["data"]["path"] = str(value)
-        return
-    parts = key.split(".")
-    if len(parts) == 1:
-        for section in (d, d["train"], d["data"]):
-            if key in section and not (section is d and key in ("data", "train")):
-                section[key] = value
-                return
-        d["model_args"][key] = value  # a model setting; checked against the model's config below
-        return
-    target = d
-    for p in parts[:-1]:
-        if p not in target or not isinstance(target[p], dict):
-            raise ConfigError(f"unknown setting {key!r}: {p!r} is not a section")
-        target = target[p]
-    if parts[0] != "model_args" and parts[-1] not in target:
-        raise ConfigError(f"unknown setting {key!r}; see `zir train --help` for the list")
-    target[parts[-1]] = value
-
-
 def describe_settings() -> str:
     """Text listing every setting with its default, for ``--help``."""
     lines = []
@@ -305,4 +442,6 @@ def describe_settings() -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             lines.append(f"  {prefix}{f.name}={default!r}")
+    lines.append("  model settings: KEY=VALUE or model_args.KEY=VALUE (each model's own; `zir models` lists "
+                 "the models)")
     return "\n".join(lines)

@@ -23,14 +23,14 @@ import pickle
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from zir.errors import CheckpointError
 
@@ -124,15 +124,41 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise _damaged(path, e) from e
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def rename_keys(state: Mapping[str, Tensor], renames: Mapping[str, str]) -> dict[str, Tensor]:
+    """``state`` with every key that starts with an old prefix given the new one (``{"mask_head.": "heads.mask."}``:
+    ``mask_head.convs.0.weight`` -> ``heads.mask.convs.0.weight``); other keys unchanged."""
+    out = {}
+    for key, value in state.items():
+        old = next((o for o in renames if key.startswith(o)), None)
+        out[renames[old] + key[len(old):] if old is not None else key] = value
+    return out
+
+
+def load_weights(model: nn.Module, path: Path, renames: Mapping[str, str] | None = None) -> None:
+    """Load a weights file into ``model``, mapping the parameter names of an older zir with ``renames``
+    (old prefix -> new, the registry entry's ``ModelSpec.renames``).
+
+    Raises:
+        CheckpointError: the file cannot be read, or its tensors do not fit the model even after renaming.
+    """
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise _damaged(path, e) from e
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}); was it made by another model or version?")
+    state = rename_keys(state, renames or {})
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(expected[k].shape)})" for k, v in state.items()
+             if k in expected and v.shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"other shapes {wrong[:5]}); was it made by another model, other settings or another zir version? "
+            "To convert a file of an older zir, map its names onto the model's (`model.state_dict()` keys): "
+            "add the old -> new prefixes to the model's registry entry (ModelSpec.renames in zir/models/__init__.py), "
+            "or rewrite the file with zir.engine.checkpoint.rename_keys and safetensors' save_file")
+    model.load_state_dict(state)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from zir.config import DataConfig, RunConfig
 from zir.data.contract import Prediction
 from zir.data.image_io import read_image, to_rgb_array
 from zir.engine.checkpoint import load_weights, read_meta
-from zir.errors import CheckpointError
-from zir.models import build_model, get_spec
+from zir.errors import CheckpointError, ConfigError
+from zir.models import get_spec, model_keys
 from zir.models.base import ZirModel
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -99,10 +98,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     meta = read_meta(weights)
     if "config" not in meta or "classes" not in meta:
         raise CheckpointError(f"{weights}: has no zir config/classes metadata; was it written by zir?")
-    cfg = RunConfig.from_dict(meta["config"])
-    args = dict(cfg.model_args)
-    if "pretrained" in {f.name for f in dataclasses.fields(get_spec(cfg.model).config)}:
-        args["pretrained"] = "none"  # the checkpoint's weights replace them anyway: skip loading ImageNet's
-    model = build_model(cfg.model, len(meta["classes"]), cfg.data.image_size, args)
-    load_weights(model, weights)
+    try:
+        cfg = RunConfig.from_dict(meta["config"])
+    except ConfigError as e:
+        raise ConfigError(f"{weights}: the run's stored config does not load: {e}") from None
+    # The checkpoint's weights replace pretrained ones anyway: skip loading ImageNet's.
+    build_cfg = cfg.override({"model_args.pretrained": "none"}) if "pretrained" in model_keys(cfg.model) else cfg
+    model = get_spec(cfg.model).build(build_cfg.model_config(len(meta["classes"])))
+    load_weights(model, weights, get_spec(cfg.model).renames)
     return Predictor(model, list(meta["classes"]), cfg, device)

@@ -132,8 +132,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         run_dir = Path(dist.broadcast_object(make_run_dir(cfg) if dist.is_main() else None))  # type: ignore[arg-type]
     main = dist.is_main()
 
-    if cfg.data.path == "synth":  # data=synth task=detect
-        cfg.data.path = f"synth:{cfg.task or 'classify'}"
+    if cfg.data.path == "synth":  # data=synth task=detect (a derived config: the caller's is not changed)
+        cfg = cfg.override({"data.path": f"synth:{cfg.task or 'classify'}"})
     data = build_datasets(cfg.data, seed=t.seed)
     if cfg.task and cfg.task != data.task:
         raise ConfigError(f"task={cfg.task} but {cfg.data.path} is a {data.task} dataset")
@@ -142,8 +142,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
 
     seed_everything(t.seed)  # identical initial weights on every rank
     if data.thing_classes is not None and "thing_classes" in get_spec(cfg.model).config.__dataclass_fields__:
-        # panoptic: the data says what is stuff (a new dict: the caller's settings are not changed)
-        cfg.model_args = {**cfg.model_args, "thing_classes": list(data.thing_classes)}
+        # panoptic: the data says what is stuff (a derived config: the caller's is not changed)
+        cfg = cfg.override({"model_args.thing_classes": list(data.thing_classes)})
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size, cfg.model_args).to(device)
     if data.task != model.task:
         raise ConfigError(f"model {cfg.model!r} is for {model.task}, but {cfg.data.path} is a {data.task} dataset")
@@ -168,7 +168,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: list[C
         if read_meta(run_dir / "weights" / "last.safetensors").get("epoch") != state["epoch"]:
             raise CheckpointError(f"{run_dir}/weights: last.safetensors and last_state.pt are from different "
                                   "epochs; the run was interrupted while saving. Start it again.")
-        load_weights(model, run_dir / "weights" / "last.safetensors")
+        load_weights(model, run_dir / "weights" / "last.safetensors", get_spec(cfg.model).renames)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

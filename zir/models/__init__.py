@@ -2,13 +2,18 @@
 
 Each model lives in its own file with its config dataclass, blocks, model, loss, postprocess and
 ``build()``. To add one, write the file and add a :class:`ModelSpec` line below.
+
+A model's config is built in one place, :func:`model_config`, from a (possibly nested) dict: sections are
+dataclass-typed fields (``{"rpn": {"nms_iou": 0.6}}``, or the dotted key ``"rpn.nms_iou"``), and a
+model's flat names from before its sections existed (``rpn_nms_iou``) are mapped by its entry's ``aliases``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from zir.errors import ConfigError
@@ -20,12 +25,21 @@ from zir.models.segment import fcn, mask_rcnn, panoptic_fpn, unet
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: the task, the config dataclass, its builder and a one-line summary."""
+    """A registry entry: the task, the config dataclass, its builder and a one-line summary.
+
+    Attributes:
+        aliases: old flat setting name -> its dotted place in the config now (``"rpn_nms_iou": "rpn.nms_iou"``),
+            so README commands and old runs' ``config.yaml`` keep working.
+        renames: old parameter-name prefix -> new prefix (``"mask_head.": "heads.mask."``), applied when
+            weights written by an older zir are loaded (``zir.engine.checkpoint.load_weights``).
+    """
 
     task: str
     config: type
     build: Callable[[Any], ZirModel]
     summary: str
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    renames: Mapping[str, str] = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -38,11 +52,13 @@ MODELS: dict[str, ModelSpec] = {
     "yolo_v1": ModelSpec("detect", yolo_v1.YoloV1Config, yolo_v1.build,
                          "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss"),
     "faster_rcnn": ModelSpec("detect", faster_rcnn.FasterRCNNConfig, faster_rcnn.build,
-                             "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS"),
+                             "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS",
+                             aliases=faster_rcnn.FLAT_KEYS),
     "rcnn": ModelSpec("detect", rcnn.RCNNConfig, rcnn.build,
                       "R-CNN: selective search, frozen CNN on each warped region, linear SVMs, ridge box regression"),
     "fast_rcnn": ModelSpec("detect", fast_rcnn.FastRCNNConfig, fast_rcnn.build,
-                           "Fast R-CNN: selective search, one feature map, RoI pooling, 2 FC, multi-task loss"),
+                           "Fast R-CNN: selective search, one feature map, RoI pooling, 2 FC, multi-task loss",
+                           aliases=fast_rcnn.FLAT_KEYS),
     "sliding_window": ModelSpec("detect", sliding_window.SlidingWindowConfig, sliding_window.build,
                                 "sliding window: a crop classifier over every window of an image pyramid, NMS"),
     "overfeat": ModelSpec("detect", overfeat.OverFeatConfig, overfeat.build,
@@ -52,25 +68,101 @@ MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec("segment", unet.UNetConfig, unet.build,
                       "U-Net: encoder-decoder with concatenated skips; border-weighted loss, overlap-tile predict"),
     "mask_rcnn": ModelSpec("instance", mask_rcnn.MaskRCNNConfig, mask_rcnn.build,
-                           "Mask R-CNN: Faster R-CNN + FPN plus a 4-conv + deconv head, 28x28 mask per class"),
+                           "Mask R-CNN: Faster R-CNN + FPN plus a 4-conv + deconv head, 28x28 mask per class",
+                           aliases=mask_rcnn.FLAT_KEYS, renames={"mask_head.": "heads.mask."}),
     "panoptic_fpn": ModelSpec("panoptic", panoptic_fpn.PanopticFPNConfig, panoptic_fpn.build,
-                              "Panoptic FPN: Mask R-CNN for things + a semantic FPN branch for stuff, merged"),
+                              "Panoptic FPN: Mask R-CNN for things + a semantic FPN branch for stuff, merged",
+                              aliases=panoptic_fpn.FLAT_KEYS,
+                              renames={"mask_head.": "heads.mask.", "semantic_head.": "heads.semantic."}),
 }
 
 
-def model_config(name: str, num_classes: int, image_size: int, args: dict[str, Any] | None = None) -> Any:
-    """The model's config dataclass filled from ``args`` plus the data's class count and image size."""
+# Fields of a model config filled from the data and the run, never a user's setting: the class count, and
+# the input side (``data.image_size``; the rule is zir.config.settle_image_size).
+FROM_DATA = ("num_classes", "image_size")
+
+
+def model_keys(name: str) -> set[str]:
+    """The top-level ``model_args`` keys model ``name`` takes: its config's fields (and flat aliases of
+    nested ones, where a model has them), less :data:`FROM_DATA`. ``zir.config.resolve_key`` reads it to
+    send a bare ``key=value`` to the model."""
     spec = get_spec(name)
+    return ({f.name for f in dataclasses.fields(spec.config)} | set(spec.aliases)) - set(FROM_DATA)
+
+
+def model_config(name: str, num_classes: int, image_size: int, args: Mapping[str, Any] | None = None) -> Any:
+    """The model's config dataclass filled from ``args`` plus the data's class count and image size.
+
+    ``args`` may nest sections (``{"rpn": {"nms_iou": 0.6}}``), address them with dotted keys
+    (``{"rpn.nms_iou": 0.6}``) or use the model's old flat names (``{"rpn_nms_iou": 0.6}``, see
+    :attr:`ModelSpec.aliases`); a setting given twice, an unknown key or a mapping given for a plain
+    setting raises :class:`~zir.errors.ConfigError`.
+    """
+    spec = get_spec(name)
+    tree: dict[str, Any] = {}
+    for key, value in (args or {}).items():
+        path = spec.aliases.get(key, key).split(".")
+        _put(tree, path, value, name, key)
     known = {f.name for f in dataclasses.fields(spec.config)}
-    args = dict(args or {})
-    unknown = set(args) - known
-    if unknown:
-        raise ConfigError(f"model {name!r} has no settings {sorted(unknown)}; it has {sorted(known)}")
     if "num_classes" in known:
-        args["num_classes"] = num_classes
+        tree["num_classes"] = num_classes
     if "image_size" in known:
-        args.setdefault("image_size", image_size)
-    return spec.config(**args)
+        tree.setdefault("image_size", image_size)
+    return _fill(spec.config, tree, name, "", spec.aliases)
+
+
+def _put(tree: dict[str, Any], path: list[str], value: Any, name: str, key: str) -> None:
+    """Set ``tree[path[0]][path[1]]... = value``, merging mappings key by key."""
+    node = tree
+    for i, p in enumerate(path[:-1]):
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"model {name!r}: {key!r} sets a part of {'.'.join(path[:i + 1])!r}, which is also "
+                              "given a plain value; give it once")
+        node = child
+    leaf = path[-1]
+    if isinstance(value, Mapping):
+        if leaf in node and not isinstance(node[leaf], dict):
+            raise ConfigError(f"model {name!r}: {'.'.join(path)!r} is given twice (check {key!r}); give it once")
+        node.setdefault(leaf, {})
+        for k, v in value.items():
+            _put(tree, [*path, str(k)], v, name, key)
+    elif leaf in node:
+        raise ConfigError(f"model {name!r}: {'.'.join(path)!r} is given twice (check {key!r} and its old flat "
+                          "name or section); give it once")
+    else:
+        node[leaf] = value
+
+
+def _fill(cls: type, tree: dict[str, Any], name: str, prefix: str, aliases: Mapping[str, str],
+          base: Any = None) -> Any:
+    """``cls(**tree)`` (or ``base`` with ``tree``'s settings replaced) with dataclass-typed fields built from
+    their sub-mappings, recursively. A section starts from its field's default (Fast R-CNN's RoI heads
+    default to RoI pooling, Faster R-CNN's to RoI Align), not from the section class's defaults."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - set(fields))
+    if unknown:
+        if not prefix:
+            old = f", and the old flat names {sorted(aliases)}" if aliases else ""
+            raise ConfigError(f"model {name!r} has no settings {unknown}; it has {sorted(fields)}{old}")
+        raise ConfigError(f"model {name!r} has no settings {[prefix + k for k in unknown]}; {prefix[:-1]!r} has "
+                          f"{sorted(fields)}")
+    types = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in tree.items():
+        section = types[key] if dataclasses.is_dataclass(types[key]) else None
+        if section is not None and isinstance(value, dict):
+            f = fields[key]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            kwargs[key] = _fill(section, value, name, f"{prefix}{key}.", aliases, default)
+        elif section is not None and not isinstance(value, section):
+            raise ConfigError(f"model {name!r}: {prefix}{key} is a section, give its settings as a mapping "
+                              f"(e.g. model_args.{prefix}{key}.{dataclasses.fields(section)[0].name}=...)")
+        elif section is None and isinstance(value, dict):
+            raise ConfigError(f"model {name!r}: {prefix}{key} is a single setting, not a section; got {value!r}")
+        else:
+            kwargs[key] = value
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def build_model(name: str, num_classes: int, image_size: int, args: dict[str, Any] | None = None) -> ZirModel:

@@ -25,7 +25,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ZirModel(nn.Module):
     """Base class: the shared interface, input normalisation and optimizer parameter groups."""
 
-    task: ClassVar[str] = ""
+    #: ``classify``, ``detect``, ``instance``, ``segment`` or ``panoptic``; a composed model that serves several
+    #: tasks (``zir.models.detect.faster_rcnn.FasterRCNN``) sets it per instance.
+    task: str = ""
     #: detectors: 1 for one-stage (one dense pass decides boxes and classes), 2 for two-stage (proposals,
     #: then a classifier per region), as in the lecture's speed/accuracy comparison; 0 for other tasks.
     stages: ClassVar[int] = 0

@@ -9,7 +9,8 @@ import torch
 from zir.data.contract import DetectionPrediction
 from zir.data.synth import SynthDataset
 from zir.engine.data import collate, eval_transform
-from zir.models.detect.fast_rcnn import FastRCNNConfig, build
+from zir.models import model_config
+from zir.models.detect.fast_rcnn import build
 
 pytest.importorskip("cv2.ximgproc")
 
@@ -18,8 +19,8 @@ SIZE = 64
 
 def tiny(**kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    args = dict(num_classes=4, image_size=SIZE, pretrained="none", box_hidden=32, ss_size=SIZE, roi_batch_size=32)
-    return build(FastRCNNConfig(**(args | kw)))
+    args = dict(pretrained="none", ss_size=SIZE, roi_heads={"hidden": 32, "batch_size": 32})
+    return build(model_config("fast_rcnn", 4, SIZE, args | kw))
 
 
 def batch(n: int = 2, seed: int = 3):

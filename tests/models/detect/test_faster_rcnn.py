@@ -11,21 +11,23 @@ import torch.nn.functional as F
 from torchvision.ops import box_iou, roi_align
 
 from zir.data.synth import SynthDataset
-from zir.models import build_model
+from zir.errors import ConfigError
+from zir.models import build_model, model_config
 from zir.models.detect.faster_rcnn import FasterRCNNConfig, GroundTruth, build, ground_truth
-from zir.models.detect.roi_heads import RoIPooler
-from zir.models.detect.rpn import match_to_ground_truth
+from zir.models.detect.roi_heads import RoIHeadsConfig, RoIPooler
+from zir.models.detect.rpn import RPNConfig, match_to_ground_truth
 from zir.models.fpn import FPN
 from zir.ops.matching import BELOW_LOW, BETWEEN
 
 SIZE = 128
 
 
-def tiny_config(**kw) -> FasterRCNNConfig:
+def tiny_config(roi_op: str = "align", **kw) -> FasterRCNNConfig:
     args = dict(num_classes=4, image_size=SIZE, backbone="mobilenetv3_small_050", pretrained="none",
-                fpn_channels=32, box_hidden=64,
-                anchor_sizes=((16,), (32,), (64,), (128,)), rpn_pre_nms_top_n=(300, 200),
-                rpn_post_nms_top_n=(150, 50), roi_batch_size=64)
+                fpn_channels=32,
+                rpn=RPNConfig(anchor_sizes=((16,), (32,), (64,), (128,)), pre_nms_top_n=(300, 200),
+                              post_nms_top_n=(150, 50)),
+                roi_heads=RoIHeadsConfig(op=roi_op, hidden=64, batch_size=64))
     args.update(kw)
     return FasterRCNNConfig(**args)
 
@@ -78,20 +80,20 @@ def test_shapes_of_every_stage():
     features = model.features(x)
     assert model.fpn.strides == [8, 16, 32, 64]
     assert [tuple(f.shape) for f in features] == [(2, 32, 128 // s, 128 // s) for s in (8, 16, 32)] + [(2, 32, 2, 2)]
-    A = len(cfg.aspect_ratios) * len(cfg.anchor_sizes[0])
+    A = len(cfg.rpn.aspect_ratios) * len(cfg.rpn.anchor_sizes[0])
     anchors = model.rpn.anchors([f.shape[-2:] for f in features], x.device)
     assert [len(a) for a in anchors] == [f.shape[-2] * f.shape[-1] * A for f in features]
     out = model.rpn(features, sizes)
     N = sum(len(a) for a in anchors)
     assert out.objectness.shape == (2, N) and out.deltas.shape == (2, N, 4) and out.anchors.shape == (N, 4)
-    assert all(len(p) <= cfg.rpn_post_nms_top_n[1] for p in out.proposals)
+    assert all(len(p) <= cfg.rpn.post_nms_top_n[1] for p in out.proposals)
     for p, (h, w) in zip(out.proposals, sizes):  # clipped to each image's own size
         assert (p[:, 2] <= w).all() and (p[:, 3] <= h).all() and (p >= 0).all()
     logits, deltas = model.roi_heads(features, out.proposals)
     R = sum(len(p) for p in out.proposals)
     assert logits.shape == (R, cfg.num_classes + 1) and deltas.shape == (R, 4 * cfg.num_classes)
     model.train()
-    assert all(len(p) <= cfg.rpn_post_nms_top_n[0] for p in model.rpn(features, sizes).proposals)
+    assert all(len(p) <= cfg.rpn.post_nms_top_n[0] for p in model.rpn(features, sizes).proposals)
 
 
 def test_every_parameter_gets_a_gradient_from_the_four_losses():
@@ -250,10 +252,8 @@ def test_rpn_matches_torchvision_on_a_fixed_case():
 
 
 def test_multi_scale_training_varies_the_frame_and_prediction_does_not():
-    from zir.models.detect.faster_rcnn import FasterRCNNConfig, build
-
     cfg = FasterRCNNConfig(num_classes=2, image_size=128, backbone="mobilenetv3_small_050", pretrained="none",
-                           fpn_channels=16, box_hidden=32, train_scales=(0.5, 1.0))
+                           fpn_channels=16, roi_heads=RoIHeadsConfig(hidden=32), train_scales=(0.5, 1.0))
     model = build(cfg)
     image = [torch.rand(3, 100, 80)]
     torch.manual_seed(0)
@@ -262,3 +262,46 @@ def test_multi_scale_training_varies_the_frame_and_prediction_does_not():
     assert frames == {(64, 51), (128, 102)}
     model.eval()
     assert {model.prepare(image)[1][0] for _ in range(5)} == {(128, 102)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The config: sections, their old flat names, dotted keys
+
+
+def test_flat_names_nested_sections_and_dotted_keys_build_the_same_config():
+    flat = model_config("faster_rcnn", 3, 96, {"rpn_nms_iou": 0.6, "box_hidden": 32, "roi_op": "pool",
+                                               "anchor_sizes": [[16], [32], [64], [128]]})
+    nested = model_config("faster_rcnn", 3, 96, {"rpn": {"nms_iou": 0.6, "anchor_sizes": [[16], [32], [64], [128]]},
+                                                 "roi_heads": {"hidden": 32, "op": "pool"}})
+    dotted = model_config("faster_rcnn", 3, 96, {"rpn.nms_iou": 0.6, "roi_heads.hidden": 32, "roi_heads.op": "pool",
+                                                 "rpn.anchor_sizes": [[16], [32], [64], [128]]})
+    assert flat == nested == dotted
+    assert isinstance(flat.rpn, RPNConfig) and flat.rpn.nms_iou == 0.6 and flat.roi_heads.op == "pool"
+    assert flat.rpn.batch_size == RPNConfig().batch_size  # what is not given keeps its default
+    assert flat.num_classes == 3 and flat.image_size == 96
+
+
+def test_a_section_given_in_part_keeps_the_models_own_defaults_for_the_rest():
+    cfg = model_config("fast_rcnn", 3, 96, {"box_hidden": 32})  # Fast R-CNN: RoI pooling, 64 RoIs, NMS 0.3
+    assert (cfg.roi_heads.hidden, cfg.roi_heads.op, cfg.roi_heads.batch_size, cfg.roi_heads.nms_iou) == (32, "pool", 64, 0.3)
+    assert model_config("faster_rcnn", 3, 96, {"box_hidden": 32}).roi_heads.op == "align"
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"rpn_nms_id": 0.6}, r"no settings \['rpn_nms_id'\].*'rpn'.*old flat names.*'rpn_nms_iou'"),
+    ({"rpn": {"nms_id": 0.6}}, r"no settings \['rpn.nms_id'\]; 'rpn' has .*'nms_iou'"),
+    ({"rpn.nms_id": 0.6}, r"no settings \['rpn.nms_id'\]"),
+    ({"rpn_nms_iou": 0.6, "rpn": {"nms_iou": 0.5}}, "given twice"),
+    ({"rpn": 0.6}, "rpn is a section"),
+    ({"fpn_channels": {"x": 1}}, "single setting"),
+])
+def test_config_errors_name_the_key_and_list_the_known_ones(args, message):
+    with pytest.raises(ConfigError, match=message):
+        model_config("faster_rcnn", 3, 96, args)
+
+
+def test_bad_section_values_raise_config_errors_before_training():
+    with pytest.raises(ConfigError, match="roi_op"):
+        build(tiny_config(roi_op="max"))
+    with pytest.raises(ConfigError, match="anchor_sizes"):
+        build(tiny_config(rpn=RPNConfig(anchor_sizes=((16,), (32,)))))

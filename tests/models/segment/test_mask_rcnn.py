@@ -10,14 +10,23 @@ import torch.nn.functional as F
 from zir.data.contract import DetectionPrediction
 from zir.data.synth import SynthDataset
 from zir.engine.data import collate, eval_transform
-from zir.models.segment.mask_rcnn import MaskHead, MaskRCNNConfig, build, mask_loss, project_masks_on_boxes
+from zir.models.detect.faster_rcnn import FasterRCNN
+from zir.models.detect.roi_heads import RoIHeadsConfig
+from zir.models.segment.mask_rcnn import (
+    MaskHead,
+    MaskHeadConfig,
+    MaskRCNNConfig,
+    build,
+    mask_loss,
+    project_masks_on_boxes,
+)
 
 SIZE = 64
 
 
 def tiny(**kw) -> MaskRCNNConfig:
-    args = dict(num_classes=4, image_size=SIZE, pretrained="none", fpn_channels=16, box_hidden=32,
-                mask_channels=16, roi_batch_size=64)
+    args = dict(num_classes=4, image_size=SIZE, pretrained="none", fpn_channels=16,
+                roi_heads=RoIHeadsConfig(hidden=32, batch_size=64), mask_head=MaskHeadConfig(channels=16))
     return MaskRCNNConfig(**{**args, **kw})
 
 
@@ -27,9 +36,18 @@ def synth_batch(n: int = 1, seed: int = 3):
 
 
 def test_mask_head_shapes():
-    head = MaskHead(in_channels=16, channels=8, num_classes=3)
+    head = MaskHead(in_channels=16, strides=[8, 16, 32], cfg=MaskHeadConfig(channels=8), num_classes=3)
     assert head(torch.rand(5, 16, 14, 14)).shape == (5, 3, 28, 28)
     assert head(torch.rand(0, 16, 14, 14)).shape == (0, 3, 28, 28)
+
+
+def test_mask_rcnn_is_the_two_stage_detector_with_a_mask_head():
+    model = build(tiny())
+    assert type(model) is FasterRCNN and model.task == "instance" and list(model.heads) == ["mask"]
+    assert model.roi_heads.predictor.cls_score.out_features == 5 and model.heads.mask.logits.out_channels == 4
+    # the parameter names old runs are mapped onto (zir.models.MODELS["mask_rcnn"].renames)
+    names = {n.split(".")[0] + "." + n.split(".")[1] for n, _ in model.named_parameters()}
+    assert {"heads.mask", "roi_heads.box_head", "rpn.head"} <= names
 
 
 def test_mask_targets_reproduce_the_gt_mask():
@@ -89,7 +107,7 @@ def test_empty_image_gives_finite_losses():
         losses = model.loss(images, targets)
         assert all(torch.isfinite(v) for v in losses.values()), losses
         sum(losses.values()).backward()
-        assert model.mask_head.logits.weight.grad is not None
+        assert model.heads.mask.logits.weight.grad is not None
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,17 @@ from zir.data.synth import PANOPTIC_CLASSES, SynthDataset
 from zir.engine.data import collate, eval_transform
 from zir.engine.trainer import train
 from zir.errors import ConfigError
-from zir.models.segment.panoptic_fpn import PanopticFPNConfig, SemanticHead, build, merge_panoptic
+from zir.models.detect.faster_rcnn import thing_targets
+from zir.models.detect.roi_heads import RoIHeadsConfig
+from zir.models.segment.mask_rcnn import MaskHeadConfig
+from zir.models.segment.panoptic_fpn import (
+    MergeConfig,
+    PanopticFPNConfig,
+    SemanticHead,
+    SemanticHeadConfig,
+    build,
+    merge_panoptic,
+)
 
 SIZE = 64
 THINGS = (True,) * 4 + (False,) * 2  # zir's synthetic panoptic classes: four shapes, then sky and ground
@@ -28,7 +38,8 @@ THINGS = (True,) * 4 + (False,) * 2  # zir's synthetic panoptic classes: four sh
 
 def tiny(**kw) -> PanopticFPNConfig:
     args = dict(num_classes=6, thing_classes=THINGS, image_size=SIZE, pretrained="none", fpn_channels=16,
-                box_hidden=32, mask_channels=16, semantic_channels=16, roi_batch_size=64)
+                roi_heads=RoIHeadsConfig(hidden=32, batch_size=64), mask_head=MaskHeadConfig(channels=16),
+                semantic_head=SemanticHeadConfig(channels=16))
     return PanopticFPNConfig(**{**args, **kw})
 
 
@@ -62,7 +73,7 @@ def test_merge_follows_score_order_overlap_and_stuff_rules():
     semantic = torch.full((H, W), 2)
     semantic[:, 6:] = 0  # 40 px of sky, 4 of them... none under things
     semantic[9, 0] = 1  # one pixel of ground: under the 0.05 x 100 = 5 px minimum -> dropped
-    cfg = tiny(instance_score_thresh=0.5, overlap_thresh=0.5, stuff_min_area=0.05)
+    cfg = MergeConfig(instance_score_thresh=0.5, overlap_thresh=0.5, stuff_min_area=0.05)
     out = merge_panoptic(inst, semantic, torch.tensor([4, 5]), cfg)
     assert isinstance(out, PanopticPrediction) and out.ids.shape == (H, W)
     assert [(s["id"], s["category_id"], s["isthing"], s["area"]) for s in out.segments] == [
@@ -78,7 +89,7 @@ def test_merge_follows_score_order_overlap_and_stuff_rules():
 def test_merge_of_nothing_is_all_unlabelled():
     inst = DetectionPrediction(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long),
                                torch.zeros(0, 5, 7, dtype=torch.bool))
-    out = merge_panoptic(inst, torch.full((5, 7), 2), torch.tensor([4, 5]), tiny())
+    out = merge_panoptic(inst, torch.full((5, 7), 2), torch.tensor([4, 5]), MergeConfig())
     assert out.segments == [] and not out.ids.any()
 
 
@@ -88,20 +99,24 @@ def test_merge_of_nothing_is_all_unlabelled():
 
 def test_thing_and_stuff_bookkeeping():
     model = build(tiny())
-    assert model.thing_ids.tolist() == [0, 1, 2, 3] and model.stuff_ids.tolist() == [4, 5]
-    assert model.cfg.num_classes == 4  # the instance branch knows only the things
-    assert model.to_semantic[[0, 3, 4, 5, 255]].tolist() == [2, 2, 0, 1, 255]
+    assert model.task == "panoptic" and list(model.heads) == ["mask", "semantic"]
+    assert model.thing_ids.tolist() == [0, 1, 2, 3] and model.heads.semantic.stuff_ids.tolist() == [4, 5]
+    # the instance branch knows only the things: 4 + background box classes, 4 masks
+    assert model.roi_heads.predictor.cls_score.out_features == 5 and model.heads.mask.logits.out_channels == 4
+    assert model.heads.semantic.to_semantic[[0, 3, 4, 5, 255]].tolist() == [2, 2, 0, 1, 255]
     sample = {"labels": torch.tensor([5, 1, 4, 3]), "boxes": torch.arange(16.0).view(4, 4),
-              "iscrowd": torch.tensor([False, False, False, True]), "masks": torch.zeros(4, 3, 3), "size": (3, 3)}
-    things = model.thing_targets(sample)
+              "iscrowd": torch.tensor([False, False, False, True]), "masks": torch.zeros(4, 3, 3), "size": (3, 3),
+              "semantic": torch.zeros(3, 3, dtype=torch.int64)}
+    things = thing_targets(sample, model.to_thing)
     assert things["labels"].tolist() == [1, 3] and things["boxes"][:, 0].tolist() == [4.0, 12.0]
     assert things["iscrowd"].tolist() == [False, True] and things["masks"].shape == (2, 3, 3)
+    assert things["semantic"] is sample["semantic"] and things["size"] == (3, 3)  # for the semantic head
 
 
 def test_stuff_classes_may_come_in_any_order():
     model = build(tiny(num_classes=4, thing_classes=(False, True, False, True)))
-    assert model.thing_ids.tolist() == [1, 3] and model.stuff_ids.tolist() == [0, 2]
-    assert model.to_semantic[:4].tolist() == [0, 2, 1, 2]
+    assert model.thing_ids.tolist() == [1, 3] and model.heads.semantic.stuff_ids.tolist() == [0, 2]
+    assert model.heads.semantic.to_semantic[:4].tolist() == [0, 2, 1, 2]
 
 
 def test_build_needs_thing_flags_for_every_class():
@@ -112,9 +127,10 @@ def test_build_needs_thing_flags_for_every_class():
 
 
 def test_semantic_head_sums_levels_at_the_finest_stride():
-    head = SemanticHead(16, [8, 16, 32], 8, 3)
+    head = SemanticHead(16, [8, 16, 32], SemanticHeadConfig(channels=8), (True, False, False), MergeConfig())
     feats = [torch.rand(2, 16, 12, 10), torch.rand(2, 16, 6, 5), torch.rand(2, 16, 3, 3)]  # odd sizes too
-    assert head(feats).shape == (2, 3, 12, 10)
+    assert head(feats).shape == (2, 3, 12, 10)  # 2 stuff classes + "thing"
+    assert head(feats + [torch.rand(2, 16, 2, 2)]).shape == (2, 3, 12, 10)  # the RPN's pooled level is not read
     assert len(head.levels[0]) == 3 and len(head.levels[2]) == 8  # 1 stage; 2 stages with upsampling
 
 

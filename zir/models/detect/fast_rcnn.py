@@ -5,7 +5,7 @@ features from the shared map (section 2)::
 
     image -> selective search proposals                     zir.models.detect.proposals (OpenCV contrib)
     image -> resize (longer side image_size) -> normalise -> backbone -> one map at stride 16
-      -> RoI max pooling to 7 x 7 (section 2.1)             zir.models.detect.roi_heads.RoIPooler(op="pool")
+      -> RoI max pooling to 7 x 7 (section 2.1)             zir.models.detect.roi_heads (op="pool")
       -> fc6, fc7 -> softmax over K + 1 classes and per-class box deltas (section 2.2)
       -> per-class NMS -> boxes mapped back to the input image's pixels
 
@@ -23,7 +23,7 @@ BatchNorm frozen and its first blocks frozen as in Faster R-CNN (the paper fine-
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ from zir.models.detect.faster_rcnn import (
     to_input_pixels,
 )
 from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
-from zir.models.detect.roi_heads import BoxPredictor, RoIHeads, RoIPooler, TwoMLPHead
+from zir.models.detect.roi_heads import RoIHeads, RoIHeadsConfig, build_roi_heads
 
 
 @dataclass
@@ -54,13 +54,13 @@ class FastRCNNConfig:
     backbone, pretrained: a timm name and ``imagenet`` (offline), ``timm`` or ``none``.
     backbone_level: the timm ``out_indices`` entry whose map the RoIs are pooled from (3: stride 16).
     frozen_blocks: with pretrained weights, the stem and this many of the backbone's blocks are frozen.
-    roi_size: RoI pooling grid side (7); box_hidden: width of fc6 and fc7 (4096 in the paper).
-    roi_batch_size, roi_positive_fraction: RoIs sampled per image (the paper: 64) and their foreground
-        share (0.25).
-    box_loss: ``smooth_l1`` or ``l1``.
+    roi_heads: the RoI heads' section (:class:`~zir.models.detect.roi_heads.RoIHeadsConfig`, shared with
+        Faster R-CNN), with the paper's settings: RoI max pooling to 7 x 7, 64 RoIs per image, NMS IoU 0.3
+        (fc6 and fc7 are 4096 wide in the paper, ``hidden`` 512 here).
     ss_mode, ss_size, max_proposals: selective search (``zir.models.detect.proposals``): ``fast`` or
         ``quality``, the longer side it runs at, the most proposals kept per image (2000).
-    score_thresh, nms_iou, detections_per_img: post-processing (the paper's NMS IoU is 0.3).
+
+    The RoI settings' flat names of older zir still work (:data:`FLAT_KEYS`).
     """
 
     num_classes: int = 20
@@ -69,17 +69,23 @@ class FastRCNNConfig:
     pretrained: str = "imagenet"
     backbone_level: int = 3
     frozen_blocks: int = 2
-    roi_size: int = 7
-    box_hidden: int = 512
-    roi_batch_size: int = 64
-    roi_positive_fraction: float = 0.25
-    box_loss: str = "smooth_l1"
+    roi_heads: RoIHeadsConfig = field(default_factory=lambda: RoIHeadsConfig(op="pool", batch_size=64, nms_iou=0.3))
     ss_mode: str = "fast"
     ss_size: int = 256
     max_proposals: int = 2000
-    score_thresh: float = 0.05
-    nms_iou: float = 0.3
-    detections_per_img: int = 100
+
+
+#: Flat names of old runs and README commands -> their section.
+FLAT_KEYS: dict[str, str] = {
+    "roi_size": "roi_heads.output_size",
+    "box_hidden": "roi_heads.hidden",
+    "roi_batch_size": "roi_heads.batch_size",
+    "roi_positive_fraction": "roi_heads.positive_fraction",
+    "box_loss": "roi_heads.box_loss",
+    "score_thresh": "roi_heads.score_thresh",
+    "nms_iou": "roi_heads.nms_iou",
+    "detections_per_img": "roi_heads.detections_per_img",
+}
 
 
 class FastRCNN(ZirModel):
@@ -152,20 +158,11 @@ def _drop_unused_blocks(backbone: Backbone) -> None:
 def build(cfg: FastRCNNConfig) -> FastRCNN:
     if cfg.ss_mode not in MODES:
         raise ConfigError(f"ss_mode must be one of {', '.join(MODES)}, got {cfg.ss_mode!r}")
-    if cfg.box_loss not in ("smooth_l1", "l1"):
-        raise ConfigError(f"box_loss must be smooth_l1 or l1, got {cfg.box_loss!r}")
     backbone = build_backbone(cfg.backbone, cfg.pretrained, (cfg.backbone_level,))
     _drop_unused_blocks(backbone)
     if cfg.pretrained != "none":
         backbone.body = freeze_batch_norm_2d(backbone.body)
         freeze_blocks(backbone, cfg.frozen_blocks)
-    d = backbone.channels[0]
-    roi_heads = RoIHeads(
-        RoIPooler(backbone.strides, "pool", cfg.roi_size),
-        TwoMLPHead(d * cfg.roi_size**2, cfg.box_hidden),
-        BoxPredictor(cfg.box_hidden, cfg.num_classes),
-        batch_size_per_image=cfg.roi_batch_size, positive_fraction=cfg.roi_positive_fraction,
-        box_loss=cfg.box_loss, score_thresh=cfg.score_thresh, nms_iou=cfg.nms_iou,
-        detections_per_img=cfg.detections_per_img)
+    roi_heads = build_roi_heads(cfg.roi_heads, backbone.channels[0], backbone.strides, cfg.num_classes)
     search = SelectiveSearch(cfg.ss_mode, cfg.ss_size, cfg.max_proposals)
     return FastRCNN(cfg, backbone, roi_heads, search)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.poolers import LevelMapper
 
+from zir.errors import ConfigError
 from zir.models.detect.rpn import GroundTruth, match_to_ground_truth
 from zir.ops import roi_align, roi_pool
 from zir.ops.boxes import batched_nms, clip, remove_small_boxes
@@ -41,6 +42,31 @@ from zir.ops.coder import RCNN_HEAD_WEIGHTS, BoxCoder
 from zir.ops.matching import balanced_sample
 
 ROI_OPS = ("align", "pool")
+BOX_LOSSES = ("smooth_l1", "l1")
+
+
+@dataclass
+class RoIHeadsConfig:
+    """The RoI heads' settings (a section of the two-stage detectors' configs: ``model_args.roi_heads.hidden=256``).
+
+    Attributes:
+        op: ``align`` (RoI Align, Mask R-CNN) or ``pool`` (RoI max pooling, Fast R-CNN).
+        output_size: the RoI grid side S (7).
+        hidden: width of the two FC layers (fc6, fc7).
+        batch_size, positive_fraction: RoIs sampled per image for the loss (512) and the foreground share (0.25).
+        box_loss: ``smooth_l1`` or ``l1``, the box regression loss.
+        score_thresh, nms_iou, detections_per_img: post-processing of the detections.
+    """
+
+    op: str = "align"
+    output_size: int = 7
+    hidden: int = 512
+    batch_size: int = 512
+    positive_fraction: float = 0.25
+    box_loss: str = "smooth_l1"
+    score_thresh: float = 0.05
+    nms_iou: float = 0.5
+    detections_per_img: int = 100
 
 
 class RoIPooler(nn.Module):
@@ -258,3 +284,17 @@ class RoIHeads(nn.Module):
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(boxes, scores, labels, self.nms_iou)[:self.detections_per_img]  # per class
         return Detections(boxes[keep], scores[keep], labels[keep])
+
+
+def build_roi_heads(cfg: RoIHeadsConfig, in_channels: int, strides: Sequence[int], num_classes: int) -> RoIHeads:
+    """RoI heads for ``num_classes`` object classes on feature maps of ``in_channels`` channels at ``strides``."""
+    if cfg.op not in ROI_OPS:
+        raise ConfigError(f"roi_heads.op (roi_op) must be one of {', '.join(ROI_OPS)}, got {cfg.op!r}")
+    if cfg.box_loss not in BOX_LOSSES:
+        raise ConfigError(f"roi_heads.box_loss (box_loss) must be one of {', '.join(BOX_LOSSES)}, got {cfg.box_loss!r}")
+    return RoIHeads(
+        RoIPooler(strides, cfg.op, cfg.output_size),
+        TwoMLPHead(in_channels * cfg.output_size**2, cfg.hidden),
+        BoxPredictor(cfg.hidden, num_classes),
+        batch_size_per_image=cfg.batch_size, positive_fraction=cfg.positive_fraction, box_loss=cfg.box_loss,
+        score_thresh=cfg.score_thresh, nms_iou=cfg.nms_iou, detections_per_img=cfg.detections_per_img)

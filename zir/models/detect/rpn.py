@@ -30,10 +30,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zir.errors import ConfigError
 from zir.ops.anchors import anchors as level_anchors
 from zir.ops.boxes import batched_nms, clip, ioa, iou, remove_small_boxes
 from zir.ops.coder import RPN_WEIGHTS, BoxCoder
 from zir.ops.matching import BELOW_LOW, BETWEEN, balanced_sample, match
+
+
+@dataclass
+class RPNConfig:
+    """The RPN's settings (a section of the two-stage detectors' configs: ``model_args.rpn.nms_iou=0.6``).
+
+    Attributes:
+        anchor_sizes: per pyramid level (the backbone's levels, then the pooled one), anchor sizes in pixels.
+        aspect_ratios: anchor ``height / width`` ratios, the same at every level.
+        anchor_offset: anchor centre within its cell: 0.5 (centred, zir) or 0.0 (torchvision).
+        pre_nms_top_n, post_nms_top_n: ``[train, test]`` proposals per level before NMS, per image after it.
+        nms_iou: the proposals' NMS IoU (0.7).
+        batch_size: anchors sampled per image for the loss (256).
+    """
+
+    anchor_sizes: tuple[tuple[float, ...], ...] = ((32, 48), (64, 96), (128, 192), (256, 384))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_offset: float = 0.5
+    pre_nms_top_n: tuple[int, int] = (1000, 500)
+    post_nms_top_n: tuple[int, int] = (1000, 100)
+    nms_iou: float = 0.7
+    batch_size: int = 256
 
 
 @dataclass
@@ -225,3 +248,13 @@ class RPN(nn.Module):
         deltas = out.deltas.float().reshape(-1, 4)
         box = F.smooth_l1_loss(deltas[pos], torch.cat(box_targets), beta=1 / 9, reduction="sum")
         return {"rpn_objectness": objectness, "rpn_box": box / max(sampled.numel(), 1)}
+
+
+def build_rpn(cfg: RPNConfig, in_channels: int, strides: Sequence[int]) -> RPN:
+    """The RPN of ``cfg`` over pyramid levels of ``in_channels`` channels at ``strides`` (finest first)."""
+    if len(cfg.anchor_sizes) != len(strides):
+        raise ConfigError(f"rpn.anchor_sizes (anchor_sizes) has {len(cfg.anchor_sizes)} levels but the pyramid has "
+                          f"{len(strides)} (strides {list(strides)}); give one list of sizes per level")
+    return RPN(in_channels, strides, cfg.anchor_sizes, [cfg.aspect_ratios] * len(strides),
+               pre_nms_top_n=tuple(cfg.pre_nms_top_n), post_nms_top_n=tuple(cfg.post_nms_top_n),
+               nms_iou=cfg.nms_iou, batch_size_per_image=cfg.batch_size, anchor_offset=cfg.anchor_offset)

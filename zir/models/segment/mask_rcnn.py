@@ -1,8 +1,8 @@
 """Mask R-CNN (He et al. 2017): Faster R-CNN plus a mask branch, for instance segmentation.
 
-Faster R-CNN's backbone, FPN, RPN and box head (``zir.models.detect.faster_rcnn``) are reused as they are;
-a third head, parallel to the box head, predicts one ``M x M`` binary mask per class for each RoI
-(section 3)::
+The two-stage detector of ``zir.models.detect.faster_rcnn`` (backbone, FPN, RPN, box head) is composed with
+one extra head, parallel to the box head, that predicts one ``M x M`` binary mask per class for each RoI
+(section 3); this file holds only that head, its loss, its config and ``build()``::
 
     features (FPN P3-P5), RoIs -> RoI Align 14 x 14 -> 4 x (3x3 conv, ReLU) -> 2x2 stride-2 deconv, ReLU
                                -> 1x1 conv -> (R, K, 28, 28) mask logits            (Figure 4, right)
@@ -20,7 +20,7 @@ a third head, parallel to the box head, predicts one ``M x M`` binary mask per c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,97 +29,91 @@ from torch import Tensor, nn
 
 from zir.data.contract import DetectionPrediction
 from zir.models.detect import faster_rcnn
-from zir.models.detect.faster_rcnn import FasterRCNN, FasterRCNNConfig, ground_truth, to_input_pixels
-from zir.models.detect.roi_heads import RoIPooler, SampledRoIs
+from zir.models.detect.faster_rcnn import ExtraHead, FasterRCNN, FasterRCNNConfig, Frame
+from zir.models.detect.roi_heads import Detections, RoIPooler, SampledRoIs
 from zir.models.detect.rpn import GroundTruth
 from zir.ops import roi_align
 from zir.ops.masks import paste_masks_in_image
 
 
 @dataclass
-class MaskRCNNConfig(FasterRCNNConfig):
-    """Faster R-CNN's settings (:class:`~zir.models.detect.faster_rcnn.FasterRCNNConfig`) plus the mask branch's.
+class MaskHeadConfig:
+    """The mask head's settings (``model_args.mask_head.channels=128``).
 
     Attributes:
-        mask_roi_size: RoI Align grid of the mask branch (14).
-        mask_size: side ``M`` of the predicted masks (28 = twice ``mask_roi_size``: one 2x deconvolution).
-        mask_channels: width of the mask head's convolutions (256 in the paper; 64 is much cheaper on a CPU).
+        roi_size: RoI Align grid of the mask head (14).
+        mask_size: side ``M`` of the predicted masks (28 = twice ``roi_size``: one 2x deconvolution).
+        channels: width of the mask head's convolutions (256 in the paper; 64 is much cheaper on a CPU).
     """
 
-    mask_roi_size: int = 14
+    roi_size: int = 14
     mask_size: int = 28
-    mask_channels: int = 64
+    channels: int = 64
+
+
+@dataclass
+class MaskRCNNConfig(FasterRCNNConfig):
+    """Faster R-CNN's settings (:class:`~zir.models.detect.faster_rcnn.FasterRCNNConfig`) plus the mask head's
+    section ``mask_head`` (:class:`MaskHeadConfig`)."""
+
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+
+
+#: Flat names of old runs and README commands -> their section.
+FLAT_KEYS: dict[str, str] = {
+    **faster_rcnn.FLAT_KEYS,
+    "mask_roi_size": "mask_head.roi_size",
+    "mask_size": "mask_head.mask_size",
+    "mask_channels": "mask_head.channels",
+}
 
 
 # --------------------------------------------------------------------------------------------------
 # The mask head
 
 
-class MaskHead(nn.Module):
-    """The FPN mask head (Figure 4, right): ``(R, d, 14, 14)`` -> mask logits ``(R, K, 28, 28)``.
+class MaskHead(ExtraHead):
+    """The FPN mask head (Figure 4, right): RoI Align ``14 x 14`` on P3-P5 -> mask logits ``(R, K, 28, 28)``.
 
     Four 3x3 convolutions with ReLU, a 2x2 stride-2 transposed convolution with ReLU, and a 1x1
-    convolution to one mask per class (no background mask).
+    convolution to one mask per class (no background mask). As an extra head of the two-stage detector it
+    adds ``roi_mask`` to the loss and ``masks`` to the detections.
+
+    Args:
+        in_channels: width ``d`` of the FPN levels.
+        strides: strides of the levels the RoIs are cropped from, finest first.
+        cfg: the head's settings.
+        num_classes: object classes K.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, strides: Sequence[int], cfg: MaskHeadConfig, num_classes: int) -> None:
         super().__init__()
+        self.cfg = cfg
+        self.pooler = RoIPooler(strides, "align", cfg.roi_size)
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(in_channels if i == 0 else cfg.channels, cfg.channels, 3, padding=1),
+                       nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*layers)
-        self.deconv = nn.ConvTranspose2d(channels, channels, 2, stride=2)
-        self.logits = nn.Conv2d(channels, num_classes, 1)
+        self.deconv = nn.ConvTranspose2d(cfg.channels, cfg.channels, 2, stride=2)
+        self.logits = nn.Conv2d(cfg.channels, num_classes, 1)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):  # as Detectron / torchvision: He-normal, zero bias
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """RoI features ``(R, d, 14, 14)`` -> mask logits ``(R, K, 28, 28)``."""
         return self.logits(F.relu(self.deconv(self.convs(x))))
 
-
-# --------------------------------------------------------------------------------------------------
-# The model
-
-
-class MaskRCNN(FasterRCNN):
-    """Faster R-CNN (``backbone``, ``fpn``, ``rpn``, ``roi_heads``) plus ``mask_pooler`` and ``mask_head``.
-
-    ``loss`` and ``predict`` take the same inputs as :class:`~zir.models.detect.faster_rcnn.FasterRCNN`;
-    targets also carry ``masks`` uint8 ``(N, H, W)`` in the (padded) input image's pixels.
-    """
-
-    task = "instance"
-
-    def __init__(self, cfg: MaskRCNNConfig, detector: FasterRCNN, mask_pooler: RoIPooler, mask_head: MaskHead) -> None:
-        super().__init__(cfg, detector.backbone, detector.fpn, detector.rpn, detector.roi_heads)
-        self.mask_pooler, self.mask_head = mask_pooler, mask_head
-
-    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
-        """``{"rpn_objectness", "rpn_box", "roi_cls", "roi_box", "roi_mask"}``, each a float32 scalar."""
-        sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
-        x, work_sizes = self.prepare(images, sizes)
-        return self.losses_on_features(self.features(x), targets, sizes, work_sizes)
-
-    def losses_on_features(self, features: list[Tensor], targets: Sequence[dict[str, Any]],
-                           sizes: Sequence[tuple[int, int]], work_sizes: Sequence[tuple[int, int]]
-                           ) -> dict[str, Tensor]:
-        """The five loss terms from the FPN maps of a prepared batch (Panoptic FPN adds its own term)."""
-        gts = [ground_truth(t, size, work) for t, size, work in zip(targets, sizes, work_sizes)]
-        rpn_out = self.rpn(features, work_sizes)
-        roi_losses, sampled = self.roi_heads.loss(features, rpn_out.proposals, gts)
-        mask_logits, labels, mask_targets = self._mask_batch(features, sampled, gts, targets, sizes, work_sizes)
-        return {**self.rpn.loss(rpn_out, gts), **roi_losses, "roi_mask": mask_loss(mask_logits, labels, mask_targets)}
-
-    def _mask_batch(self, features: list[Tensor], sampled: SampledRoIs, gts: Sequence[GroundTruth],
-                    targets: Sequence[dict[str, Any]], sizes: Sequence[tuple[int, int]],
-                    work_sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
-        """Mask logits ``(F, K, M, M)``, zir labels ``(F,)`` and targets ``(F, M, M)`` of the positive RoIs."""
+    def loss(self, features: list[Tensor], frame: Frame, targets: Sequence[dict[str, Any]],
+             gts: Sequence[GroundTruth], rois: SampledRoIs) -> dict[str, Tensor]:
+        """``{"roi_mask": L_mask}`` on the positive RoIs; targets carry ``masks`` uint8 ``(N, H, W)`` in the
+        (padded) input image's pixels."""
         M = self.cfg.mask_size
         boxes, labels, gt_targets = [], [], []
-        for props, lab, matched, gt, t, size, work in zip(sampled.proposals, sampled.labels, sampled.matched,
-                                                          gts, targets, sizes, work_sizes):
+        for props, lab, matched, gt, t, size, work in zip(rois.proposals, rois.labels, rois.matched,
+                                                          gts, targets, frame.sizes, frame.work_sizes):
             fg = lab > 0
             boxes.append(props[fg])
             labels.append(lab[fg] - 1)
@@ -128,30 +122,23 @@ class MaskRCNN(FasterRCNN):
             masks = torch.as_tensor(t["masks"], device=props.device)[gt.index]  # (G, H, W), in gts' order
             gt_targets.append(project_masks_on_boxes(masks, in_input, matched[fg], M))
         if sum(len(b) for b in boxes) == 0:  # no positive RoI: an empty batch still reaches every weight
-            R = features[0].new_zeros((0, features[0].shape[1], self.cfg.mask_roi_size, self.cfg.mask_roi_size))
+            R = features[0].new_zeros((0, features[0].shape[1], self.cfg.roi_size, self.cfg.roi_size))
         else:
-            R = self.mask_pooler(features, boxes)
-        return self.mask_head(R), torch.cat(labels), torch.cat(gt_targets)
+            R = self.pooler(features, boxes)
+        return {"roi_mask": mask_loss(self(R), torch.cat(labels), torch.cat(gt_targets))}
 
-    @torch.no_grad()
-    def predict(self, images: Tensor | Sequence[Tensor]) -> list[DetectionPrediction]:
-        """Detections with ``masks`` bool ``(N, h, w)`` in each input image's own pixels, best first."""
-        return self.instances(*self.detect_in_working_frame(images))
-
-    def instances(self, features: list[Tensor], detections: Sequence[Any], work_sizes: Sequence[tuple[int, int]],
-                  sizes: Sequence[tuple[int, int]]) -> list[DetectionPrediction]:
-        """The mask branch on the kept detections (section 3.1), masks pasted into the input images."""
-        out = []
-        for i, (d, work, size) in enumerate(zip(detections, work_sizes, sizes)):
-            pred = to_input_pixels(d.boxes, d.scores, d.labels, work, size)
+    def predict(self, features: list[Tensor], frame: Frame, detections: Sequence[Detections],
+                predictions: list[DetectionPrediction]) -> list[DetectionPrediction]:
+        """The mask of each kept detection's class (section 3.1), pasted into the input image at full
+        resolution and thresholded at 0.5: ``masks`` bool ``(N, h, w)``."""
+        for i, (d, pred, size) in enumerate(zip(detections, predictions, frame.sizes)):
             if len(d.boxes):
-                R = self.mask_pooler([f[i:i + 1] for f in features], [d.boxes])
-                probs = self.mask_head(R).float().sigmoid()[torch.arange(len(d.labels)), d.labels]  # (D, M, M)
+                R = self.pooler([f[i:i + 1] for f in features], [d.boxes])
+                probs = self(R).float().sigmoid()[torch.arange(len(d.labels)), d.labels]  # (D, M, M)
                 pred.masks = paste_masks_in_image(probs, pred.boxes, size) >= 0.5
             else:
                 pred.masks = torch.zeros((0, *size), dtype=torch.bool, device=d.boxes.device)
-            out.append(pred)
-        return out
+        return predictions
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,9 +184,8 @@ def mask_loss(mask_logits: Tensor, labels: Tensor, mask_targets: Tensor) -> Tens
 # build()
 
 
-def build(cfg: MaskRCNNConfig) -> MaskRCNN:
-    detector = faster_rcnn.build(cfg)
-    levels = detector.backbone.strides  # RoIs use P3-P5 as the box head, not the pooled level
-    mask_pooler = RoIPooler(levels, "align", cfg.mask_roi_size)
-    mask_head = MaskHead(cfg.fpn_channels, cfg.mask_channels, cfg.num_classes)
-    return MaskRCNN(cfg, detector, mask_pooler, mask_head)
+def build(cfg: MaskRCNNConfig) -> FasterRCNN:
+    backbone, fpn, rpn, roi_heads = faster_rcnn.build_parts(cfg, cfg.num_classes)
+    # the mask head crops P3-P5 as the box head does, not the pooled level
+    mask_head = MaskHead(cfg.fpn_channels, backbone.strides, cfg.mask_head, cfg.num_classes)
+    return FasterRCNN(cfg, backbone, fpn, rpn, roi_heads, {"mask": mask_head}, task="instance")

@@ -2,7 +2,9 @@
 
 Panoptic segmentation gives every pixel a class and, for *thing* classes (countable objects), an
 instance id; *stuff* (sky, road, grass) has no instances (Kirillov et al. 2019, "Panoptic
-Segmentation"). Panoptic FPN is Mask R-CNN with one more, light branch on the same FPN maps::
+Segmentation"). Panoptic FPN is Mask R-CNN with one more, light branch on the same FPN maps: the two-stage
+detector of ``zir.models.detect.faster_rcnn`` composed with Mask R-CNN's mask head and this file's semantic
+head, which also merges; this file holds only that head, its loss, the merge, the config and ``build()``::
 
     image -> backbone + FPN (shared)                               zir.models.detect.faster_rcnn
       -> instance branch: RPN, box head, mask head (Mask R-CNN)   zir.models.segment.mask_rcnn   -> things
@@ -23,9 +25,8 @@ Segmentation"). Panoptic FPN is Mask R-CNN with one more, light branch on the sa
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,47 +35,102 @@ from torch import Tensor, nn
 
 from zir.data.contract import IGNORE_INDEX, DetectionPrediction, PanopticPrediction
 from zir.errors import ConfigError
+from zir.models.detect import faster_rcnn
+from zir.models.detect.faster_rcnn import ExtraHead, FasterRCNN, Frame
+from zir.models.detect.roi_heads import Detections, SampledRoIs
+from zir.models.detect.rpn import GroundTruth
 from zir.models.segment import mask_rcnn
-from zir.models.segment.mask_rcnn import MaskRCNN, MaskRCNNConfig
+from zir.models.segment.mask_rcnn import MaskHead, MaskRCNNConfig
 
 
 @dataclass
-class PanopticFPNConfig(MaskRCNNConfig):
-    """Mask R-CNN's settings (:class:`~zir.models.segment.mask_rcnn.MaskRCNNConfig`) plus the semantic branch and
-    the merge. ``num_classes`` counts every class, things and stuff; the data fills ``thing_classes``.
+class SemanticHeadConfig:
+    """The semantic head's settings (``model_args.semantic_head.channels=128``).
 
     Attributes:
-        thing_classes: per class, True for a thing (instance branch), False for stuff (semantic branch).
-        semantic_channels: width of the semantic branch (128 in the paper).
-        semantic_loss_weight: ``lambda_s`` of the semantic cross-entropy.
+        channels: width of the semantic head (128 in the paper).
+        loss_weight: ``lambda_s`` of the semantic cross-entropy.
+    """
+
+    channels: int = 64
+    loss_weight: float = 0.5
+
+
+@dataclass
+class MergeConfig:
+    """How instances and stuff become one segment per pixel (``model_args.merge.overlap_thresh=0.4``).
+
+    Attributes:
         instance_score_thresh: instances below this detection score are left out of the panoptic output.
         overlap_thresh: an instance is dropped when more than this share of its mask is already taken.
         stuff_min_area: stuff regions smaller than this share of the image are dropped (Detectron2's 4096
             pixels at COCO's ~800 x 1333 is about 0.4%).
     """
 
-    thing_classes: tuple[bool, ...] = ()
-    semantic_channels: int = 64
-    semantic_loss_weight: float = 0.5
     instance_score_thresh: float = 0.5
     overlap_thresh: float = 0.5
     stuff_min_area: float = 0.004
 
 
+@dataclass
+class PanopticFPNConfig(MaskRCNNConfig):
+    """Mask R-CNN's settings (:class:`~zir.models.segment.mask_rcnn.MaskRCNNConfig`) plus the semantic head
+    and the merge. ``num_classes`` counts every class, things and stuff; the data fills ``thing_classes``.
+
+    Attributes:
+        thing_classes: per class, True for a thing (instance branch), False for stuff (semantic branch).
+        semantic_head: :class:`SemanticHeadConfig`.
+        merge: :class:`MergeConfig`.
+    """
+
+    thing_classes: tuple[bool, ...] = ()
+    semantic_head: SemanticHeadConfig = field(default_factory=SemanticHeadConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+
+
+#: Flat names of old runs and README commands -> their section.
+FLAT_KEYS: dict[str, str] = {
+    **mask_rcnn.FLAT_KEYS,
+    "semantic_channels": "semantic_head.channels",
+    "semantic_loss_weight": "semantic_head.loss_weight",
+    "instance_score_thresh": "merge.instance_score_thresh",
+    "overlap_thresh": "merge.overlap_thresh",
+    "stuff_min_area": "merge.stuff_min_area",
+}
+
+
 # --------------------------------------------------------------------------------------------------
-# The semantic branch
+# The semantic head
 
 
-class SemanticHead(nn.Module):
-    """FPN levels ``[(B, d, H / s, W / s)]`` (finest first, stride ``s_0`` first) -> logits ``(B, K, H / s_0, W / s_0)``.
+class SemanticHead(ExtraHead):
+    """FPN levels ``[(B, d, H / s, W / s)]`` (finest first, stride ``s_0`` first) -> logits ``(B, S + 1, H / s_0, W / s_0)``
+    over the ``S`` stuff classes and "thing".
 
     Each level goes through ``log2(s / s_0)`` stages of 3x3 conv + GroupNorm + ReLU + 2x bilinear
     upsampling (one stage without upsampling for the finest level), the levels are summed and a 1x1
-    convolution gives ``K`` class logits (section 3.2).
+    convolution gives the class logits (section 3.2). As an extra head of the two-stage detector it adds
+    ``semantic`` to the loss and merges the detector's instances with its stuff into panoptic segments.
+
+    Args:
+        in_channels: width ``d`` of the FPN levels.
+        strides: strides of the levels it reads, finest first.
+        cfg: the head's settings.
+        thing_classes: per data-set class, True for things.
+        merge: the merge's settings.
+
+    Attributes:
+        stuff_ids: int64 buffer, the data-set class of each semantic class but the last ("thing").
+        to_semantic: int64 ``(256,)`` buffer, data-set class (any uint8 value) -> semantic class, 255 = void.
     """
 
-    def __init__(self, in_channels: int, strides: Sequence[int], channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, strides: Sequence[int], cfg: SemanticHeadConfig,
+                 thing_classes: Sequence[bool], merge: MergeConfig) -> None:
         super().__init__()
+        self.cfg, self.merge, self.strides = cfg, merge, list(strides)
+        flags = torch.tensor([bool(t) for t in thing_classes], dtype=torch.bool)
+        stuff_ids = torch.arange(len(flags))[~flags]
+        channels = cfg.channels
         self.levels = nn.ModuleList()
         for s in strides:
             n_up = max(0, (s // strides[0]).bit_length() - 1)
@@ -85,9 +141,16 @@ class SemanticHead(nn.Module):
                 if n_up:
                     stages.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.levels.append(nn.Sequential(*stages))
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = nn.Conv2d(channels, len(stuff_ids) + 1, 1)
+        # data-set class -> semantic class: stuff k -> k, every thing -> "thing"
+        to_semantic = torch.full((256,), IGNORE_INDEX, dtype=torch.long)  # any uint8 value; 255 stays void
+        to_semantic[: len(flags)] = len(stuff_ids)
+        to_semantic[stuff_ids] = torch.arange(len(stuff_ids))
+        self.register_buffer("stuff_ids", stuff_ids, persistent=False)
+        self.register_buffer("to_semantic", to_semantic, persistent=False)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
+        features = features[: len(self.levels)]  # the detector's extra pooled level is not read
         size = features[0].shape[-2:]
         out = 0
         for level, f in zip(self.levels, features):
@@ -97,57 +160,15 @@ class SemanticHead(nn.Module):
                                                                        align_corners=False))
         return self.classifier(out)
 
-
-# --------------------------------------------------------------------------------------------------
-# The model
-
-
-class PanopticFPN(MaskRCNN):
-    """Mask R-CNN over the thing classes plus ``semantic_head`` over the stuff classes and "thing".
-
-    Attributes:
-        thing_classes: per data-set class, True for things.
-        thing_ids, stuff_ids: int64 buffers, the data-set class id of each instance-branch class and of
-            each semantic-branch class (the last semantic class, "thing", has none).
-    """
-
-    task = "panoptic"
-
-    def __init__(self, cfg: PanopticFPNConfig, detector: MaskRCNN, semantic_head: SemanticHead) -> None:
-        super().__init__(detector.cfg, detector, detector.mask_pooler, detector.mask_head)
-        self.panoptic_cfg = cfg
-        self.semantic_head = semantic_head
-        self.thing_classes = [bool(t) for t in cfg.thing_classes]
-        ids = torch.arange(len(self.thing_classes))
-        flags = torch.tensor(self.thing_classes, dtype=torch.bool)
-        self.register_buffer("thing_ids", ids[flags], persistent=False)
-        self.register_buffer("stuff_ids", ids[~flags], persistent=False)
-        # data-set class -> instance-branch class (things) and -> semantic-branch class (stuff; things -> "thing")
-        to_thing = torch.full((len(ids),), -1, dtype=torch.long)
-        to_thing[flags] = torch.arange(int(flags.sum()))
-        to_semantic = torch.full((256,), IGNORE_INDEX, dtype=torch.long)  # any uint8 value; 255 stays void
-        to_semantic[: len(ids)] = len(self.stuff_ids)
-        to_semantic[self.stuff_ids] = torch.arange(len(self.stuff_ids))
-        self.register_buffer("to_thing", to_thing, persistent=False)
-        self.register_buffer("to_semantic", to_semantic, persistent=False)
-
-    # ------------------------------------------------------------------------------------------ loss
-
-    def loss(self, images: Tensor | Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
-        """Mask R-CNN's five terms on the things, plus ``"semantic"``, each a float32 scalar.
-
-        Targets are panoptic samples: ``masks`` uint8 ``(N, H, W)``, ``labels``, ``boxes``, ``iscrowd`` of
-        every segment (things and stuff) and ``semantic`` int64 ``(H, W)`` (255 = void).
-        """
-        sizes = [tuple(t["size"]) if "size" in t else tuple(im.shape[-2:]) for t, im in zip(targets, images)]
-        x, work_sizes = self.prepare(images, sizes)
-        features = self.features(x)
-        losses = self.losses_on_features(features, [self.thing_targets(t) for t in targets], sizes, work_sizes)
-        logits = F.interpolate(self.semantic_head(features[: len(self.backbone.strides)]), size=x.shape[-2:],
-                               mode="bilinear", align_corners=False)
-        target = torch.full((x.shape[0], *x.shape[-2:]), IGNORE_INDEX, dtype=torch.long, device=x.device)
-        for b, (t, (h, w)) in enumerate(zip(targets, work_sizes)):
-            sem = torch.as_tensor(t["semantic"], device=x.device).long()[None, None].float()
+    def loss(self, features: list[Tensor], frame: Frame, targets: Sequence[dict[str, Any]],
+             gts: Sequence[GroundTruth], rois: SampledRoIs) -> dict[str, Tensor]:
+        """``{"semantic": lambda_s L_sem}``: per-pixel cross-entropy against each target's ``semantic`` int64
+        ``(H, W)`` map (255 = void), every thing pixel counting as "thing"."""
+        logits = F.interpolate(self(features), size=frame.padded, mode="bilinear", align_corners=False)
+        device = logits.device
+        target = torch.full((logits.shape[0], *frame.padded), IGNORE_INDEX, dtype=torch.long, device=device)
+        for b, (t, (h, w)) in enumerate(zip(targets, frame.work_sizes)):
+            sem = torch.as_tensor(t["semantic"], device=device).long()[None, None].float()
             # sampled at pixel centres, the grid of the image's bilinear resize ("nearest" is half a pixel off)
             sem = F.interpolate(sem, size=(h, w), mode="nearest-exact")[0, 0].long()
             target[b, :h, :w] = self.to_semantic[sem.clamp(0, 255)]
@@ -155,34 +176,20 @@ class PanopticFPN(MaskRCNN):
             sem_loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
         else:  # nothing labelled: keep every weight in the graph
             sem_loss = logits.float().sum() * 0
-        return {**losses, "semantic": self.panoptic_cfg.semantic_loss_weight * sem_loss}
+        return {"semantic": self.cfg.loss_weight * sem_loss}
 
-    def thing_targets(self, target: dict[str, Any]) -> dict[str, Any]:
-        """A panoptic sample's thing segments as an instance sample, labels renumbered to the thing classes."""
-        labels = torch.as_tensor(target["labels"]).long()
-        keep = self.to_thing.to(labels.device)[labels] >= 0
-        out = {k: target[k][keep] for k in ("boxes", "masks", "iscrowd") if k in target}
-        out["labels"] = self.to_thing.to(labels.device)[labels[keep]]
-        if "size" in target:
-            out["size"] = target["size"]
-        return out
-
-    # --------------------------------------------------------------------------------------- predict
-
-    @torch.no_grad()
-    def predict(self, images: Tensor | Sequence[Tensor]) -> list[PanopticPrediction]:  # type: ignore[override]
-        """One :class:`~zir.data.contract.PanopticPrediction` per image, in its own pixels."""
-        features, detections, work_sizes, sizes = self.detect_in_working_frame(images)
-        instances = self.instances(features, detections, work_sizes, sizes)
-        logits = self.semantic_head(features[: len(self.backbone.strides)])
-        stride = self.backbone.strides[0]
+    def predict(self, features: list[Tensor], frame: Frame, detections: Sequence[Detections],
+                predictions: list[DetectionPrediction]) -> list[PanopticPrediction]:
+        """The detector's instances (with masks, labels as data-set classes) merged with this head's stuff:
+        one :class:`~zir.data.contract.PanopticPrediction` per image, in its own pixels."""
+        logits = self(features)
+        stride = self.strides[0]
         out = []
-        for b, (inst, (h, w), size) in enumerate(zip(instances, work_sizes, sizes)):
-            # crop the image's own part of the padded batch at the branch's stride, then up to the input size
+        for b, (inst, (h, w), size) in enumerate(zip(predictions, frame.work_sizes, frame.sizes)):
+            # crop the image's own part of the padded batch at the head's stride, then up to the input size
             lg = logits[b:b + 1, :, : -(-h // stride), : -(-w // stride)].float()
             semantic = F.interpolate(lg, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
-            inst.labels = self.thing_ids[inst.labels]
-            out.append(merge_panoptic(inst, semantic, self.stuff_ids, self.panoptic_cfg))
+            out.append(merge_panoptic(inst, semantic, self.stuff_ids, self.merge))
         return out
 
 
@@ -191,7 +198,7 @@ class PanopticFPN(MaskRCNN):
 
 
 def merge_panoptic(instances: DetectionPrediction, semantic: Tensor, stuff_ids: Tensor,
-                   cfg: PanopticFPNConfig) -> PanopticPrediction:
+                   cfg: MergeConfig) -> PanopticPrediction:
     """Combine instances and a semantic map into non-overlapping segments (the paper's section 4.1 rules).
 
     Args:
@@ -239,7 +246,7 @@ def merge_panoptic(instances: DetectionPrediction, semantic: Tensor, stuff_ids: 
 # build()
 
 
-def build(cfg: PanopticFPNConfig) -> PanopticFPN:
+def build(cfg: PanopticFPNConfig) -> FasterRCNN:
     things = [bool(t) for t in cfg.thing_classes]
     if len(things) != cfg.num_classes:
         raise ConfigError(f"panoptic_fpn needs thing_classes, one True (thing) / False (stuff) per class: got "
@@ -247,7 +254,9 @@ def build(cfg: PanopticFPNConfig) -> PanopticFPN:
                           "set fills them)")
     if not any(things):
         raise ConfigError("panoptic_fpn: no thing class; train a semantic model (unet, fcn) on stuff-only data")
-    detector = mask_rcnn.build(dataclasses.replace(cfg, num_classes=sum(things)))  # type: ignore[arg-type]
-    n_stuff = len(things) - sum(things)
-    head = SemanticHead(cfg.fpn_channels, detector.backbone.strides, cfg.semantic_channels, n_stuff + 1)
-    return PanopticFPN(cfg, detector, head)
+    # the instance branch (RPN, box and mask heads) knows only the thing classes
+    backbone, fpn, rpn, roi_heads = faster_rcnn.build_parts(cfg, sum(things))
+    mask_head = MaskHead(cfg.fpn_channels, backbone.strides, cfg.mask_head, sum(things))
+    semantic_head = SemanticHead(cfg.fpn_channels, backbone.strides, cfg.semantic_head, things, cfg.merge)
+    return FasterRCNN(cfg, backbone, fpn, rpn, roi_heads, {"mask": mask_head, "semantic": semantic_head},
+                      thing_classes=things, task="panoptic")
