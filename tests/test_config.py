@@ -229,3 +229,20 @@ def test_model_sections_from_dotted_keys_yaml_and_old_flat_names(tmp_path):
         load_config(overrides=["model=faster_rcnn", "model_args.rpn.nms_id=0.6"])
     with pytest.raises(ConfigError, match="given twice"):
         load_config(overrides=["model=faster_rcnn", "model_args.rpn.nms_iou=0.6", "rpn_nms_iou=0.5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=-1", "train.epochs=-1 is out of range; valid: 1 <= epochs"),
+    ("image_size=0", "data.image_size=0 is out of range; valid: 8 <= image_size"),
+    ("batch_size=0", "data.batch_size=0 is out of range; valid: 1 <= batch_size"),
+    ("lr=-1", "train.lr=-1.0 is out of range; valid: 0 <= lr"),
+    ("val_split=1", "data.val_split=1.0 is out of range; valid: 0 <= val_split < 1"),
+    ("mosaic=2", "data.mosaic=2.0 is out of range; valid: 0 <= mosaic <= 1"),
+])
+def test_numeric_settings_are_range_checked_when_loaded(override, message):
+    from zir.config import load_config
+    from zir.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert str(e.value) == message

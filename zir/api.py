@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -59,6 +60,9 @@ def evaluate(run: str | Path, progress: bool = True, **data_settings: Any) -> di
     if ("data", "path") in given and ("data", "val_path") not in given:
         cfg = cfg.override({"data.val_path": cfg.data.path})  # all of the given data, not a split of it
     bundle = build_datasets(cfg.data, seed=cfg.train.seed)
+    if bundle.task != predictor.task:  # before the class check: a task mismatch is the real problem
+        raise DataError(cfg.data.val_path or cfg.data.path, f"this is a {bundle.task} dataset, but the run in "
+                        f"{run} is a {predictor.task} model; evaluate it on {predictor.task} data")
     if bundle.classes != predictor.classes:
         raise DataError(cfg.data.path, f"the data has {len(bundle.classes)} classes {bundle.classes[:10]}, the "
                                           f"model {len(predictor.classes)} {predictor.classes[:10]}; evaluate on "
@@ -85,7 +89,7 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path], out: str | Path,
-                      conf: float | None = None) -> Path:
+                      conf: float | None = None, skip_bad: bool = False, exist_ok: bool = False) -> Path:
     """Predict on images and write, per image, the drawn result (PNG) and the prediction (JSON).
 
     Masks are also written as label PNGs a user can load (output names keep the input's relative path,
@@ -96,19 +100,34 @@ def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path
       JSON (16-bit when there are more than 255);
     * panoptic: ``NAME_panoptic.png`` (COCO panoptic ids) and one ``panoptic.json`` for all images, a COCO
       panoptic file that ``zir data check`` and panopticapi read.
+
+    ``out`` may hold other files: zir writes over only what it wrote there before (listed in
+    ``out/.zir-written``) and refuses to replace anything else unless ``exist_ok``. An unreadable image
+    stops the run (DataError naming it) unless ``skip_bad``: then it is left out and listed at the end.
     """
     from zir.analysis.draw import draw_prediction
     from zir.data.formats.panoptic import segments_info, write_coco_panoptic, write_panoptic_png
     from zir.data.image_io import save_png
+    from zir.data.output import OwnedFolder
 
+    folder = OwnedFolder(out, exist_ok=exist_ok)  # checked before the model loads: a bad --out fails fast
     predictor = model if isinstance(model, Predictor) else load(model)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = list_images(inputs)
     common = Path(os.path.commonpath([p.resolve().parent for p in files]))
-    panoptic_images, panoptic_annotations = [], []
+    folder.claim(_output_names(files, common, predictor.task))
+    folder.commit()
+    panoptic_images, panoptic_annotations, skipped = [], [], []
     for k, path in enumerate(files):
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except DataError as e:
+            if not skip_bad:
+                raise DataError(e.file, f"{e.detail}; or pass --skip-bad (skip_bad=True) to leave out "
+                                        "unreadable images", e.where) from None
+            print(f"zir: skipped {e}", file=sys.stderr)
+            skipped.append(str(path))
+            continue
         pred = predictor.predict(image.as_subclass(torch.Tensor))[0]
         if conf is not None and isinstance(pred, DetectionPrediction):
             pred = pred.above(conf)
@@ -139,7 +158,20 @@ def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path
     if panoptic_images:
         write_coco_panoptic(out / "panoptic.json", panoptic_images, panoptic_annotations, predictor.classes,
                             predictor.model.thing_classes)
+    if skipped:
+        print(f"zir: skipped {len(skipped)} unreadable image(s) of {len(files)}:\n  " + "\n  ".join(skipped),
+              file=sys.stderr)
     return out
+
+
+def _output_names(files: list[Path], common: Path, task: str) -> list[str]:
+    """Every name :func:`predict_to_folder` may write for ``files`` (relative to the output folder)."""
+    extra = {"segment": ["_mask.png"], "instance": ["_instances.png"], "panoptic": ["_panoptic.png"]}
+    names = ["panoptic.json"] if task == "panoptic" else []
+    for path in files:
+        rel = path.resolve().relative_to(common).with_suffix("").as_posix()
+        names += [f"{rel}{suffix}" for suffix in (".png", ".json", *extra.get(task, []))]
+    return names
 
 
 def _run_metrics(run: str | Path) -> dict[str, float]:

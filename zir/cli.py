@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", default="predictions", help="output folder (drawn images and one JSON per image)")
     pr.add_argument("--conf", type=float, default=None, help="score threshold (detection)")
+    pr.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed at the end)")
+    pr.add_argument("--exist-ok", action="store_true",
+                    help="replace files in --out that zir did not write (by default zir refuses)")
     pr.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="export a trained model for deployment")
@@ -190,7 +193,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from zir.api import evaluate
     from zir.config import parse_override
+    from zir.data.output import check_writable
 
+    if args.json:
+        check_writable(args.json, "file")
     metrics = evaluate(args.run, **dict(parse_override(s) for s in args.settings))
     for k, v in metrics.items():
         print(f"{k:>24s}  {v:.4f}" if isinstance(v, float) else f"{k:>24s}  {v}")
@@ -202,7 +208,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from zir.api import predict_to_folder
 
-    out = predict_to_folder(args.model, args.inputs, args.out, conf=args.conf)
+    out = predict_to_folder(args.model, args.inputs, args.out, conf=args.conf, skip_bad=args.skip_bad,
+                            exist_ok=args.exist_ok)
     print(f"wrote predictions to {out}")
     return 0
 
@@ -243,8 +250,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from zir.data.formats import open_dataset
+    from zir.data.output import check_writable
     from zir.data.stats import dataset_stats, format_stats, plot_stats
 
+    check_writable(args.out, "file")
     stats = dataset_stats(open_dataset(args.path, format=args.format))
     print(format_stats(stats))
     print(f"histograms: {plot_stats(stats, Path(args.out))}")
@@ -263,7 +272,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_augment_preview(args: argparse.Namespace) -> int:
     from zir.augment import preview_grid
     from zir.data.image_io import read_image
+    from zir.data.output import check_writable
 
+    check_writable(args.out, "file")
     out = preview_grid({"image": read_image(args.image)}, Path(args.out), seed=args.seed)
     print(f"wrote {out}")
     return 0

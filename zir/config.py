@@ -230,6 +230,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"model_args.{key}: {_FROM_DATA_HELP[key]}")
     # The model's own builder checks its settings (nested ones too); the class count is a placeholder.
     cfg.model_config(num_classes=1)
+    check_ranges(cfg)
 
 
 _FROM_DATA_HELP = {
@@ -385,6 +386,51 @@ def load_config(path: str | Path | None = None, overrides: list[str] | Settings 
     else:
         items = [parse_override(o) if isinstance(o, str) else o for o in overrides or []]
     return cfg.override(items) if items else cfg
+
+
+# Valid ranges of the numeric settings: (low, high, low inclusive, high inclusive); None = unbounded.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.val_split": (0, 1, True, False),
+    "data.image_size": (8, None, True, True),
+    "data.batch_size": (1, None, True, True),
+    "data.workers": (0, None, True, True),
+    "data.synth_n": (1, None, True, True),
+    "data.mosaic": (0, 1, True, True),
+    "data.crop": (0, None, True, True),
+    "train.epochs": (1, None, True, True),
+    "train.lr": (0, None, True, True),  # lr=0 is a way to record the initial weights
+    "train.weight_decay": (0, None, True, True),
+    "train.warmup_epochs": (0, None, True, True),
+    "train.final_lr": (0, 1, True, True),
+    "train.clip_grad": (0, None, True, True),
+    "train.accumulate": (1, None, True, True),
+    "train.seed": (0, None, True, True),
+    "train.patience": (0, None, True, True),
+    "train.time_limit": (0, None, True, True),
+    "train.eval_every": (1, None, True, True),
+    "train.threads": (0, None, True, True),
+}
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Check every numeric setting against :data:`RANGES` (from :func:`validate`), so ``epochs=-1`` or
+    ``batch_size=0`` stops at once with the valid range instead of training nothing or crashing later.
+
+    Raises:
+        ConfigError: naming the first setting out of range, its value and the valid range.
+    """
+    import math
+
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (low is None or value > low or (low_in and value == low))
+        ok = ok and (high is None or value < high or (high_in and value == high))
+        if not ok:
+            lo = "" if low is None else f"{low} {'<=' if low_in else '<'} "
+            hi = "" if high is None else f" {'<=' if high_in else '<'} {high}"
+            raise ConfigError(f"{key}={value!r} is out of range; valid: {lo}{name}{hi}")
 
 
 def describe_settings() -> str:

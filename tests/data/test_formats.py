@@ -354,3 +354,13 @@ def test_every_reader_feeds_zir_dataset_with_contract_samples(layouts, name):
             assert semantic.shape == (H, W)
             valid = (semantic < len(index.classes)) | (semantic == IGNORE_INDEX)
             assert bool(valid.all())
+
+
+def test_voc_difficult_flags_reach_the_sample_for_evaluation(build, tmp_path):
+    """VOC difficult objects are trained on (kept in boxes and labels) and flagged for evaluation."""
+    from zir.data.dataset import load_sample
+
+    index = read_voc(build.voc(tmp_path / "voc"))
+    p = next(r for r in index.records if r.path.name == "p.jpg")
+    sample = load_sample(p, index)
+    assert len(sample["boxes"]) == 2 and sample["difficult"].tolist() == [False, True]

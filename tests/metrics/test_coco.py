@@ -316,3 +316,24 @@ def test_detection_plots_write_pngs(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as im:
             im.verify()
+
+
+def test_voc_difficult_objects_are_ignored_as_in_the_voc_protocol():
+    """One image, class 0: a normal object A, a difficult object D; detections on D (0.9), on nothing
+    (0.7) and on A (0.5). Hand-computed: D is neither found nor missed and its detection is neither true
+    nor false positive, so the ranked list is FP, TP over one object: precision 1/2 at recall 1, AP 0.5.
+    Counting D as ordinary ground truth would give TP, FP, TP: AP = (51 * 1 + 50 * 2/3) / 101 = 0.835."""
+    from zir.data.contract import DetectionPrediction
+    from zir.metrics.coco import CocoEvaluator
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+    pred = DetectionPrediction(boxes=torch.tensor([[50.0, 50, 60, 60], [80, 0, 90, 10], [0, 0, 10, 10]]),
+                               scores=torch.tensor([0.9, 0.7, 0.5]), labels=torch.zeros(3, dtype=torch.long))
+    target = {"image_id": 1, "boxes": boxes, "labels": torch.zeros(2, dtype=torch.long), "size": (100, 100)}
+    plain = CocoEvaluator(["a"])
+    plain.update([pred], [target])
+    assert plain.compute()["bbox/AP50"] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-6)
+    voc = CocoEvaluator(["a"])
+    voc.update([pred], [{**target, "difficult": torch.tensor([False, True])}])
+    assert voc.compute()["bbox/AP50"] == pytest.approx(0.5)
+    assert voc.confusion_matrix(score_thresh=0.0).tolist() == [[1, 0], [1, 0]]  # A found; one FP; D neither

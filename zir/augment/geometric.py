@@ -276,7 +276,7 @@ def _zoom(inpt: Any, params: dict[str, Any], fill: dict) -> Any:
 
 class SanitizeBoxes(v2.SanitizeBoundingBoxes):
     """Drop boxes that left the image (or shrank below ``min_size`` pixels), with their ``labels``,
-    ``iscrowd`` and instance ``masks``. Semantic maps are kept whole.
+    ``iscrowd``, ``difficult`` and instance ``masks``. Semantic maps are kept whole.
 
     Clamps boxes to the canvas first, so a box half outside the image is cut, not dropped.
     """
@@ -302,4 +302,4 @@ def _labels_and_flags(sample: Any) -> tuple[torch.Tensor, ...] | None:
     """Per-object tensors of a zir sample that must be filtered with the boxes (masks are by type)."""
     if not isinstance(sample, dict):
         return None
-    return tuple(sample[k] for k in ("labels", "iscrowd") if isinstance(sample.get(k), torch.Tensor))
+    return tuple(sample[k] for k in ("labels", "iscrowd", "difficult") if isinstance(sample.get(k), torch.Tensor))

@@ -52,7 +52,7 @@ def tile(samples: list[dict[str, Any]], size: int) -> dict[str, Any]:
     """Four samples -> one ``(3, size, size)`` sample; quadrants in reading order, each letterboxed."""
     half = size // 2
     canvas = torch.full((3, 2 * half, 2 * half), FILL, dtype=torch.uint8)
-    boxes, labels, crowd = [], [], []
+    boxes, labels, crowd, difficult = [], [], [], []
     for k, s in enumerate(samples):
         image = s["image"].as_subclass(Tensor)
         h, w = image.shape[-2:]
@@ -66,9 +66,12 @@ def tile(samples: list[dict[str, Any]], size: int) -> dict[str, Any]:
         boxes.append(b * torch.tensor([nw / w, nh / h, nw / w, nh / h]) + torch.tensor([left, top, left, top]))
         labels.append(s["labels"])
         crowd.append(s.get("iscrowd", torch.zeros(len(b), dtype=torch.bool)))
-    out = {k: v for k, v in samples[0].items() if k not in ("image", "boxes", "labels", "iscrowd")}
+        difficult.append(s.get("difficult", torch.zeros(len(b), dtype=torch.bool)))
+    out = {k: v for k, v in samples[0].items() if k not in ("image", "boxes", "labels", "iscrowd", "difficult")}
     out["image"] = tv_tensors.Image(canvas)
     out["boxes"] = tv_tensors.BoundingBoxes(torch.cat(boxes), format="XYXY", canvas_size=(2 * half, 2 * half))
     out["labels"] = torch.cat(labels)
     out["iscrowd"] = torch.cat(crowd)
+    if any("difficult" in s for s in samples):
+        out["difficult"] = torch.cat(difficult)
     return out

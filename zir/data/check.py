@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
 from zir.data.contract import IGNORE_INDEX, DatasetIndex, Problem, Record
-from zir.data.image_io import image_size, open_pil, read_label_png, read_panoptic_png
+from zir.data.image_io import image_size, open_pil, read_label_png, read_panoptic_png, verify_image
 from zir.errors import DataError
 
 BOX_TOLERANCE = 1.0
@@ -162,9 +162,17 @@ def _segmentation_problems(seg: Any, image_hw: tuple[int, int] | None) -> list[s
     if seg is None:
         return []
     if isinstance(seg, dict):
-        size = seg.get("size")
-        if size is None or "counts" not in seg:
+        size, counts = seg.get("size"), seg.get("counts")
+        if size is None or counts is None:
             return ["RLE without 'size' or 'counts'; re-encode the mask"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_count(v) for v in size)):
+            return [f"RLE size {size!r} is not [height, width]; re-encode the mask"]
+        if isinstance(counts, list):
+            if not all(_is_count(v) for v in counts) or sum(counts) != size[0] * size[1]:
+                return ["uncompressed RLE counts must be whole numbers >= 0 adding up to height * width; "
+                        "re-encode the mask"]
+        elif not (isinstance(counts, (str, bytes)) and (counts.isascii() if isinstance(counts, str) else True)):
+            return ["RLE counts must be a list of numbers or a COCO-compressed ASCII string; re-encode the mask"]
         if image_hw is not None and tuple(int(v) for v in size) != tuple(image_hw):
             return [f"RLE size {list(size)} differs from the image's {list(image_hw)} (H, W); "
                     "re-encode the mask at the image's size"]
@@ -177,9 +185,25 @@ def _segmentation_problems(seg: Any, image_hw: tuple[int, int] | None) -> list[s
         if len(poly) < 6 or len(poly) % 2:
             out.append(f"polygon with {len(poly)} coordinates; a polygon needs at least 3 (x, y) "
                        "points; fix or drop it")
+        elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+            out.append("polygon with coordinates that are not numbers; fix or drop it")
         elif not np.isfinite(np.asarray(poly, dtype=np.float64)).all():
             out.append("polygon with NaN or infinite coordinates; fix or drop it")
+        elif image_hw is not None and not _near_image(poly, image_hw):
+            out.append(f"polygon points lie far outside the {image_hw[1]}x{image_hw[0]} image; fix or drop it")
     return out
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 2**31
+
+
+def _near_image(poly: list[float], image_hw: tuple[int, int]) -> bool:
+    """Points within one image size of the image (further out is a broken annotation, and would make
+    the rasteriser allocate memory for the whole outline)."""
+    H, W = image_hw
+    xs, ys = np.asarray(poly[0::2], np.float64), np.asarray(poly[1::2], np.float64)
+    return bool((xs >= -W).all() and (xs <= 2 * W).all() and (ys >= -H).all() and (ys <= 2 * H).all())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,25 +217,37 @@ class _PixelResult:
     mask_classes: set[int] | None = None  # class ids present in a semantic mask (when decoded)
 
 
+MIN_IMAGE_SIDE = 8
+"""An image with a side below this many pixels is a warning: too small to learn from, and usually a
+placeholder or a broken export."""
+
+
 def _check_pixels(record: Record, index: DatasetIndex, i: int, open_images: bool,
-                  skip: set[Path]) -> _PixelResult:
+                  skip: set[Path], verify: bool = False) -> _PixelResult:
     """Image and mask of one record; files in ``skip`` (which the reader already failed on) are left out."""
     out = _PixelResult()
     path = record.path
     if path not in skip:
-        listed = f"listed in {record.source}"
+        # ImageFolder records are their own source: saying "(listed in X)" after X would repeat the path.
+        listed = "" if split_source(record.source)[0] == str(path) else f" (listed in {record.source})"
         if not path.is_file():
-            out.problems.append(Problem(str(path), "", f"image file not found ({listed}); fix the path "
+            out.problems.append(Problem(str(path), "", f"image file not found{listed}; fix the path "
                                                        "or remove the record", record=i))
         else:
             try:
                 if open_images:
                     W, H = open_pil(path).size  # decodes every byte: truncated files fail here
+                elif verify:
+                    W, H = verify_image(path)  # a cheap decode: truncated files fail here too
                 else:
                     W, H = image_size(path)
                 out.image_hw = (H, W)
+                if min(W, H) < MIN_IMAGE_SIDE:
+                    out.problems.append(Problem(str(path), "", f"image is only {W}x{H} pixels{listed}; "
+                                                               "check that it is not a placeholder or a "
+                                                               "broken export", "warning", record=i))
             except DataError as e:
-                out.problems.append(Problem(str(path), "", f"{e.detail} ({listed})", record=i))
+                out.problems.append(Problem(str(path), "", f"{e.detail}{listed}", record=i))
     mask_hw = None
     if record.mask_path is not None and record.mask_path not in skip:
         mask_hw = _check_mask(record, index, i, out, open_images)
@@ -246,8 +282,7 @@ def _check_mask(record: Record, index: DatasetIndex, i: int, out: _PixelResult,
             values = read(mask_path)
             mh, mw = values.shape[:2]
         else:
-            with Image.open(mask_path) as m:
-                mw, mh = m.size
+            mw, mh = image_size(mask_path)  # header only; refuses decompression bombs as DataError
     except DataError as e:
         out.problems.append(Problem(file, "", e.detail, record=i))
         return None
@@ -306,13 +341,16 @@ def _strict_pil() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
-def check_dataset(index: DatasetIndex, open_images: bool = True, progress: bool = True) -> CheckReport:
+def check_dataset(index: DatasetIndex, open_images: bool = True, progress: bool = True,
+                  verify: bool = False) -> CheckReport:
     """Check every record of a dataset, its files and the dataset as a whole.
 
     Args:
         index: what a reader returned; its ``problems`` are part of the report.
         open_images: decode every image and mask fully (finds truncated files, and semantic mask values).
             ``False`` reads only the file headers: much faster, but sizes and existence only.
+        verify: with ``open_images=False``, still check cheaply that every image decodes to its end
+            (:func:`zir.data.image_io.verify_image`): what training checks up front.
         progress: show a progress bar on stderr.
 
     Returns:
@@ -337,7 +375,7 @@ def check_dataset(index: DatasetIndex, open_images: bool = True, progress: bool 
             reader_errors[p.record].add(Path(p.file))
 
     def pixels(i: int) -> _PixelResult:
-        return _check_pixels(records[i], index, i, open_images, reader_errors.get(i, set()))
+        return _check_pixels(records[i], index, i, open_images, reader_errors.get(i, set()), verify)
 
     # Decoding releases the GIL, so threads give a near-linear speed-up without pickling records.
     workers = min(8, os.cpu_count() or 1)

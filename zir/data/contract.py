@@ -51,6 +51,8 @@ class Sample(TypedDict, total=False):
         boxes: ``tv_tensors.BoundingBoxes`` float32 ``(N, 4)`` XYXY absolute pixels.
         labels: ``Tensor`` int64 ``(N,)`` class id per object.
         iscrowd: ``Tensor`` bool ``(N,)``: COCO crowd regions (ignored by matching and metrics).
+        difficult: ``Tensor`` bool ``(N,)``: VOC difficult objects (trained on; left out of evaluation:
+            a detection on one is neither a true nor a false positive).
         masks: ``tv_tensors.Mask`` uint8 ``(N, H, W)`` one binary mask per object.
         semantic: ``tv_tensors.Mask`` int64 ``(H, W)`` class id per pixel, 255 = ignore.
         image_id: ``int`` unique within the dataset.
@@ -62,6 +64,7 @@ class Sample(TypedDict, total=False):
     boxes: tv_tensors.BoundingBoxes
     labels: torch.Tensor
     iscrowd: torch.Tensor
+    difficult: torch.Tensor
     masks: tv_tensors.Mask
     semantic: tv_tensors.Mask
     image_id: int
@@ -88,6 +91,8 @@ class Target:
         boxes: float32 ``(N, 4)`` XYXY absolute pixels; ``(0, 4)`` when the task has none.
         labels: int64 ``(N,)`` class id per object.
         iscrowd: bool ``(N,)`` COCO crowd regions (all False when the data has none).
+        difficult: bool ``(N,)`` VOC difficult objects: trained on, left out of evaluation (all False
+            when the data has none).
         masks: uint8 ``(N, h, w)`` one binary mask per object, or ``None``.
         semantic: int64 ``(h, w)`` class id per pixel, 255 = ignore, or ``None``.
         image_id: unique within the dataset, or ``None``.
@@ -99,6 +104,7 @@ class Target:
     boxes: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
     labels: torch.Tensor = field(default_factory=lambda: torch.zeros((0,), dtype=torch.int64))
     iscrowd: torch.Tensor | None = None  # None: no crowds, filled with False in __post_init__
+    difficult: torch.Tensor | None = None  # None: none difficult, filled with False in __post_init__
     masks: torch.Tensor | None = None
     semantic: torch.Tensor | None = None
     image_id: int | None = None
@@ -109,6 +115,8 @@ class Target:
             self.size = (int(self.size[0]), int(self.size[1]))
         if self.iscrowd is None:
             self.iscrowd = torch.zeros(len(self.boxes), dtype=torch.bool, device=self.boxes.device)
+        if self.difficult is None:
+            self.difficult = torch.zeros(len(self.boxes), dtype=torch.bool, device=self.boxes.device)
 
     @classmethod
     def from_sample(cls, sample: Mapping[str, Any], size: tuple[int, int] | None = None) -> Target:
@@ -124,12 +132,13 @@ class Target:
         boxes = torch.zeros((0, 4)) if boxes is None else _plain(boxes).reshape(-1, 4)
         labels = sample.get("labels")
         labels = torch.zeros((0,), dtype=torch.int64) if labels is None else _plain(labels).reshape(-1)
-        iscrowd = sample.get("iscrowd")
+        iscrowd, difficult = sample.get("iscrowd"), sample.get("difficult")
         label, image_id = sample.get("label"), sample.get("image_id")
         return cls(size=size if size is not None else _size_of(sample),
                    label=None if label is None else int(label),
                    boxes=boxes, labels=labels,
                    iscrowd=None if iscrowd is None else _plain(iscrowd).reshape(-1).bool(),
+                   difficult=None if difficult is None else _plain(difficult).reshape(-1).bool(),
                    masks=_plain(sample.get("masks")), semantic=_plain(sample.get("semantic")),
                    image_id=None if image_id is None else int(image_id), path=str(sample.get("path", "")))
 

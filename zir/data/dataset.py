@@ -12,7 +12,7 @@ import torch
 from faster_coco_eval.core import mask as mask_codec
 from torchvision import tv_tensors
 
-from zir.data.contract import IGNORE_INDEX, DatasetIndex, Record, Sample
+from zir.data.contract import IGNORE_INDEX, DatasetIndex, Record, Sample, _flags
 from zir.data.image_io import read_image, read_label_png, read_panoptic_png
 from zir.errors import DataError
 from zir.ops.masks import masks_to_boxes
@@ -65,6 +65,9 @@ def load_sample(record: Record, index: DatasetIndex) -> Sample:
             torch.from_numpy(record.boxes.copy()), format="XYXY", canvas_size=(H, W))
         sample["labels"] = torch.from_numpy(record.labels.copy())
         sample["iscrowd"] = torch.from_numpy(record.iscrowd.copy())
+        # VOC "difficult": trained on as normal objects (as detectron2 does), left out of evaluation.
+        # (Flags of another length than the boxes, from a record edited after reading, mean none are known.)
+        sample["difficult"] = torch.from_numpy(_flags(record.difficult, len(record.boxes)).copy())
     if task == "instance":
         masks = _instance_masks(record, H, W)
         if record.mask_path is not None and not masks.any((1, 2)).all():
@@ -75,7 +78,8 @@ def load_sample(record: Record, index: DatasetIndex) -> Sample:
             masks = masks[keep]
             t_keep = torch.from_numpy(keep)
             sample["boxes"] = tv_tensors.wrap(sample["boxes"][t_keep], like=sample["boxes"])
-            sample["labels"], sample["iscrowd"] = sample["labels"][t_keep], sample["iscrowd"][t_keep]
+            for k in ("labels", "iscrowd", "difficult"):
+                sample[k] = sample[k][t_keep]
         sample["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
     elif task == "segment":
         sample["semantic"] = tv_tensors.Mask(torch.from_numpy(_semantic_map(record, index, H, W)))
@@ -113,7 +117,11 @@ def _instance_masks(record: Record, H: int, W: int) -> np.ndarray:
         if isinstance(seg, dict) and "size" in seg and tuple(seg["size"]) != (H, W):
             raise DataError(record.source, f"RLE size {seg['size']} differs from the image's {[H, W]}",
                             where=f"object {i}")
-        masks[i] = decode_segmentation(seg, H, W)
+        try:
+            masks[i] = decode_segmentation(seg, H, W)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeError) as e:
+            raise DataError(record.source, f"cannot decode the segmentation ({e}); fix or drop the object",
+                            where=f"object {i}") from None
     return masks
 
 

@@ -434,8 +434,10 @@ def write_synth(cfg: SynthConfig, out_dir: Path, progress: bool = True, overwrit
     Returns:
         ``out_dir``.
     """
+    from zir.data.output import check_writable
+
     cfg.check()
-    out_dir = Path(out_dir)
+    out_dir = check_writable(out_dir, "folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(out_dir, "output path is a file; choose a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:

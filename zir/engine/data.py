@@ -168,11 +168,11 @@ def _val_split_folder(cfg: DataConfig) -> str:
 
 
 def _usable(index: DatasetIndex, cfg: DataConfig) -> DatasetIndex:
-    """Apply ``zir data check``'s checks (headers only, so it stays fast): raise on the first error, or
-    drop the bad records with ``skip_bad``. Truncated image data is caught when the image is loaded."""
+    """Apply ``zir data check``'s checks (headers, and a cheap decode that finds truncated images, so it
+    stays fast): raise on the first error, or drop the bad records with ``skip_bad``."""
     from zir.data.check import bad_records, check_dataset
 
-    report = check_dataset(index, open_images=False, progress=False)
+    report = check_dataset(index, open_images=False, progress=False, verify=True)
     errors = report.errors()
     if errors and not cfg.skip_bad:
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""

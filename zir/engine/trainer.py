@@ -41,7 +41,15 @@ from tqdm import tqdm
 from zir import __version__
 from zir.config import RunConfig, load_config
 from zir.engine import distributed as dist
-from zir.engine.checkpoint import load_state, load_weights, read_meta, save_state, save_weights
+from zir.engine.checkpoint import (
+    discard_untrained,
+    load_state,
+    load_weights,
+    new_run_dir,
+    read_meta,
+    save_last,
+    save_weights,
+)
 from zir.engine.data import Batch, DataBundle, build_datasets, build_loader
 from zir.engine.evaluate import MONITOR, autocast, evaluate
 from zir.engine.features import FEATURE_FILE, cache_key, feature_loaders, fit_closed_form
@@ -82,7 +90,7 @@ def make_run_dir(cfg: RunConfig) -> Path:
     while run_dir.exists() and not cfg.exist_ok:
         i += 1
         run_dir = base.with_name(f"{cfg.name}-{i}")
-    return run_dir
+    return new_run_dir(run_dir)  # checked writable before the data is read; removed if it never trains
 
 
 def build_optimizer(model: ZirModel, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -246,6 +254,7 @@ def restore(run: Run) -> Standing:
 # The loop
 
 
+@discard_untrained
 def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: Sequence[Callback] | None = None,
           on_end: Sequence[EndCallback] | None = None, progress: bool = True) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; with ``resume=RUN_DIR`` continue that run exactly.
@@ -374,8 +383,7 @@ def end_epoch(run: Run, standing: Standing, epoch: int, row: dict[str, Any], eva
     state = {"epoch": epoch, "best": standing.best, "bad_epochs": standing.bad_epochs,
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "scaler": run.scaler.state_dict(), "torch_rng": torch.get_rng_state()}
-    save_state(run.dir / "weights" / "last_state.pt", state)
-    save_weights(run.model, run.dir / "weights" / "last.safetensors", meta)
+    save_last(run.dir / "weights", run.model, state, meta)  # the pair resume trusts, renamed together
     run.logger.log(row)
     tqdm.write(_summary(row, monitor)) if progress else None
     for cb in callbacks:

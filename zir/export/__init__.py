@@ -21,8 +21,11 @@ from zir.errors import ConfigError, ZirError
 
 def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) -> Path:
     """Export the run's best weights; returns the written file."""
+    from zir.data.output import check_writable
     from zir.engine.predictor import find_weights, load
 
+    if out:
+        check_writable(out, "file")  # before the model loads and traces
     predictor = load(run)
     model = predictor.model.eval()
     size = predictor.config.data.image_size
@@ -30,6 +33,7 @@ def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) 
         raise ConfigError(f"export of {predictor.task} models is not supported yet; classifiers export today")
     example = torch.rand(1, 3, size, size)
     weights = find_weights(run)
+    check_writable(out or weights.parent, "file" if out else "folder")
     if format == "pt2":
         out = Path(out) if out else weights.with_name("model.pt2")
         batch = torch.export.Dim("batch", min=1, max=1024)

@@ -16,6 +16,12 @@ checks the 12 numbers against pycocotools itself). zir only converts its own typ
 * Detections: COCO results (``image_id``, ``category_id``, ``bbox``, ``score``, ``segmentation``). For
   segm evaluation the ``bbox`` is left out of the results so that pycocotools takes a detection's area
   from its mask, not its box (what detectron2 does too).
+* VOC ``difficult`` objects (a target's ``difficult`` flags) are COCO "ignore" ground truth: they do
+  not count as objects to find, and the detection matched to one is neither a true nor a false
+  positive. pycocotools reads no ignore flag of its own (it sets ``ignore = iscrowd``), so
+  :class:`_IgnoreAwareEval` sets it after its preparation. Unlike a crowd region, a difficult object is
+  matched with the ordinary IoU and by one detection; a second detection on it is a false positive, as
+  a duplicate on any object (VOC's devkit would ignore it too; zir keeps COCO's matching throughout).
 * pycocotools reports -1 for a number without ground truth (e.g. APs when there is no small object);
   zir reports NaN instead, so that it cannot be averaged or plotted as a score by mistake.
 """
@@ -114,10 +120,20 @@ def _results_for_type(results: list[dict], iou_type: str) -> list[dict]:
 # Running COCOeval
 
 
+class _IgnoreAwareEval(COCOeval_faster):
+    """COCOeval that honours ``difficult`` ground truth as "ignore" (module docstring)."""
+
+    def _prepare(self) -> None:
+        super()._prepare()  # sets every gt["ignore"] = iscrowd, on the dicts the C++ evaluation reads
+        for ann in self.cocoGt.anns.values():
+            if ann.get("difficult"):
+                ann["ignore"] = 1
+
+
 def _evaluate(coco_gt: COCO, results: list[dict], iou_type: str) -> COCOeval_faster:
     """Run evaluate / accumulate / summarize of faster-coco-eval on one iou type."""
     coco_dt = coco_gt.loadRes(results)  # an empty list gives an empty (evaluable) result set
-    ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=lambda *args, **kwargs: None)
+    ev = _IgnoreAwareEval(coco_gt, coco_dt, iou_type, print_function=lambda *args, **kwargs: None)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
@@ -212,9 +228,9 @@ class CocoEvaluator:
 
     The targets are :class:`~zir.data.contract.Target` (what ``zir.engine.data.collate`` gives) or
     sample dicts (:class:`zir.data.contract.Sample`, converted by ``Target.from_sample``): ``image_id``,
-    ``boxes`` (XYXY absolute pixels), ``labels``, optional ``iscrowd``, ``masks`` for segm, and the
-    image size (segm needs it; bbox does not; a dict gives it by ``"size"`` ``(H, W)``, ``image``,
-    ``boxes.canvas_size`` or ``masks``).
+    ``boxes`` (XYXY absolute pixels), ``labels``, optional ``iscrowd`` and ``difficult``, ``masks`` for
+    segm, and the image size (segm needs it; bbox does not; a dict gives it by ``"size"`` ``(H, W)``,
+    ``image``, ``boxes.canvas_size`` or ``masks``).
     """
 
     def __init__(self, classes: Sequence[str], iou_types: Sequence[str] = ("bbox",)) -> None:
@@ -266,8 +282,9 @@ class CocoEvaluator:
             bad = labels[(labels < 0) | (labels >= C)]
             if len(bad):
                 raise DataError(source, f"class id {int(bad[0])} outside the {C} classes {self.classes}")
-            crowd = target.iscrowd
-            masks = target.masks
+            crowd, difficult, masks = target.iscrowd, target.difficult, target.masks
+            if len(crowd) != n or len(difficult) != n:
+                raise DataError(source, f"{n} boxes but {len(crowd)} iscrowd and {len(difficult)} difficult flags")
             if segm and masks is None:
                 raise DataError(source, "segm evaluation needs instance masks in the target ('masks')")
             if masks is not None and len(masks) != n:
@@ -281,6 +298,8 @@ class CocoEvaluator:
             for i in range(n):
                 ann = {"image_id": image_id, "category_id": int(labels[i]) + 1, "bbox": xywh[i],
                        "area": float(areas[i]), "iscrowd": int(crowd[i])}
+                if difficult[i]:
+                    ann["difficult"] = 1
                 if rles is not None:
                     ann["segmentation"] = rles[i]
                 entry.gts.append(ann)
@@ -390,6 +409,9 @@ class CocoEvaluator:
         * an unmatched detection adds 1 to ``[background, predicted class]`` ("false positive"),
           except one lying inside a crowd region (``iscrowd``; intersection over the detection's
           area ``>= iou_thresh``, as COCO's crowd matching), which is ignored.
+
+        VOC ``difficult`` objects are left out as in :meth:`compute`: never "missed", and a detection
+        with ``IoU >= iou_thresh`` to one that matched nothing else is ignored.
         """
         C = len(self.classes)
         matrix = torch.zeros(C + 1, C + 1, dtype=torch.int64)
@@ -401,7 +423,8 @@ class CocoEvaluator:
             dt_boxes = _xywh_to_xyxy([r["bbox"] for r in dts])
             dt_labels = torch.tensor([r["category_id"] - 1 for r in dts], dtype=torch.int64)
 
-            g_boxes, g_labels = gt_boxes[~crowd], gt_labels[~crowd]
+            hard = torch.tensor([bool(a.get("difficult", 0)) for a in entry.gts], dtype=torch.bool)
+            g_boxes, g_labels = gt_boxes[~crowd & ~hard], gt_labels[~crowd & ~hard]
             iou = box_iou(dt_boxes, g_boxes)  # (D, G)
             same = dt_labels[:, None] == g_labels[None, :]
             dt_used = torch.zeros(len(dts), dtype=torch.bool)
@@ -413,7 +436,8 @@ class CocoEvaluator:
             for g in (~gt_used).nonzero().flatten().tolist():
                 matrix[g_labels[g], C] += 1
             in_crowd = _inside_crowd(dt_boxes, gt_boxes[crowd], iou_thresh)
-            for d in (~dt_used & ~in_crowd).nonzero().flatten().tolist():
+            on_hard = (box_iou(dt_boxes, gt_boxes[hard & ~crowd]) >= iou_thresh).any(1)
+            for d in (~dt_used & ~in_crowd & ~on_hard).nonzero().flatten().tolist():
                 matrix[C, dt_labels[d]] += 1
         return matrix
 

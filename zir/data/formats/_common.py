@@ -14,6 +14,7 @@ import yaml
 
 from zir.data.contract import DatasetIndex, Problem, Record
 from zir.data.image_io import image_size, is_image_file
+from zir.data.output import check_writable
 from zir.errors import DataError
 
 BOX_TOLERANCE = 1.0
@@ -143,6 +144,7 @@ def prepare_output(out_dir: str | Path, index: DatasetIndex, overwrite: bool) ->
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DataError(out, "output folder is not empty; choose an empty folder or pass overwrite=True "
                              "(--overwrite)")
+    check_writable(out, "folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -68,6 +68,16 @@ def image_table(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     return images
 
 
+def annotation_list(data: dict[str, Any], path: Path) -> list[Any]:
+    """``data["annotations"]`` (missing or null: none); anything but a list is a DataError."""
+    annotations = data.get("annotations")
+    if annotations is None:
+        return []
+    if not isinstance(annotations, list):
+        raise DataError(path, f"'annotations' must be a list, got {type(annotations).__name__}; fix the file")
+    return annotations
+
+
 def xywh_to_xyxy(bbox: Any) -> list[float] | None:
     """COCO ``[x, y, w, h]`` as ``[x1, y1, x2, y2]``, or ``None`` when it is not 4 numbers."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
@@ -109,7 +119,7 @@ def read_coco(json_path: str | Path, image_root: str | Path | None = None) -> Da
     data = load_json(path)
     cat_to_class, cats = category_map(data, path)
     images = image_table(data, path)
-    annotations = data.get("annotations") or []
+    annotations = annotation_list(data, path)
     root = Path(image_root) if image_root is not None else choose_image_root(
         path.parent, (str(im.get("file_name", "")) for im in images if isinstance(im, dict)))
     instance = any(_has_segmentation(a.get("segmentation")) for a in annotations if isinstance(a, dict))

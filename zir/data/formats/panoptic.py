@@ -16,7 +16,14 @@ import numpy as np
 
 from zir.data.contract import DatasetIndex, Problem, Record
 from zir.data.formats._common import box_problem, choose_image_root, missing_image
-from zir.data.formats.coco import category_map, image_entry, image_table, load_json, xywh_to_xyxy
+from zir.data.formats.coco import (
+    annotation_list,
+    category_map,
+    image_entry,
+    image_table,
+    load_json,
+    xywh_to_xyxy,
+)
 from zir.data.image_io import save_png
 from zir.errors import DataError
 
@@ -45,7 +52,7 @@ def read_coco_panoptic(json_path: str | Path, png_root: str | Path | None = None
         raise DataError(png_dir, f"panoptic PNG folder not found (for {path.name}); pass png_root=")
     root = Path(image_root) if image_root is not None else choose_image_root(
         path.parent, (str(im.get("file_name", "")) for im in images if isinstance(im, dict)))
-    annotations = {a.get("image_id"): a for a in data.get("annotations") or [] if isinstance(a, dict)}
+    annotations = {a.get("image_id"): a for a in annotation_list(data, path) if isinstance(a, dict)}
     problems: list[Problem] = []
     records: list[Record] = []
     for k, im in enumerate(images):

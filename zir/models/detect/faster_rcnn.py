@@ -251,7 +251,7 @@ def thing_targets(target: Target, to_thing: Tensor) -> Target:
     them; its other annotations (``semantic``, ``size``) unchanged."""
     labels = target.labels.long()
     keep = to_thing.to(labels.device)[labels] >= 0
-    return dataclasses.replace(target, boxes=target.boxes[keep], iscrowd=target.iscrowd[keep],
+    return dataclasses.replace(target, boxes=target.boxes[keep], iscrowd=target.iscrowd[keep], difficult=target.difficult[keep],
                                masks=None if target.masks is None else target.masks[keep],
                                labels=to_thing.to(labels.device)[labels[keep]])
 
