@@ -1,61 +1,118 @@
 """Export trained models for deployment. Runtime workarounds live here, never in model files.
 
-* ``pt2`` (default): ``torch.export`` of the model's tensor-to-tensor ``forward`` (for classifiers:
-  float ``(B, 3, S, S)`` in [0, 1] -> logits) with a dynamic batch size; loads with
-  ``torch.export.load(path).module()`` and no zir installed.
-* ``torchscript``: ``torch.jit.trace`` of the same graph, for runtimes that still take TorchScript.
-* ``onnx``: ``torch.onnx.export`` of the same graph (needs the ``onnx`` package; ``pip install onnx``).
+The exported graph is the model's deployment graph (:mod:`zir.export.graphs`): uint8 RGB images
+``(B, 3, H, W)`` in, results in the input's pixels out, pre- and post-processing inside, ``B``, ``H`` and
+``W`` dynamic. Formats:
 
-The class names and the input size are written next to the file as ``<file>.json``.
+* ``onnx`` (default): ``torch.onnx.export(dynamo=True)``, standard operators only (NMS is ONNX's
+  ``NonMaxSuppression``), for onnxruntime (:mod:`zir.export.runtime`, ``zir predict --backend onnx``).
+* ``pt2``: the ``torch.export`` program; loads with ``torch.export.load(path).module()`` and no zir.
+* ``torchscript``: ``torch.jit.trace`` of the graph; classifiers only (the other graphs hold symbolic
+  sizes and ``torch.cond``, which tracing would freeze at the example's size).
+
+The sidecar ``<file>.json`` names the inputs, the outputs and the classes (:func:`sidecar`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from zir.errors import ConfigError, ZirError
 
+FORMATS = ("onnx", "pt2", "torchscript")
+SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt"}
+OUTPUTS = {
+    "classify": {"scores": ["float32", ["batch", "classes"], "softmax probabilities"],
+                 "labels": ["int64", ["batch"], "arg-max class id"]},
+    "segment": {"semantic": ["int64", ["batch", "height", "width"], "class id of every input pixel"]},
+    "detect": {"boxes": ["float32", ["batch", "max_detections", 4], "XYXY, input pixels; rows past counts are 0"],
+               "scores": ["float32", ["batch", "max_detections"], "best first"],
+               "labels": ["int64", ["batch", "max_detections"], "class id"],
+               "counts": ["int64", ["batch"], "detections of each image (its first counts[b] rows)"]},
+}
+MAX_SIDE = 8192
 
-def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) -> Path:
-    """Export the run's best weights; returns the written file."""
+
+def export(run: str | Path, format: str = "onnx", out: str | Path | None = None) -> Path:
+    """Export the run's best weights as ``format``; returns the written file (its sidecar is ``<file>.json``)."""
     from zir.data.output import check_writable
     from zir.engine.predictor import find_weights, load
+    from zir.export.graphs import graph_for
 
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; use {', '.join(FORMATS)}")
     if out:
         check_writable(out, "file")  # before the model loads and traces
     predictor = load(run)
-    model = predictor.model.eval()
-    size = predictor.config.data.image_size
-    if predictor.task != "classify":
-        raise ConfigError(f"export of {predictor.task} models is not supported yet; classifiers export today")
-    example = torch.rand(1, 3, size, size)
+    graph = graph_for(predictor.model)  # ConfigError for an architecture without one
     weights = find_weights(run)
     check_writable(out or weights.parent, "file" if out else "folder")
-    if format == "pt2":
-        out = Path(out) if out else weights.with_name("model.pt2")
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        program = torch.export.export(model, (example.expand(2, -1, -1, -1).contiguous(),),
-                                      dynamic_shapes=({0: batch},))
-        torch.export.save(program, str(out))
-    elif format == "torchscript":
-        out = Path(out) if out else weights.with_name("model.torchscript.pt")
-        with torch.no_grad():
-            traced = torch.jit.trace(model, example)
-        traced.save(str(out))
-    elif format == "onnx":
-        try:
-            import onnx  # noqa: F401
-        except ImportError as e:
-            raise ZirError("ONNX export needs the onnx package: pip install onnx onnxscript") from e
-        out = Path(out) if out else weights.with_name("model.onnx")
-        torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    else:
-        raise ConfigError(f"unknown export format {format!r}; use pt2, torchscript or onnx")
-    sidecar = {"classes": predictor.classes, "task": predictor.task, "input": [3, size, size],
-               "input_range": "float32 RGB in [0, 1]", "output": "logits (apply softmax)"}
-    Path(f"{out}.json").write_text(json.dumps(sidecar, indent=1))
+    out = Path(out) if out else weights.with_name("model" + SUFFIX[format])
+    example, dynamic = example_input(predictor.model)
+    with torch.no_grad():
+        if format == "onnx":
+            to_onnx(predictor.model, out, graph)
+        elif format == "pt2":
+            torch.export.save(torch.export.export(graph, (example,), dynamic_shapes=dynamic), str(out))
+        else:
+            if predictor.task != "classify":
+                raise ConfigError(f"torchscript export takes classifiers only (this run is {predictor.task}): "
+                                  "tracing would fix the image size; use --format onnx or pt2")
+            torch.jit.trace(graph, example).save(str(out))
+    Path(f"{out}.json").write_text(json.dumps(sidecar(predictor, format), indent=1))
+    return out
+
+
+def to_onnx(model: Any, out: str | Path, graph: torch.nn.Module | None = None) -> Path:
+    """Write ``model``'s deployment graph (or ``graph``) as ONNX to ``out``."""
+    from zir.export.graphs import graph_for
+
+    _check_onnx()
+    graph = graph if graph is not None else graph_for(model)
+    example, dynamic = example_input(model)
+    with torch.no_grad():
+        torch.onnx.export(graph, (example,), str(out), dynamo=True, dynamic_shapes=dynamic,
+                          input_names=["images"], output_names=list(graph.outputs), verbose=False)
     return Path(out)
+
+
+def example_input(model: Any) -> tuple[torch.Tensor, tuple[dict[int, Any]]]:
+    """An example uint8 batch for tracing and the dynamic dimensions of ``images``: batch 1..1024, sides from
+    the smallest the graph handles (U-Net's mirrored context must fit in the image) to :data:`MAX_SIDE`."""
+    size = model.cfg.image_size
+    low = 32
+    if hasattr(model, "context"):  # U-Net: one reflection of `context + stride` pixels
+        low = max(low, model.context + model.stride + 1)
+    # distinct sides and a batch > 1, so that the tracer cannot take any of them for a constant
+    h, w = max(low + 3, size * 3 // 4 + 1), max(low + 5, size + 3)
+    example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
+    dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=low, max=MAX_SIDE),
+            3: torch.export.Dim("width", min=low, max=MAX_SIDE)}
+    return example, (dims,)
+
+
+def sidecar(predictor: Any, format: str) -> dict[str, Any]:
+    """What a caller needs beside the graph: the task, classes, input and outputs."""
+    model = predictor.model
+    kind = {"instance": "detect", "panoptic": "detect"}.get(predictor.task, predictor.task)
+    low = example_input(model)[1][0][2].min
+    meta = {"format": format, "task": predictor.task, "model": predictor.config.model, "classes": predictor.classes,
+            "image_size": model.cfg.image_size,
+            "inputs": {"images": ["uint8", ["batch", 3, "height", "width"],
+                                  f"RGB 0-255, one size per batch, sides {low}..{MAX_SIDE}"]},
+            "outputs": OUTPUTS[kind]}
+    if kind == "detect":
+        meta["max_detections"] = int(model.cfg.max_detections)
+    return meta
+
+
+def _check_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ZirError("ONNX export needs the onnx and onnxscript packages: pip install 'zir[export]'") from e
