@@ -78,10 +78,13 @@ def test_export_pt2_matches_model(trained, tmp_path):
     out = tmp_path / "m.pt2"
     assert main(["export", str(run), "--out", str(out)]) == 0
     exported = torch.export.load(str(out)).module()
-    model = zir.load(run).model
-    for batch in (1, 3):  # the batch dimension is dynamic
-        x = torch.rand(batch, 3, 32, 32)
-        torch.testing.assert_close(exported(x), model(x))
+    model = zir.load(run)
+    for batch, size in ((1, 32), (3, 45)):  # batch and image size are dynamic; uint8 in, resized inside
+        x = torch.randint(0, 256, (batch, 3, size, size + 7), dtype=torch.uint8)
+        scores, labels = exported(x)
+        for s, lab, p in zip(scores, labels, model.predict(list(x))):
+            torch.testing.assert_close(s, p.scores, atol=1e-5, rtol=0)
+            assert int(lab) == p.label
     assert json.loads(Path(f"{out}.json").read_text())["classes"][0] == "circle"
 
 

@@ -70,12 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed at the end)")
     pr.add_argument("--exist-ok", action="store_true",
                     help="replace files in --out that zir did not write (by default zir refuses)")
+    pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                    help="onnx: run MODEL's exported graph (zir export MODEL --format onnx, or a .onnx file) with onnxruntime")
     pr.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="export a trained model for deployment")
     x.add_argument("run", help="runs/NAME or a .safetensors file")
     x.add_argument("--format", choices=("pt2", "torchscript", "onnx"), default="pt2",
-                   help="pt2: torch.export program (default); torchscript; onnx (needs pip install onnx)")
+                   help="pt2: torch.export program (default); torchscript (classifiers); onnx (pip install 'zir[export]'); "
+                        "each takes uint8 images and holds pre- and post-processing")
     x.add_argument("--out", help="output file (default: RUN/weights/model.{pt2,torchscript.pt,onnx})")
     x.set_defaults(func=cmd_export)
 
@@ -208,7 +211,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from zir.api import predict_to_folder
 
-    out = predict_to_folder(args.model, args.inputs, args.out, conf=args.conf, skip_bad=args.skip_bad,
+    model = args.model
+    if args.backend == "onnx":
+        from zir.export.runtime import OnnxPredictor
+
+        model = OnnxPredictor(args.model)
+    out = predict_to_folder(model, args.inputs, args.out, conf=args.conf, skip_bad=args.skip_bad,
                             exist_ok=args.exist_ok)
     print(f"wrote predictions to {out}")
     return 0

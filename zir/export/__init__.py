@@ -4,9 +4,9 @@ The exported graph is the model's deployment graph (:mod:`zir.export.graphs`): u
 ``(B, 3, H, W)`` in, results in the input's pixels out, pre- and post-processing inside, ``B``, ``H`` and
 ``W`` dynamic. Formats:
 
-* ``onnx`` (default): ``torch.onnx.export(dynamo=True)``, standard operators only (NMS is ONNX's
+* ``onnx``: ``torch.onnx.export(dynamo=True)``, standard operators only (NMS is ONNX's
   ``NonMaxSuppression``), for onnxruntime (:mod:`zir.export.runtime`, ``zir predict --backend onnx``).
-* ``pt2``: the ``torch.export`` program; loads with ``torch.export.load(path).module()`` and no zir.
+* ``pt2`` (default): the ``torch.export`` program; loads with ``torch.export.load(path).module()`` and no zir.
 * ``torchscript``: ``torch.jit.trace`` of the graph; classifiers only (the other graphs hold symbolic
   sizes and ``torch.cond``, which tracing would freeze at the example's size).
 
@@ -37,7 +37,7 @@ OUTPUTS = {
 MAX_SIDE = 8192
 
 
-def export(run: str | Path, format: str = "onnx", out: str | Path | None = None) -> Path:
+def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) -> Path:
     """Export the run's best weights as ``format``; returns the written file (its sidecar is ``<file>.json``)."""
     from zir.data.output import check_writable
     from zir.engine.predictor import find_weights, load
@@ -76,7 +76,8 @@ def to_onnx(model: Any, out: str | Path, graph: torch.nn.Module | None = None) -
     example, dynamic = example_input(model)
     with torch.no_grad():
         torch.onnx.export(graph, (example,), str(out), dynamo=True, dynamic_shapes=dynamic,
-                          input_names=["images"], output_names=list(graph.outputs), verbose=False)
+                          input_names=["images"], output_names=list(graph.outputs), verbose=False,
+                          external_data=False)  # one file: the weights inside, nothing to lose beside it
     return Path(out)
 
 
