@@ -2,8 +2,8 @@
 
     zir train [CONFIG.yaml] [key=value ...] [--resume RUN]
     zir eval RUN [key=value ...]
-    zir predict RUN_OR_MODEL IMAGE_OR_FOLDER ... [--out DIR]
-    zir export RUN [--format torchscript|onnx]
+    zir predict RUN_OR_MODEL IMAGE_OR_FOLDER ... [--out DIR] [--backend torch|onnx]
+    zir export RUN [--format pt2|torchscript|onnx]
     zir models
     zir data synth|check|stats|convert ...
     zir augment preview IMAGE --out grid.png

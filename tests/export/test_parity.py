@@ -19,7 +19,6 @@ ort = pytest.importorskip("onnxruntime", reason="pip install 'zir[export]' (onnx
 from zir.export import to_onnx  # noqa: E402
 from zir.export.graphs import graph_for  # noqa: E402
 
-
 # the registry test's tiny settings, one table for both (tests are not a package: load it by path)
 _spec = importlib.util.spec_from_file_location("_registry", Path(__file__).parents[1] / "models" / "test_registry.py")
 _registry = importlib.util.module_from_spec(_spec)
