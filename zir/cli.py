@@ -4,6 +4,7 @@
     zir eval RUN [key=value ...]
     zir predict RUN_OR_MODEL IMAGE_OR_FOLDER ... [--out DIR] [--backend torch|onnx]
     zir export RUN [--format pt2|torchscript|onnx]
+    zir serve RUN [--port 8000] [--backend torch|onnx]
     zir models
     zir data synth|check|stats|convert ...
     zir augment preview IMAGE --out grid.png
@@ -81,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "each takes uint8 images and holds pre- and post-processing")
     x.add_argument("--out", help="output file (default: RUN/weights/model.{pt2,torchscript.pt,onnx})")
     x.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a trained model over HTTP: POST /predict, GET /health, GET / (a page)")
+    sv.add_argument("run", help="runs/NAME, a .safetensors file, or (--backend onnx) an exported .onnx file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    sv.add_argument("--max-mb", type=float, default=20, help="largest upload accepted, in MiB")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
+    sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="list the models zir can train")
     m.set_defaults(func=cmd_models)
@@ -227,6 +237,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export(args.run, args.format, args.out)
     print(f"exported {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from zir.export.serve import serve
+
+    serve(args.run, args.host, args.port, args.backend, int(args.max_mb * 2**20), args.max_pixels)
     return 0
 
 
