@@ -109,3 +109,14 @@ def test_varifocal_trains_too():
     model = tiny(cls_loss="varifocal")
     losses = model.loss(torch.rand(1, 3, 64, 64), [target([[8, 8, 40, 40]], [0])])
     assert all(torch.isfinite(v) for v in losses.values()) and losses["cls"] > 0
+
+
+def test_forward_exports_as_a_plain_graph():
+    """``torch.export`` of ``forward`` gives the same outputs; DFL's expectation is a softmax and a matmul."""
+    model = tiny().eval()
+    x = torch.rand(1, 3, 64, 64)
+    exported = torch.export.export(model, (x,))
+    ops = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert {"aten.softmax.int", "aten.matmul.default"} <= ops and not any("gather" in op for op in ops)
+    for got, want in zip(exported.module()(x), model(x)):
+        torch.testing.assert_close(got, want)
