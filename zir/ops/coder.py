@@ -5,6 +5,9 @@
 * :func:`encode_yolo_v1` / :func:`decode_yolo_v1`: YOLO v1's grid targets (Redmon et al. 2015,
   section 2): a box belongs to the cell that holds its centre; ``x, y`` are the centre's offset within
   that cell and ``w, h`` fractions of the image.
+* :func:`encode_ltrb` / :func:`decode_ltrb`: anchor-free detectors' distances from a point to the four box
+  sides (FCOS, GFL, YOLOv8), and :func:`dfl_expectation`, GFL's distance as the expectation of a
+  distribution over ``0..R``.
 """
 
 from __future__ import annotations

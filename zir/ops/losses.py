@@ -48,8 +48,8 @@ def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
         target: ``(N,)`` target distances in ``[0, R]``; clamped to ``R - 0.01`` so ``y_{i+1}`` exists.
 
     Returns:
-        ``(N,)`` float32 losses (0 when the mass already sits on the two neighbours in the right ratio ...
-        in the limit; the minimum is the entropy of that two-point distribution).
+        ``(N,)`` float32 losses. The minimum, reached when the distribution puts ``y_{i+1} - y`` on ``y_i``
+        and ``y - y_i`` on ``y_{i+1}``, is the entropy of that two-point distribution (0 for an integer ``y``).
     """
     R = logits.shape[-1] - 1
     target = target.float().clamp(0, R - 0.01)
