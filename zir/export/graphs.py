@@ -214,6 +214,67 @@ class YoloV1Graph(nn.Module):
         return boxes, scores, labels, counts
 
 
+class AnchorFreeGraph(nn.Module):
+    """The one-stage anchor-free detector: resize into the working frame, normalise, pad to the stride, the
+    model's raw outputs decoded (as ``AnchorFree.predict``), boxes clipped to the working frame, then per
+    image the best ``pre_nms_top_n`` (point, class) pairs above ``score_thresh``, per-class NMS over the
+    whole batch at once and the best ``max_detections``, boxes back to the input's pixels."""
+
+    outputs = ("boxes", "scores", "labels", "counts")
+
+    def __init__(self, model: ZirModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        from zir.models.detect.anchor_free import decode_ltrb, dfl_expectation
+        from zir.models.detect.transform import SIZE_DIVISIBLE, normalize
+
+        m, cfg = self.model, self.model.cfg
+        S = cfg.image_size
+        Bn = images.shape[0]
+        H, W = images.shape[-2:]
+        h, w = working_hw(H, W, S)
+        x = normalize(resize_to(to_unit(images), h, w, torch.sym_max(H, W) > S), m.mean, m.std)
+        x = F.pad(x, (0, (-w) % SIZE_DIVISIBLE, 0, (-h) % SIZE_DIVISIBLE))
+        cls, box, points, strides = m.raw(x)
+        scores = cls.float().sigmoid()  # (B, A, C)
+        C = scores.shape[2]
+        boxes = clip_to(decode_ltrb(points, dfl_expectation(box.float()), strides), h, w)  # (B, A, 4)
+        # per image: the best pre_nms_top_n pairs among those above the threshold (postprocess's order)
+        flat = scores.reshape(Bn, -1)
+        k = torch.sym_min(cfg.pre_nms_top_n, flat.shape[1])
+        top = torch.where(flat > cfg.score_thresh, flat, -1.0).topk(k, dim=1)
+        image = torch.arange(Bn, device=x.device)[:, None].expand(-1, k).reshape(-1)
+        idx, sc = top.indices.reshape(-1), top.values.reshape(-1)
+        keep = (sc > cfg.score_thresh).nonzero().squeeze(1)
+        idx, sc, image = idx[keep], sc[keep], image[keep]
+        label = idx % C
+        cand = boxes.reshape(-1, 4)[image * boxes.shape[1] + idx // C]
+        group = (image * C + label).to(cand.dtype)
+        # clipped to the working frame, whose sides are at most S: groups S + 1 apart never overlap
+        kept = nms(cand + (group * (S + 1))[:, None], sc, cfg.nms_iou)
+        cand, sc, label, image = cand[kept], sc[kept], label[kept], image[kept]
+        K = cfg.max_detections
+        rank, counts = _rank_in_image(image, Bn)
+        take = rank < K
+        slot = image[take] * K + rank[take]
+        det = cand[take]
+        det = clip_to(torch.stack([det[:, 0] * (W / w), det[:, 1] * (H / h), det[:, 2] * (W / w),
+                                   det[:, 3] * (H / h)], dim=1), H, W)
+        out_boxes = x.new_zeros(Bn * K, 4).index_put((slot,), det)
+        out_scores = x.new_zeros(Bn * K).index_put((slot,), sc[take])
+        out_labels = torch.zeros(Bn * K, dtype=torch.int64, device=x.device).index_put((slot,), label[take])
+        return out_boxes.view(Bn, K, 4), out_scores.view(Bn, K), out_labels.view(Bn, K), counts.clamp(max=K)
+
+
+def _rank_in_image(image: Tensor, B: Any) -> tuple[Tensor, Tensor]:
+    """For items in order, each one's rank among the items of its image (``image (M,)`` int64 in
+    ``[0, B)``): ``(rank (M,), count per image (B,))``."""
+    same = (image[:, None] == torch.arange(B, device=image.device)[None]).long()  # (M, B)
+    return (same.cumsum(0) * same).sum(1) - 1, same.sum(0)
+
+
 # --------------------------------------------------------------------------------------------------
 # Which graph a model gets
 
@@ -234,11 +295,13 @@ def graph_for(model: ZirModel) -> nn.Module:
         return SemanticGraph(model).eval()
     if isinstance(model, YoloV1):
         return YoloV1Graph(model).eval()
+    if type(model).__name__ == "AnchorFree":
+        return AnchorFreeGraph(model).eval()
     name = type(model).__name__
     if name in ("RCNN", "FastRCNN"):
         raise ConfigError(f"{name} cannot be exported to a graph: its proposals come from OpenCV's selective "
                           "search, which no ONNX runtime has; use `zir predict` (PyTorch), or train "
                           "faster_rcnn, whose RPN proposals are tensors")
     raise ConfigError(f"export of {name} ({model.task}) into one graph is not implemented yet; the graphs that "
-                      "exist: convnet, classifier, efficientnet_lite0, fcn, unet, yolo_v1. Use `zir predict` "
+                      "exist: convnet, classifier, efficientnet_lite0, fcn, unet, yolo_v1, anchor_free. Use `zir predict` "
                       "(PyTorch) for this run")
