@@ -98,7 +98,11 @@ class TrainConfig:
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seeds data order, augmentation and initialisation.
         patience: stop after this many epochs without improvement of the monitored metric (0 = never).
-        time_limit: stop after the epoch that passes this many minutes (0 = none).
+        time: a training budget in minutes (0 = none): the epoch count is fitted to it from timed steps
+            (``epochs`` is then ignored), so warm-up and cosine decay end on time; a budget too short for
+            one epoch runs one epoch and says so (``zir.engine.budget``).
+        time_limit: a hard stop in minutes (0 = none), checked before every step: the run ends within one
+            step, an evaluation and a checkpoint of it.
         eval_every: evaluate every N epochs (the last epoch is always evaluated).
         threads: torch intra-op threads on the CPU (0 = torch's default).
     """
@@ -115,6 +119,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     patience: int = 0
+    time: float = 0.0
     time_limit: float = 0.0
     eval_every: int = 1
     threads: int = 0
@@ -406,6 +411,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.accumulate": (1, None, True, True),
     "train.seed": (0, None, True, True),
     "train.patience": (0, None, True, True),
+    "train.time": (0, None, True, True),
     "train.time_limit": (0, None, True, True),
     "train.eval_every": (1, None, True, True),
     "train.threads": (0, None, True, True),
