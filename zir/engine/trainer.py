@@ -9,8 +9,8 @@
     end callbacks (the CLI and the API pass one that writes report.html)
 
 The model's registry entry (``ModelSpec.fitting``, a function of the model's config) says how it is
-fitted, and :func:`train` decides once: ``gradient`` trains the model on images, ``features`` trains its
-head on cached backbone features with the same loop, ``closed_form`` replaces the loop by a solve on
+fitted, and :func:`train` decides once: ``gradient`` trains the model on images, ``features`` solves its
+head on cached backbone features to convergence (one epoch), ``closed_form`` replaces the loop by a solve on
 cached features. Only evaluation, checkpointing and logging are pluggable (``callbacks``); there is no
 trainer class to subclass, and the config given is never changed (the run's own, with the data's facts
 filled in, is derived from it and saved as ``config.yaml``).
@@ -53,7 +53,7 @@ from zir.engine.checkpoint import (
 )
 from zir.engine.data import Batch, DataBundle, build_datasets, build_loader
 from zir.engine.evaluate import MONITOR, autocast, evaluate
-from zir.engine.features import FEATURE_FILE, cache_key, feature_loaders, fit_closed_form
+from zir.engine.features import FEATURE_FILE, FeatureDataset, cache_key, feature_loaders, fit_closed_form
 from zir.engine.logger import RunLogger
 from zir.errors import CheckpointError, ConfigError, TrainingError
 from zir.models import get_spec, model_keys
@@ -229,7 +229,8 @@ def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     return Run(cfg, run_dir, device, data, fitting, distributed, model, fit, net, train_loader, val_loader, optimizer,
-               torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule, t.epochs, budget, scaler, key,
+               torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule,
+               1 if fitting == "features" else t.epochs, budget, scaler, key,
                RunLogger(run_dir),
                [str(p) for p in data.problems if p.severity == "error"])
 
@@ -265,8 +266,8 @@ def restore(run: Run) -> Standing:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
-    run.epochs = max(state["epoch"] + 1, round(run.schedule.total_steps / run.optimizer_steps_per_epoch())) \
-        if run.cfg.train.time > 0 else run.cfg.train.epochs  # the fitted count, saved with the schedule
+    if run.cfg.train.time > 0 and run.fitting != "features":  # the fitted count, saved with the schedule
+        run.epochs = max(state["epoch"] + 1, round(run.schedule.total_steps / run.optimizer_steps_per_epoch()))
     best_metrics = read_meta(weights / "best.safetensors").get("metrics", {}) \
         if (weights / "best.safetensors").is_file() else {}
     if dist.is_main():
@@ -295,7 +296,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: Sequen
         cfg = load_config(Path(resume) / "config.yaml")
     run = setup(cfg, None if resume is None else Path(resume), progress)
     standing = begin(run) if resume is None else restore(run)
-    one_epoch = closed_form_epoch if run.fitting == "closed_form" else gradient_epoch  # the one dispatch
+    one_epoch = {"closed_form": closed_form_epoch, "features": features_epoch,  # the one dispatch
+                 "gradient": gradient_epoch}[run.fitting]
     t, main = run.cfg.train, dist.is_main()
     t_start, stopped_early, epoch = time.time(), False, standing.start_epoch - 1
     while epoch + 1 < run.epochs:  # run.epochs: train.epochs, or fitted to train.time while training
@@ -388,6 +390,22 @@ def gradient_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, floa
                          else timing.clock() - run.budget.start)
     means = {f"train/{k}": dist.all_reduce_mean(v / max(n_images, 1), device) for k, v in sums.items()}
     return means, n_images
+
+
+def features_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, float], int]:
+    """``fitting="features"``: the head solved to convergence on the cached training features (the model's
+    ``solve_head``: a convex problem, so one epoch is the whole training; ``epochs`` is not used).
+
+    Returns:
+        ``({"train/STATISTIC": value}, feature rows)``: the chosen L2 strength and its cross-validation.
+    """
+    rows = cast(FeatureDataset, run.train_loader.dataset)
+    stats = cast(TrainsOnFeatures, run.model).solve_head(rows.features, rows.labels, rows.groups, run.cfg.train.seed)
+    if progress:
+        tqdm.write(f"transfer=features: L2 {stats['l2']:.3g} chosen by {stats['folds']:.0f}-fold cross-validation "
+                   f"(held-out accuracy {stats['cv_accuracy']:.4f}); L-BFGS converged to gradient "
+                   f"{stats['grad_norm']:.1e} in {stats['iterations']:.0f} iterations")
+    return {f"train/{k}": v for k, v in stats.items()}, len(rows)
 
 
 def closed_form_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, float], int]:
