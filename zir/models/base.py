@@ -26,8 +26,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: How the engine fits a model; the registry entry (``ModelSpec.fitting``) says which, from the model's
 #: config, so the engine decides once and never asks the model:
 #:   ``gradient``     ``loss`` -> backward -> optimizer step, batch after batch (most models);
-#:   ``features``     a frozen part runs once over the data, its features are cached and only a head
-#:                    trains by gradient steps on them (:class:`TrainsOnFeatures`, e.g. transfer=features);
+#:   ``features``     a frozen part runs once over the data, its features are cached and only a head is
+#:                    solved on them, in one epoch (:class:`TrainsOnFeatures`, e.g. transfer=features);
 #:   ``closed_form``  features of the training data are cached once and the model is solved from them
 #:                    without gradient steps (:class:`FitsInClosedForm`, R-CNN's SVMs and ridge regressors).
 Fitting = Literal["gradient", "features", "closed_form"]
