@@ -223,10 +223,10 @@ def timm_reference(mode: str, data: dict, minutes: float, size: int, threads: in
         head = list(model.get_classifier().parameters())
         body = [p for p in model.parameters() if all(p is not h for h in head)]
         opt = torch.optim.AdamW([{"params": head, "lr": 1e-3}, {"params": body, "lr": 1e-4}], weight_decay=0.05)
-        out_of_time = False
+        out_of_time, steps, train_loader = False, 0, loader("train", train_tf, shuffle=True)
         while not out_of_time:
             model.train()
-            for x, y in loader("train", train_tf, shuffle=True):
+            for x, y in train_loader:
                 if time.time() - t0 >= minutes * 60:
                     out_of_time = True
                     break
@@ -234,7 +234,8 @@ def timm_reference(mode: str, data: dict, minutes: float, size: int, threads: in
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            epochs += 1
+                steps += 1
+        epochs = round(steps / len(train_loader), 1)  # epochs done, the last one possibly in part
         out = {s: accuracy(s) for s in splits if s != "train"}
     return {**out, "epochs": epochs, "wall_s": time.time() - t0}
 
