@@ -113,3 +113,17 @@ def test_a_class_folder_with_one_image_trains_and_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"classes \[2\] have fewer training images"):
         result = train(cfg, progress=False)
     assert result.epochs_done == 1 and "accuracy" in result.best_metrics
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    plain = Classifier(ClassifierConfig(num_classes=3, image_size=32, pretrained="none")).eval()
+    tta = Classifier(ClassifierConfig(num_classes=3, image_size=32, pretrained="none", tta=2)).eval()
+    tta.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 3, 32, 32)
+    expected = (plain(images).softmax(1) + plain(images.flip(-1)).softmax(1)) / 2
+    got = torch.stack([p.scores for p in tta.predict(images)])
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, torch.stack([p.scores for p in plain.predict(images)]), atol=1e-4)
+    with pytest.raises(ConfigError, match="tta must be 1"):
+        ClassifierConfig(tta=4)

@@ -63,6 +63,9 @@ class ClassifierConfig:
         augmented views of it (the ``data.augment`` preset, ``standard`` when that is ``none``).
     folds: ``features``: k of the k-fold cross-validation that picks the head's L2 strength (fewer when
         there are fewer training images; views of one image stay in one fold).
+    tta: test-time augmentation of ``predict`` (and so of evaluation on images): 1 = none, 2 = the mean
+        of the softmax of the image and of its left-right mirror (photographs are upright, so only the
+        flip that keeps them natural).
     """
 
     num_classes: int = 2
@@ -75,6 +78,7 @@ class ClassifierConfig:
     dropout: float = 0.2
     views: int = 1
     folds: int = 5
+    tta: int = 1
 
     def __post_init__(self) -> None:
         """Checked when the config is built, so ``zir train`` stops before reading any data."""
@@ -86,6 +90,8 @@ class ClassifierConfig:
             raise ConfigError(f"views={self.views} belongs to transfer=features (augmented views of each image "
                               f"cached once); transfer={self.transfer} sees new augmented images every epoch: "
                               "remove views and set augment=standard")
+        if self.tta not in (1, 2):
+            raise ConfigError(f"tta must be 1 (none) or 2 (the image and its left-right mirror), got {self.tta}")
         if not 0 < self.backbone_lr <= 1:
             raise ConfigError(f"backbone_lr is a fraction of the head's learning rate in (0, 1], got {self.backbone_lr}")
 
@@ -193,6 +199,9 @@ class Classifier(ZirModel):
             batch = resize(batch, (S, S), antialias=True)
         else:
             batch = torch.cat([resize(im.unsqueeze(0), (S, S), antialias=True) for im in batch])
+        if self.cfg.tta == 2:  # mean of the two views' probabilities, (B, C)
+            probs = (self(batch).float().softmax(1) + self(batch.flip(-1)).float().softmax(1)) / 2
+            return [ClassPrediction(scores=p, label=int(p.argmax())) for p in probs]
         return to_predictions(self(batch))
 
 
