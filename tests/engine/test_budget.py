@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from zir.config import load_config
 from zir.engine import budget, trainer
@@ -105,3 +106,24 @@ def test_schedule_refit_keeps_the_shape():
     assert s.warmup_steps == 5 and s(5) == pytest.approx(1.0) and s(20) == pytest.approx(0.01)
     s.refit(400)
     assert s.warmup_steps == 10 and s(400) == pytest.approx(0.01)
+
+
+def test_a_timed_run_resumes_with_its_fitted_epochs_and_ends_the_same(tmp_path, clock):
+    """The fitted epoch count travels with the schedule's state, so a timed run killed after epoch 3 and
+    resumed ends with the weights of one never interrupted."""
+    from safetensors.torch import load_file
+
+    settings = TINY + ["epochs=50", "time=1", f"project={tmp_path}"]
+    reference = train(load_config(overrides=settings + ["name=ref"]), progress=False)
+    clock.now = 0.0
+
+    def interrupt(info):
+        if info["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(overrides=settings + ["name=cut"]), callbacks=[interrupt], progress=False)
+    resumed = train(load_config(), resume=tmp_path / "cut", progress=False)
+    assert resumed.epochs_done == reference.epochs_done
+    a, b = (load_file(str(r.run_dir / "weights" / "last.safetensors")) for r in (reference, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
