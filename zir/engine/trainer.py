@@ -304,7 +304,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: Sequen
         epoch += 1
         seed_everything(t.seed * 1_000_003 + epoch * 1009 + dist.rank())
         run.train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        start_epoch(run.data.train, epoch, t.epochs)  # e.g. mosaic off for the last epochs
+        start_epoch(run.data.train, epoch, run.epochs)  # e.g. mosaic off for the last epochs (of the fitted count)
         run.model.train()
         run.model.set_epoch(epoch)  # e.g. the classifier's freeze_epochs: state from the epoch number
         t_epoch = time.time()
