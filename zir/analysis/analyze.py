@@ -7,6 +7,9 @@
 2. **Crowding**: every ground-truth object's largest IoU with another object (and the synthetic data's
    recorded ``overlap``), recall at a score threshold and AP per bin, and a sweep of the NMS IoU threshold
    where the model has one.
+3. **Transformations**: the 15 corruptions of ImageNet-C / COCO-C plus rain and sun flare
+   (:mod:`zir.augment.corruptions`) at 5 severities; the metric per corruption and severity, mPC and rPC
+   (COCO-C's definitions) and a heat map. ``--quick``: 8 corruptions at severity 3.
 
 Every headline number carries a bootstrap 95% interval over images (:mod:`zir.analysis.bootstrap`).
 Everything goes to ``RUN/analysis/analysis.json`` (NaN as ``null``) and ``RUN/analysis/report.html``
@@ -59,7 +62,7 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
 
     Args:
         run: ``runs/NAME`` made by ``zir train``.
-        quick: fewer zoom factors and NMS values, for a first look.
+        quick: fewer zoom factors and NMS values, 8 corruptions at severity 3, for a first look.
         bootstrap: resamples per confidence interval (0: no intervals).
         score: score threshold of the recall per bin (detection and instance).
         data_settings: ``data=PATH`` (all of it is analysed) and other data settings, as ``zir eval``;
@@ -149,6 +152,11 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
                          "ci": bootstrap_metric(rec.predictions, rec.targets, new_metric, keys[:1], n=bootstrap)})
         result["zoom"] = zoom
 
+    # 3. Transformations (before crowding's NMS sweep only to keep the report's order in one place)
+    if task != "panoptic":
+        result["corruptions"] = _corruption_suite(predictor.model.predict, loader, task, device, new_metric,
+                                                  keys[0], metrics.get(keys[0], math.nan), quick, progress, say)
+
     # 2. Crowding
     if task in ("detect", "instance"):
         crowd = [slices.crowding(t.boxes) for t in clean.targets]
@@ -190,6 +198,66 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
     out_dir.mkdir(exist_ok=True)
     (out_dir / "analysis.json").write_text(json.dumps(_plain(result), indent=1))
     return write_html(result, out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Corruptions
+
+
+def corrupted(predict: Callable[[list[torch.Tensor]], list[Any]], name: str, severity: int, seed: int = 0
+              ) -> Callable[[list[torch.Tensor]], list[Any]]:
+    """A stand-in for ``predict`` that sees every image corrupted; image ``k`` of the pass (in loader
+    order) gets seed ``seed + k``, so a pass is the same whatever the batch size."""
+    from zir.augment.corruptions import corrupt
+
+    count = [0]
+
+    def run(images: list[torch.Tensor]) -> list[Any]:
+        seeds = list(range(seed + count[0], seed + count[0] + len(images)))
+        count[0] += len(images)
+        if isinstance(images, torch.Tensor):  # classification batches come as one (B, 3, H, W) tensor
+            return predict(corrupt(images, name, severity, seeds))
+        if all(im.shape == images[0].shape for im in images):  # one batch when the sizes agree
+            bad = corrupt(torch.stack(images), name, severity, seeds).unbind(0)
+        else:
+            bad = [corrupt(im[None], name, severity, [s])[0] for im, s in zip(images, seeds)]
+        return predict(list(bad))
+
+    return run
+
+
+def mpc_rpc(table: dict[str, dict[int, float]], clean: float) -> tuple[float, float]:
+    """COCO-C's mean performance under corruption, ``mPC = mean_c mean_s P[c][s]`` over the corruptions and
+    severities in ``table``, and the relative performance ``rPC = mPC / P_clean`` (Michaelis et al. 2019,
+    eq. 1-2). NaN values (no objects) are left out; NaN when nothing is left or the clean metric is 0."""
+    per_c = [sum(v) / len(v) for v in ([x for x in sev.values() if math.isfinite(x)] for sev in table.values()) if v]
+    mpc = sum(per_c) / len(per_c) if per_c else math.nan
+    return mpc, (mpc / clean if math.isfinite(mpc) and math.isfinite(clean) and clean != 0 else math.nan)
+
+
+def _corruption_suite(predict: Callable, loader: Any, task: str, device: torch.device, new_metric: Callable,
+                      key: str, clean: float, quick: bool, progress: bool, say: Callable[[str], None]
+                      ) -> dict[str, Any]:
+    """The headline metric per corruption and severity, and mPC / rPC (all, the 15 of COCO-C, weather)."""
+    from zir.augment import corruptions as C
+    from zir.engine.evaluate import evaluate_predict
+
+    names, severities = (C.QUICK, (3,)) if quick else (C.CORRUPTIONS, (1, 2, 3, 4, 5))
+    table: dict[str, dict[int, float]] = {}
+    for name in names:
+        table[name] = {}
+        for sev in severities:
+            say(f"corruption {name} severity {sev}")
+            values, _ = evaluate_predict(corrupted(predict, name, sev), loader, new_metric(), task, device,
+                                         progress=progress)
+            table[name][sev] = values.get(key, math.nan)
+    out: dict[str, Any] = {"metric": key, "clean": clean, "severities": list(severities), "table": table}
+    for group, members in (("all", names), ("benchmark15", C.BENCHMARK), ("weather", C.WEATHER)):
+        sub = {n: table[n] for n in members if n in table}
+        if sub:
+            mpc, rpc = mpc_rpc(sub, clean)
+            out[group] = {"mPC": mpc, "rPC": rpc, "corruptions": len(sub)}
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,6 +418,19 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
                             [[f"{z['factor']:g}", *(fmt(v, z["ci"].get(k)) for k, v in z["metrics"].items())]
                              for z in result["zoom"]]))
         parts.append(_img(plots.plot_zoom(result["zoom"], key, out_dir / "zoom.png")))
+    corr = result.get("corruptions")
+    if corr:
+        parts.append("<h2>3. Transformations: corruptions</h2>")
+        parts.append(f"<p>{html.escape(corr['metric'])} per corruption and severity (clean: {fmt(corr['clean'])}). "
+                     "mPC: mean over corruptions and severities; rPC = mPC / clean (COCO-C).</p>")
+        parts.append(_table(["set", "corruptions", "mPC", "rPC"],
+                            [[g, str(corr[g]["corruptions"]), fmt(corr[g]["mPC"]), fmt(corr[g]["rPC"])]
+                             for g in ("all", "benchmark15", "weather") if g in corr]))
+        parts.append(_table(["corruption", *(f"severity {s}" for s in corr["severities"])],
+                            [[n, *(fmt(v.get(s, v.get(str(s)))) for s in corr["severities"])]
+                             for n, v in corr["table"].items()]))
+        parts.append(_img(plots.plot_heatmap(corr["table"], corr["severities"], corr["metric"],
+                                             out_dir / "corruptions.png")))
     parts.append("<h2>2. Crowding</h2>")
     crowd = result.get("crowding")
     if crowd:

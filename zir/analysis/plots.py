@@ -89,3 +89,30 @@ def plot_nms(sweep: Sequence[dict[str, Any]], key: str, out: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, title="largest IoU with another object")
     return _save(fig, out)
+
+
+def plot_heatmap(table: dict[str, dict[Any, float]], severities: Sequence[int], metric: str, out: Path) -> Path:
+    """The metric by corruption (rows) and severity (columns) as a heat map, numbers written in the cells."""
+    import numpy as np
+
+    names = list(table)
+    grid = np.array([[_get(table[n], s) for s in severities] for n in names], dtype=np.float64)
+    fig = _figure((1.2 + 0.9 * len(severities), 0.8 + 0.32 * len(names)))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=max(1e-9, np.nanmax(grid)) if
+                   np.isfinite(grid).any() else 1, aspect="auto")
+    for i in range(len(names)):
+        for j in range(len(severities)):
+            v = grid[i, j]
+            ax.text(j, i, "n/a" if not math.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white")
+    ax.set_xticks(range(len(severities)), [str(s) for s in severities])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("severity")
+    fig.colorbar(im, ax=ax, label=metric)
+    return _save(fig, out)
+
+
+def _get(row: dict[Any, float], severity: int) -> float:
+    v = row.get(severity, row.get(str(severity)))
+    return float(v) if _ok(v) else math.nan
