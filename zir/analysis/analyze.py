@@ -121,7 +121,7 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
                                         for t in clean.targets for m in [meta.get(t.image_id)])
         bins = slices.edges_to_bins(slices.RELATIVE_SIZE)
         size["relative_by"] = "recorded scale" if used_scale else "sqrt(area / image area)"
-        size["relative"] = _bins_json(_detection_bins(clean, [slices.bin_index(r, bins) for r in rel], bins,
+        size["relative"] = _bins_json(_detection_bins(clean, [slices.bin_index(r, bins, left_closed=True) for r in rel], bins,
                                                       new_metric, score, bootstrap))
         result["size"] = size
     elif task == "classify":

@@ -85,26 +85,26 @@ def crowding(boxes: Tensor) -> tuple[Tensor, Tensor]:
     return (inter > 0).sum(1), iou.max(1).values
 
 
-def bin_index(values: Tensor, bins: Sequence[tuple[str, float, float]]) -> Tensor:
-    """int64 ``(N,)``: the bin of each value, ``-1`` for none. A bin ``(name, low, high)`` holds
-    ``low < v <= high``, and ``v == 0`` when ``low == high == 0`` (the "alone" bin)."""
-    out = torch.full(values.shape, -1, dtype=torch.int64)
+def bin_index(values: Tensor, bins: Sequence[tuple[str, float, float]], left_closed: bool = False) -> Tensor:
+    """int64 ``(N,)``: the bin of each value, ``-1`` for none.
+
+    A bin ``(name, low, high)`` holds ``low < v <= high`` (crowding), or with ``left_closed``
+    ``low <= v < high`` (sizes, as COCO's area ranges); ``low == high == 0`` holds exactly 0 ("alone")."""
+    v = values.double()
+    out = torch.full(v.shape, -1, dtype=torch.int64)
     for k, (_, low, high) in enumerate(bins):
-        inside = (values == 0) if low == high == 0 else (values > low) & (values <= high)
+        if low == high == 0:
+            inside = v == 0
+        else:
+            inside = (v >= low) & (v < high) if left_closed else (v > low) & (v <= high)
         out[inside & (out < 0)] = k
     return out
 
 
 def edges_to_bins(edges: Sequence[float], fmt: str = "{:g}") -> tuple[tuple[str, float, float], ...]:
-    """Half-open edges ``[e0, e1), [e1, e2), ...`` as ``bin_index`` bins named ``"[e0, e1)"``.
-
-    ``bin_index`` uses ``(low, high]``; sizes use ``[low, high)`` as COCO does, so the edges are shifted by
-    the smallest step below them (``nextafter``)."""
-    out = []
-    for low, high in zip(edges[:-1], edges[1:]):
-        name = f"[{fmt.format(low)}, {fmt.format(high)})" if math.isfinite(high) else f">= {fmt.format(low)}"
-        out.append((name, math.nextafter(low, -math.inf), math.nextafter(high, -math.inf)))
-    return tuple(out)
+    """Edges ``e0, e1, ...`` as bins ``[e0, e1), [e1, e2), ...`` (use ``bin_index(..., left_closed=True)``)."""
+    return tuple((f"[{fmt.format(lo)}, {fmt.format(hi)})" if math.isfinite(hi) else f">= {fmt.format(lo)}", lo, hi)
+                 for lo, hi in zip(edges[:-1], edges[1:]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,9 +179,9 @@ def detection_bins(predictions: Sequence[DetectionPrediction], targets: Sequence
 
 
 def accuracy_bins(predictions: Sequence[ClassPrediction], labels: Sequence[int], values: Tensor,
-                  bins: Sequence[tuple[str, float, float]]) -> list[BinResult]:
+                  bins: Sequence[tuple[str, float, float]], left_closed: bool = True) -> list[BinResult]:
     """Classification accuracy per bin of a per-image value (e.g. the object's recorded scale)."""
-    which = bin_index(values, bins)
+    which = bin_index(values, bins, left_closed)
     correct = torch.tensor([int(p.label) == int(y) for p, y in zip(predictions, labels)])
     out = []
     for k, (name, _, _) in enumerate(bins):
