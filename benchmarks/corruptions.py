@@ -73,7 +73,7 @@ def main() -> None:
     x = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p in pics]).float() / 255  # (B, 3, S, S)
     print(f"{len(pics)} images of {args.size}x{args.size}; PSNR to the clean image in dB (mean over images "
           f"and {args.seeds} seeds); ms per image; 'same' = PSNR between zir's and the package's result")
-    print(f"| corruption | severity | zir PSNR | package PSNR | diff | same | zir ms | package ms |")
+    print("| corruption | severity | zir PSNR | package PSNR | diff | same | zir ms | package ms |")
     print("|---|---|---|---|---|---|---|---|")
     for name in BENCHMARK:
         fn = getattr(pkg, name)
