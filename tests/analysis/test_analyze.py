@@ -82,10 +82,16 @@ def test_report_for_every_task(runs, task):
         assert [s["nms_iou"] for s in crowd["nms_sweep"]] == [0.3, 0.7]
         assert numbers["size"]["relative_by"] == "recorded scale"  # synthetic data: its own scale
         assert "synth_overlap" in crowd
+        td = numbers["tide"]
+        assert td["AP"] == pytest.approx(numbers["clean_all"]["bbox/AP50"])  # the evaluator's own AP50
+        assert set(td["counts"]) == {"cls", "loc", "both", "dupe", "bkg", "miss"}
+        assert list(td["by_crowding"]) == [b["name"] for b in crowd["max_iou"]]
+        drawn = [n for names in td["worst"].values() for n in names]
+        assert drawn and all((report.parent / n).is_file() for n in drawn)
         for b in numbers["size"]["relative"] + crowd["max_iou"]:  # an empty bin: no numbers, "n/a" shown
             assert b["objects"] > 0 or b["metrics"] == {}
     else:
-        assert "crowding" not in numbers
+        assert "crowding" not in numbers and "tide" not in numbers
         assert any("crowding" in note and "skipped" in note for note in numbers["notes"])
 
 

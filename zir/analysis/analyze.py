@@ -11,7 +11,11 @@
    (:mod:`zir.augment.corruptions`) at 5 severities; the metric per corruption and severity, mPC and rPC
    (COCO-C's definitions) and a heat map. ``--quick``: 8 corruptions at severity 3.
 
-Every headline number carries a bootstrap 95% interval over images (:mod:`zir.analysis.bootstrap`).
+4. **Detection errors** (detection, instance): TIDE's six error types with the AP50 each would add if
+   fixed, split by object size and crowding, and the worst images per type (:mod:`zir.analysis.tide`).
+
+The clean metrics, the zoom-out and the recall per bin carry a bootstrap 95% interval over images
+(:mod:`zir.analysis.bootstrap`).
 Everything goes to ``RUN/analysis/analysis.json`` (NaN as ``null``) and ``RUN/analysis/report.html``
 (with plots). Predictions come from the engine's evaluation loop
 (:func:`zir.engine.evaluate.evaluate_predict`), which takes the zoomed model as it takes a model.
@@ -196,6 +200,32 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
 
     out_dir = run / "analysis"
     out_dir.mkdir(exist_ok=True)
+
+    # 4. Detection errors (TIDE), on boxes, split by size and crowding
+    if task in ("detect", "instance"):
+        from zir.analysis import tide
+        from zir.metrics.coco import CocoEvaluator
+
+        say("TIDE error split")
+
+        def box_metric() -> Any:
+            return CocoEvaluator(classes, ("bbox",))
+
+        size_bins = slices.edges_to_bins(slices.RELATIVE_SIZE)
+        size_of = [slices.bin_index(slices.relative_size(t, meta.get(t.image_id)), size_bins, left_closed=True)
+                   for t in clean.targets]
+        crowd_of = [slices.bin_index(slices.crowding(t.boxes)[1], slices.CROWD_IOU) for t in clean.targets]
+        by_size = tide.tide(clean.predictions, clean.targets, box_metric, object_bins=size_of,
+                            bin_names=[b[0] for b in size_bins])
+        by_crowd = tide.tide(clean.predictions, clean.targets, box_metric, object_bins=crowd_of,
+                             bin_names=[b[0] for b in slices.CROWD_IOU])
+        errors = tide.find_errors(clean.predictions, clean.targets)
+        result["tide"] = {**{k: v for k, v in by_size.items() if k != "by_bin"}, "by_size": by_size["by_bin"],
+                          "by_crowding": by_crowd["by_bin"],
+                          "worst": _draw_worst(errors, clean, bundle.val, classes, score, out_dir)}
+        if task == "instance":
+            notes.append("TIDE: computed on boxes (bbox AP50); the mask version is not implemented yet")
+
     (out_dir / "analysis.json").write_text(json.dumps(_plain(result), indent=1))
     return write_html(result, out_dir)
 
@@ -332,6 +362,45 @@ def _detection_bins(rec: _Recorder, bin_of: list[torch.Tensor], bins: Sequence[t
     return out
 
 
+def _draw_worst(errors: Sequence[Any], rec: _Recorder, dataset: Any, classes: list[str], score: float,
+                out_dir: Path, n: int = 3) -> dict[str, list[str]]:
+    """Per error type, the ``n`` images with the most such errors drawn: ground truth in white, then the
+    detections with ``score >= score``. Returns ``{kind: [png names]}``."""
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    from zir.analysis import tide
+    from zir.analysis.draw import draw_prediction
+
+    index = {_image_id(dataset, i): i for i in range(len(dataset))}
+    folder = out_dir / "worst"
+    folder.mkdir(exist_ok=True)
+    out: dict[str, list[str]] = {}
+    for kind in tide.KINDS:
+        out[kind] = []
+        for i in tide.worst_images(errors, kind, n):
+            target = rec.targets[i]
+            j = index.get(target.image_id)
+            if j is None:
+                continue
+            image = dataset[j]["image"].as_subclass(torch.Tensor)
+            k = max(1, 384 // max(1, max(image.shape[-2:])))
+            big = image.repeat_interleave(k, -2).repeat_interleave(k, -1) if k > 1 else image
+            big = draw_bounding_boxes(big, target.boxes * k, colors="white", width=2)
+            pred = rec.predictions[i].above(score)
+            pred = type(pred)(pred.boxes * k, pred.scores, pred.labels, None)
+            name = f"worst/{kind}_{i:04d}.png"
+            Image.fromarray(draw_prediction(big, pred, classes).permute(1, 2, 0).numpy()).save(out_dir / name)
+            out[kind].append(name)
+    return out
+
+
+def _image_id(dataset: Any, i: int) -> int:
+    """The ``image_id`` of sample ``i`` without reading its pixels where the dataset allows."""
+    records = getattr(dataset, "records", None)
+    return records[i].image_id if records is not None else i  # SynthDataset: image_id = index
+
+
 def _bins_json(bins: Sequence[Any]) -> list[dict[str, Any]]:
     return [b if isinstance(b, dict) else asdict(b) for b in bins]
 
@@ -452,6 +521,22 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
             parts.append(_img(plots.plot_nms(crowd["nms_sweep"], rkey, out_dir / "nms_sweep.png")))
     else:
         parts.append("<p>n/a for this task (see the notes).</p>")
+    td = result.get("tide")
+    if td:
+        parts.append("<h2>4. Detection errors (TIDE)</h2>")
+        parts.append(f"<p>{html.escape(td['metric'])} = {fmt(td['AP'])} (pycocotools' number). Each row: how many "
+                     "errors of the type, and the AP50 fixing them all would add (dAP).</p>")
+        parts.append(_table(["error", "count", "dAP"], [[k, str(td["counts"][k]), fmt(td["dAP"][k])]
+                                                         for k in td["counts"]]))
+        for title, split in (("by relative object size", td["by_size"]), ("by crowding", td["by_crowding"])):
+            kinds = list(next(iter(split.values())).keys()) if split else []
+            parts.append(f"<p>dAP {title} (errors that concern an object):</p>")
+            parts.append(_table(["bin", *kinds], [[b, *(fmt(v[k]) for k in kinds)] for b, v in split.items()]))
+        for kind, names in td["worst"].items():
+            if names:
+                parts.append(f"<h3>Worst images: {html.escape(kind)} (white: ground truth)</h3><div>" +
+                             "".join(f"<img src='{html.escape(n)}' style='width:260px;margin:3px'>" for n in names)
+                             + "</div>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>zir analyze</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:2px 10px}"
             "tr:nth-child(even){background:#f2f2f2}</style></head><body>" + "\n".join(parts) + "</body></html>")
