@@ -365,7 +365,7 @@ def _detection_bins(rec: _Recorder, bin_of: list[torch.Tensor], bins: Sequence[t
 def _draw_worst(errors: Sequence[Any], rec: _Recorder, dataset: Any, classes: list[str], score: float,
                 out_dir: Path, n: int = 3) -> dict[str, list[str]]:
     """Per error type, the ``n`` images with the most such errors drawn: ground truth in white, then the
-    detections with ``score >= score``. Returns ``{kind: [png names]}``."""
+    detections in error (for misses: the detections with ``score >= score``). Returns ``{kind: [png names]}``."""
     from PIL import Image
     from torchvision.utils import draw_bounding_boxes
 
@@ -387,8 +387,13 @@ def _draw_worst(errors: Sequence[Any], rec: _Recorder, dataset: Any, classes: li
             k = max(1, 384 // max(1, max(image.shape[-2:])))
             big = image.repeat_interleave(k, -2).repeat_interleave(k, -1) if k > 1 else image
             big = draw_bounding_boxes(big, target.boxes * k, colors="white", width=2)
-            pred = rec.predictions[i].above(score)
-            pred = type(pred)(pred.boxes * k, pred.scores, pred.labels, None)
+            pred = rec.predictions[i]
+            mine = sorted((e for e in errors if e.kind == kind and e.image == i and e.det is not None),
+                          key=lambda e: -e.score)
+            dets = [e.det for e in mine[:10]]  # the 10 highest-scoring, so the picture stays readable
+            # the detections in error, whatever their score (TIDE counts them all); for misses, what was found
+            keep = torch.tensor(dets, dtype=torch.long) if dets else (pred.scores >= score).nonzero().flatten()
+            pred = type(pred)(pred.boxes[keep] * k, pred.scores[keep], pred.labels[keep], None)
             name = f"worst/{kind}_{i:04d}.png"
             Image.fromarray(draw_prediction(big, pred, classes).permute(1, 2, 0).numpy()).save(out_dir / name)
             out[kind].append(name)
@@ -534,7 +539,8 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
             parts.append(_table(["bin", *kinds], [[b, *(fmt(v[k]) for k in kinds)] for b, v in split.items()]))
         for kind, names in td["worst"].items():
             if names:
-                parts.append(f"<h3>Worst images: {html.escape(kind)} (white: ground truth)</h3><div>" +
+                parts.append(f"<h3>Worst images: {html.escape(kind)} (white: ground truth; coloured: the detections "
+                             "in error, for miss those above the score threshold)</h3><div>" +
                              "".join(f"<img src='{html.escape(n)}' style='width:260px;margin:3px'>" for n in names)
                              + "</div>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>zir analyze</title><style>"
