@@ -11,8 +11,8 @@ Every detection that is not a true positive at IoU ``pos`` (0.5) is, in TIDE's o
 An object no detection finds, and no cls / loc error could have found, is **miss**.
 
 dAP of a type: AP50 with every error of that type fixed by TIDE's oracle, minus AP50 as it is. The fixes:
-cls and loc take the object's class and box (only the highest-scoring error per object; the others, and
-those whose object is already found, are removed); dupe, bkg and both are removed; missed objects are
+cls and loc take the object's class and box (only the highest-scoring cls or loc error per object, of
+either type, as TIDE's ``BestGTMatch``; the others, and those whose object is already found, are removed); dupe, bkg and both are removed; missed objects are
 removed from the ground truth. Unlike the ``tidecv`` package, which computes its own AP, zir scores the
 fixed predictions with its COCO evaluator (:class:`~zir.metrics.coco.CocoEvaluator`, pycocotools'
 numbers): the AP before fixing *is* pycocotools' AP50, to the last digit, with classes without objects left
@@ -109,26 +109,27 @@ def find_errors(predictions: Sequence[DetectionPrediction], targets: Sequence[Ta
 def fix(predictions: Sequence[DetectionPrediction], targets: Sequence[Target], errors: Sequence[DetectionError],
         which: Callable[[DetectionError], bool]) -> tuple[list[DetectionPrediction], list[Target]]:
     """Predictions and targets with the errors where ``which(error)`` fixed by TIDE's oracle."""
-    chosen = [e for e in errors if which(e)]
-    drop: dict[int, set[int]] = {}
-    relabel: dict[tuple[int, int], int] = {}  # (image, det) -> gt
-    remove_gt: dict[int, set[int]] = {}
+    # One detection per object can become its true positive: the highest-scoring cls or loc error on it,
+    # of either type (TIDE's BestGTMatch), so fixing loc alone leaves an object whose best is a cls error
+    # unfixed and the loc detection removed.
     best: dict[tuple[int, int], DetectionError] = {}
-    for e in chosen:
+    for e in errors:
         if e.kind in ("cls", "loc") and e.free:
-            key = (e.image, e.gt)  # type: ignore[assignment]
+            key = (e.image, int(e.gt))  # type: ignore[arg-type]
             if key not in best or e.score > best[key].score:
-                if key in best:
-                    drop.setdefault(e.image, set()).add(best[key].det)  # type: ignore[arg-type]
-                best[key] = e  # type: ignore[index]
-            else:
-                drop.setdefault(e.image, set()).add(e.det)  # type: ignore[arg-type]
-        elif e.kind == "miss":
-            remove_gt.setdefault(e.image, set()).add(e.gt)  # type: ignore[arg-type]
+                best[key] = e
+    drop: dict[int, set[int]] = {}
+    relabel: dict[tuple[int, int], int] = {}  # (image, det) -> the object it takes
+    remove_gt: dict[int, set[int]] = {}
+    for e in errors:
+        if not which(e):
+            continue
+        if e.kind == "miss":
+            remove_gt.setdefault(e.image, set()).add(int(e.gt))  # type: ignore[arg-type]
+        elif e.kind in ("cls", "loc") and e.free and best[(e.image, int(e.gt))] is e:  # type: ignore[arg-type]
+            relabel[(e.image, int(e.det))] = int(e.gt)  # type: ignore[arg-type]
         else:
-            drop.setdefault(e.image, set()).add(e.det)  # type: ignore[arg-type]
-    for (i, g), e in best.items():
-        relabel[(i, e.det)] = g  # type: ignore[index]
+            drop.setdefault(e.image, set()).add(int(e.det))  # type: ignore[arg-type]
     preds, tgts = [], []
     for i, (pred, target) in enumerate(zip(predictions, targets)):
         boxes, labels = pred.boxes.clone(), pred.labels.clone()
