@@ -65,6 +65,8 @@ def test_report_for_every_task(runs, task):
     numbers = json.loads((report.parent / "analysis.json").read_text())  # plain JSON: no NaN
     assert numbers["task"] == task and numbers["images"] > 0
     assert [z["factor"] for z in numbers["zoom"]] == [1.0, 0.5, 0.25]
+    assert [r["amount"] for r in numbers["geometric"]["rotation"]] == [0.0, 15.0]
+    assert [r["amount"] for r in numbers["geometric"]["translation"]] == [0.0, 0.1]
     corr = numbers["corruptions"]
     assert set(corr["table"]) == {"gaussian_noise", "defocus_blur", "motion_blur", "snow", "fog", "contrast",
                                   "jpeg_compression", "rain"} and corr["severities"] == [3]

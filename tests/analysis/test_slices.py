@@ -114,3 +114,28 @@ def test_bootstrap_intervals():
     assert [x.image_id for x in again] == [1, 2, 3]
     ci = bootstrap_metric([det([[0, 0, 10, 10]], [0.9])], [t], lambda: CocoEvaluator(["a"]), ["bbox/AP50"], n=5)
     assert ci["bbox/AP50"] == pytest.approx((1.0, 1.0))
+
+
+def test_rotation_and_translation_map_back():
+    # a square at x, y in [10, 20): rotated 90 degrees it lies at x [20, 30), y [30, 40); found there, it
+    # maps back onto itself
+    image = torch.zeros(3, 40, 60)
+    image[:, 10:20, 10:20] = 1
+    moved = slices._warp(image, "rotation", 90.0, (40, 60), [0.0, 0.0, 0.0])
+    ys, xs = (moved[0] > 0.5).nonzero(as_tuple=True)
+    assert (int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1) == (20, 30, 30, 40)
+    back = slices.warp_back(det([[20, 30, 30, 40]], [0.9]), "rotation", 90.0, (40, 60))
+    assert back.boxes.tolist() == [[10.0, 10.0, 20.0, 20.0]]
+    # translation by 0.1: 6 px right, 4 px down, and back exactly
+    back = slices.warp_back(det([[16, 14, 26, 24]], [0.9]), "translation", 0.1, (40, 60))
+    assert back.boxes.tolist() == [[10.0, 10.0, 20.0, 20.0]]
+    sem = torch.zeros(40, 60, dtype=torch.int64)
+    sem[30:40, 20:30] = 3
+    ys, xs = (slices.warp_back(SemanticPrediction(sem), "rotation", 90.0, (40, 60)).semantic == 3).nonzero(as_tuple=True)
+    assert (int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1) == (10, 20, 10, 20)
+    seen = []
+    predict = slices.warped(lambda ims: seen.extend(ims) or [det([[16, 14, 26, 24]], [0.9])], "translation", 0.1)
+    assert predict([image])[0].boxes.tolist() == [[10.0, 10.0, 20.0, 20.0]]
+    assert seen[0][0, 14, 16] > 0.99 and seen[0][0, 13, 16] < 0.5  # the image itself moved
+    with pytest.raises(ValueError, match="rotation or translation"):
+        slices.warped(lambda ims: [], "shear", 1.0)

@@ -9,7 +9,8 @@
    where the model has one.
 3. **Transformations**: the 15 corruptions of ImageNet-C / COCO-C plus rain and sun flare
    (:mod:`zir.augment.corruptions`) at 5 severities; the metric per corruption and severity, mPC and rPC
-   (COCO-C's definitions) and a heat map. ``--quick``: 8 corruptions at severity 3.
+   (COCO-C's definitions) and a heat map; rotation and translation sweeps (predictions mapped back).
+   ``--quick``: 8 corruptions at severity 3, two rotations and translations.
 
 4. **Detection errors** (detection, instance): TIDE's six error types with the AP50 each would add if
    fixed, split by object size and crowding, and the worst images per type (:mod:`zir.analysis.tide`).
@@ -155,6 +156,19 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
             zoom.append({"factor": f, "metrics": {k: values.get(k, math.nan) for k in keys},
                          "ci": bootstrap_metric(rec.predictions, rec.targets, new_metric, keys[:1], n=bootstrap)})
         result["zoom"] = zoom
+        geometric: dict[str, list[dict[str, Any]]] = {}
+        for kind, amounts in (("rotation", slices.QUICK_ROTATIONS if quick else slices.ROTATIONS),
+                              ("translation", slices.QUICK_TRANSLATIONS if quick else slices.TRANSLATIONS)):
+            geometric[kind] = []
+            for a in amounts:
+                if a == 0:
+                    values = metrics
+                else:
+                    say(f"{kind} {a:g}")
+                    values, _ = evaluate_predict(slices.warped(predictor.model.predict, kind, a), loader,
+                                                 new_metric(), task, device, progress=progress)
+                geometric[kind].append({"amount": a, "metrics": {k: values.get(k, math.nan) for k in keys}})
+        result["geometric"] = geometric
 
     # 3. Transformations (before crowding's NMS sweep only to keep the report's order in one place)
     if task != "panoptic":
@@ -492,6 +506,17 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
                             [[f"{z['factor']:g}", *(fmt(v, z["ci"].get(k)) for k, v in z["metrics"].items())]
                              for z in result["zoom"]]))
         parts.append(_img(plots.plot_zoom(result["zoom"], key, out_dir / "zoom.png")))
+    geo = result.get("geometric")
+    if geo:
+        parts.append("<h2>3. Transformations: geometric sweeps</h2><p>Rotation in degrees (counter-clockwise) and "
+                     "translation as a fraction of the image size; predictions are mapped back to the original "
+                     "pixels (a box rotated back is the box around its corners, so rotation also loosens "
+                     "correct boxes a little).</p>")
+        for kind, rows in geo.items():
+            mkeys = list(rows[0]["metrics"])
+            parts.append(_table([kind, *mkeys], [[f"{r['amount']:g}", *(fmt(r["metrics"][k]) for k in mkeys)]
+                                                 for r in rows]))
+            parts.append(_img(plots.plot_sweep(rows, mkeys[0], kind, out_dir / f"{kind}.png")))
     corr = result.get("corruptions")
     if corr:
         parts.append("<h2>3. Transformations: corruptions</h2>")

@@ -116,3 +116,17 @@ def plot_heatmap(table: dict[str, dict[Any, float]], severities: Sequence[int], 
 def _get(row: dict[Any, float], severity: int) -> float:
     v = row.get(severity, row.get(str(severity)))
     return float(v) if _ok(v) else math.nan
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], key: str, xlabel: str, out: Path) -> Path:
+    """The metric ``key`` against a sweep's ``amount`` (rotation in degrees, translation as a fraction)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    pts = [(r["amount"], r["metrics"][key]) for r in rows if _ok(r["metrics"].get(key))]
+    if pts:
+        ax.plot(*zip(*pts), "o-", label=key)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(key)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return _save(fig, out)

@@ -261,3 +261,62 @@ def zoomed(predict: Callable[[list[Tensor]], list[Prediction]], factor: float
 
     return run
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometric sweeps: rotation and translation, predictions mapped back to the original pixels
+
+ROTATIONS = (0.0, 5.0, 10.0, 20.0, 30.0)
+TRANSLATIONS = (0.0, 0.05, 0.1, 0.2, 0.3)
+QUICK_ROTATIONS = (0.0, 15.0)
+QUICK_TRANSLATIONS = (0.0, 0.1)
+
+
+def _warp(x: Any, kind: str, amount: float, size: tuple[int, int], fill: Any = 0.0) -> Any:
+    """Rotate (degrees, counter-clockwise) or translate (fraction of the width and height, right and down)
+    an image, mask, label map or tv_tensors box set, torchvision's geometry doing boxes and pixels alike."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    nearest = not isinstance(x, torch.Tensor) or x.dtype != torch.float32
+    mode = InterpolationMode.NEAREST if nearest else InterpolationMode.BILINEAR
+    if kind == "rotation":
+        return TF.rotate(x, amount, interpolation=mode, fill=fill)
+    H, W = size
+    return TF.affine(x, angle=0.0, translate=[round(amount * W), round(amount * H)], scale=1.0, shear=[0.0, 0.0],
+                     interpolation=mode, fill=fill)
+
+
+def warp_back(pred: Prediction, kind: str, amount: float, size: tuple[int, int]) -> Prediction:
+    """Map a prediction made on a :func:`warped` image back to the original pixels (the inverse warp).
+    Boxes: the inverse rotation of a box is the box around its rotated corners (torchvision's rule), so
+    rotation also loosens correct boxes a little; translation maps them back exactly."""
+    from torchvision import tv_tensors
+
+    inverse = -amount
+    if isinstance(pred, ClassPrediction):
+        return pred
+    if isinstance(pred, DetectionPrediction):
+        boxes = tv_tensors.BoundingBoxes(pred.boxes, format="XYXY", canvas_size=size)
+        back = _warp(boxes, kind, inverse, size).as_subclass(torch.Tensor)
+        masks = None if pred.masks is None else _warp(pred.masks.to(torch.uint8), kind, inverse, size).bool()
+        return DetectionPrediction(back, pred.scores, pred.labels, masks)
+    if isinstance(pred, SemanticPrediction):
+        return SemanticPrediction(_warp(pred.semantic[None], kind, inverse, size)[0])
+    raise TypeError(f"geometric sweeps have no mapping back for {type(pred).__name__}")
+
+
+def warped(predict: Callable[[list[Tensor]], list[Prediction]], kind: str, amount: float
+           ) -> Callable[[list[Tensor]], list[Prediction]]:
+    """A stand-in for ``predict`` that sees every image rotated by ``amount`` degrees or translated by
+    ``amount`` of its size (``kind``: ``rotation`` or ``translation``; the uncovered part is the image's
+    mean colour) and answers in the original pixels."""
+    if kind not in ("rotation", "translation"):
+        raise ValueError(f"kind must be rotation or translation, got {kind!r}")
+
+    def run(images: list[Tensor]) -> list[Prediction]:
+        moved = [_warp(im, kind, amount, tuple(im.shape[-2:]), im.mean(dim=(1, 2)).tolist()) for im in images]
+        preds = predict(moved)
+        return [warp_back(p, kind, amount, tuple(im.shape[-2:])) for p, im in zip(preds, images)]
+
+    return run
