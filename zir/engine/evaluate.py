@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -93,10 +94,12 @@ def evaluate_predict(predict: Callable[[list[Tensor]], list[Prediction]], loader
 
 
 def _to_cpu(obj: Any) -> Any:
+    """A prediction (a dataclass of tensors), dict or tensor with every tensor on the CPU."""
     if isinstance(obj, torch.Tensor):
         return obj.cpu()
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
-    if hasattr(obj, "__dataclass_fields__"):
-        return type(obj)(**{k: _to_cpu(getattr(obj, k)) for k in obj.__dataclass_fields__})
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _to_cpu(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                                           if f.init})
     return obj

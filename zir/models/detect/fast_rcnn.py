@@ -34,7 +34,7 @@ from zir.errors import ConfigError
 from zir.models.backbones import Backbone, build_backbone, freeze_blocks
 from zir.models.base import ZirModel
 from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
-from zir.models.detect.roi_heads import RoIHeads, RoIHeadsConfig, build_roi_heads
+from zir.models.detect.roi_heads import ROI_HEADS_FLAT_KEYS, RoIHeads, RoIHeadsConfig, build_roi_heads
 from zir.models.detect.structures import ground_truth
 from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 
@@ -69,16 +69,7 @@ class FastRCNNConfig:
 
 
 #: Flat names of old runs and README commands -> their section.
-FLAT_KEYS: dict[str, str] = {
-    "roi_size": "roi_heads.output_size",
-    "box_hidden": "roi_heads.hidden",
-    "roi_batch_size": "roi_heads.batch_size",
-    "roi_positive_fraction": "roi_heads.positive_fraction",
-    "box_loss": "roi_heads.box_loss",
-    "score_thresh": "roi_heads.score_thresh",
-    "nms_iou": "roi_heads.nms_iou",
-    "detections_per_img": "roi_heads.detections_per_img",
-}
+FLAT_KEYS: dict[str, str] = dict(ROI_HEADS_FLAT_KEYS)
 
 
 class FastRCNN(ZirModel):

@@ -43,7 +43,14 @@ from torch import Tensor, nn
 from zir.data.contract import Target
 from zir.models.backbones import Backbone, build_backbone, freeze_blocks
 from zir.models.base import ZirModel
-from zir.models.detect.roi_heads import Detections, RoIHeads, RoIHeadsConfig, SampledRoIs, build_roi_heads
+from zir.models.detect.roi_heads import (
+    ROI_HEADS_FLAT_KEYS,
+    Detections,
+    RoIHeads,
+    RoIHeadsConfig,
+    SampledRoIs,
+    build_roi_heads,
+)
 from zir.models.detect.rpn import RPN, RPNConfig, build_rpn
 from zir.models.detect.structures import GroundTruth, ground_truth
 from zir.models.detect.transform import batch_images, image_list, to_input_pixels, unpad
@@ -96,14 +103,7 @@ FLAT_KEYS: dict[str, str] = {
     "rpn_nms_iou": "rpn.nms_iou",
     "rpn_batch_size": "rpn.batch_size",
     "roi_op": "roi_heads.op",
-    "roi_size": "roi_heads.output_size",
-    "box_hidden": "roi_heads.hidden",
-    "roi_batch_size": "roi_heads.batch_size",
-    "roi_positive_fraction": "roi_heads.positive_fraction",
-    "box_loss": "roi_heads.box_loss",
-    "score_thresh": "roi_heads.score_thresh",
-    "nms_iou": "roi_heads.nms_iou",
-    "detections_per_img": "roi_heads.detections_per_img",
+    **ROI_HEADS_FLAT_KEYS,
 }
 
 

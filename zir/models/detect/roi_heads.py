@@ -69,6 +69,20 @@ class RoIHeadsConfig:
     detections_per_img: int = 100
 
 
+#: The RoI heads' settings by the flat names they had before they were a section (README commands, old runs'
+#: config.yaml) -> their place in a detector's config; part of each two-stage detector's aliases.
+ROI_HEADS_FLAT_KEYS: dict[str, str] = {
+    "roi_size": "roi_heads.output_size",
+    "box_hidden": "roi_heads.hidden",
+    "roi_batch_size": "roi_heads.batch_size",
+    "roi_positive_fraction": "roi_heads.positive_fraction",
+    "box_loss": "roi_heads.box_loss",
+    "score_thresh": "roi_heads.score_thresh",
+    "nms_iou": "roi_heads.nms_iou",
+    "detections_per_img": "roi_heads.detections_per_img",
+}
+
+
 class RoIPooler(nn.Module):
     """Features of each RoI on a fixed grid: ``[(B, d, H_l, W_l)]``, per-image boxes -> ``(R, d, S, S)``.
 
