@@ -25,6 +25,7 @@ SETTINGS = {
     "classifier": {"image_size": 96},
     "efficientnet_lite0": {"image_size": 96, "transfer": "finetune"},
     "yolo_v1": {"image_size": 224},
+    "anchor_free": {"image_size": 256},
     "faster_rcnn": {"image_size": 256},
     "mask_rcnn": {"image_size": 256},
     "fcn": {"image_size": 128},

@@ -59,6 +59,7 @@ class DataConfig:
         skip_bad: drop samples that fail the data checks (reported once) instead of stopping.
         synth_n: number of images when ``path`` is ``synth:TASK``.
         mosaic: probability of YOLOv4's mosaic (four training images tiled into one) for ``detect`` data.
+        mosaic_off_epochs: the last this many epochs train without mosaic (YOLOv8's ``close_mosaic``).
         crop: ``segment`` only: train on random ``crop`` x ``crop`` windows of the images resized to
             ``image_size`` (validation sees whole images); 0 = whole images. A fully convolutional
             model then learns fine detail at ``image_size`` for the cost of ``crop``-sized steps.
@@ -77,6 +78,7 @@ class DataConfig:
     skip_bad: bool = False
     synth_n: int = 1000
     mosaic: float = 0.0
+    mosaic_off_epochs: int = 0
     crop: int = 0
     orientation: str = "upright"
 
@@ -396,6 +398,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.workers": (0, None, True, True),
     "data.synth_n": (1, None, True, True),
     "data.mosaic": (0, 1, True, True),
+    "data.mosaic_off_epochs": (0, None, True, True),
     "data.crop": (0, None, True, True),
     "train.epochs": (1, None, True, True),
     "train.lr": (0, None, True, True),  # lr=0 is a way to record the initial weights

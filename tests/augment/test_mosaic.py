@@ -51,3 +51,33 @@ def test_training_data_gets_mosaic_from_the_config():
     sample = bundle.train[0]
     assert sample["image"].shape == (3, 64, 64)
     assert len(sample["boxes"]) == len(sample["labels"]) >= 4
+
+
+def test_mosaic_switches_off_for_the_last_epochs():
+    ds = [_sample(64, 64, [8, 8, 40, 40], k) for k in range(4)]
+    mosaic = Mosaic(ds, p=1.0, size=64, off_epochs=2)
+    mosaic.set_epoch(7, 10)
+    assert len(mosaic[0]["boxes"]) == 4  # epoch 8 of 10: still tiled
+    mosaic.set_epoch(8, 10)
+    assert mosaic[0] is ds[0]  # the last two epochs see the images as they are
+    mosaic.set_epoch(0, 10)
+    assert len(mosaic[0]["boxes"]) == 4  # it follows the epoch number (a resumed run starts anywhere)
+
+
+def test_the_engine_tells_the_training_data_each_epoch(tmp_path, monkeypatch):
+    from zir.engine.trainer import train
+
+    seen: list[tuple[int, int, bool]] = []
+    original = Mosaic.set_epoch
+
+    def recording(self: Mosaic, epoch: int, epochs: int) -> None:
+        original(self, epoch, epochs)
+        seen.append((epoch, epochs, self.on))
+
+    monkeypatch.setattr(Mosaic, "set_epoch", recording)
+    cfg = load_config(overrides=["data=synth:detect", "synth_n=8", "image_size=64", "mosaic=1.0",
+                                 "mosaic_off_epochs=1", "epochs=2", "batch_size=4", "model=yolo_v1",
+                                 "model_args.backbone=convnet", "model_args.width=8", "model_args.S=4",
+                                 "model_args.hidden=16", "model_args.neck=8", f"project={tmp_path}", "name=m"])
+    train(cfg, progress=False)
+    assert seen == [(0, 2, True), (1, 2, False)]

@@ -20,6 +20,7 @@ TINY: dict[str, dict] = {
     "classifier": {"pretrained": "none"},
     "efficientnet_lite0": {"pretrained": "none"},
     "yolo_v1": {"backbone": "convnet", "width": 8, "S": 4, "hidden": 32, "neck": 32},
+    "anchor_free": {"pretrained": "none", "neck_channels": 16, "head_convs": 1, "reg_max": 7},
     "faster_rcnn": {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32},
     "rcnn": {"pretrained": "none", "crop_size": 32, "context": 4, "train_regions": 8, "ss_size": 64},
     "fast_rcnn": {"pretrained": "none", "box_hidden": 32, "ss_size": 64},

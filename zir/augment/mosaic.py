@@ -4,7 +4,8 @@ Each of the four samples is letterboxed into one quadrant of an ``S x S`` canvas
 its boxes scaled and shifted with it. The detector then sees four contexts and four times as many,
 smaller, objects per image. Mosaic needs several samples, so it wraps a dataset rather than being a
 per-sample transform; ``data.mosaic=P`` in the training config applies it with probability ``P`` to
-box-only (``detect``) data.
+box-only (``detect``) data, and ``data.mosaic_off_epochs=N`` trains the last ``N`` epochs without it (YOLOX's
+last 15 epochs, YOLOv8's ``close_mosaic=10``): the detector ends on whole images like those it will see.
 """
 
 from __future__ import annotations
@@ -26,21 +27,32 @@ class Mosaic(torch.utils.data.Dataset):
         dataset: yields zir detection samples (uint8 ``image``, ``boxes``, ``labels``, ``iscrowd``).
         p: probability of a mosaic; otherwise the sample is returned as it is.
         size: side ``S`` of the mosaic (default: the first sample's longer side).
+        off_epochs: the last this many epochs of training get no mosaic (:meth:`set_epoch` says which
+            epoch it is).
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, p: float = 0.5, size: int | None = None) -> None:
+    def __init__(self, dataset: torch.utils.data.Dataset, p: float = 0.5, size: int | None = None,
+                 off_epochs: int = 0) -> None:
         self.dataset = dataset
         self.p = p
         self.size = size
+        self.off_epochs = off_epochs
+        self.on = True
         self.classes = getattr(dataset, "classes", None)
         self.task = getattr(dataset, "task", None)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the engine before epoch ``epoch`` (0-based) of ``epochs``: mosaic stays on until the last
+        ``off_epochs``. It depends on the epoch number alone, so a resumed run does the same. The loader's
+        workers are not persistent, so each epoch's workers get the dataset as it is then."""
+        self.on = epoch < epochs - self.off_epochs
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = self.dataset[i]
-        if "bad" in sample or "masks" in sample or float(torch.rand(())) >= self.p:
+        if not self.on or "bad" in sample or "masks" in sample or float(torch.rand(())) >= self.p:
             return sample
         others = [self.dataset[int(j)] for j in torch.randint(len(self), (3,))]
         if any("bad" in s for s in others):

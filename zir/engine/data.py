@@ -115,8 +115,17 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
     if cfg.mosaic > 0 and bundle.task == "detect":
         from zir.augment.mosaic import Mosaic
 
-        bundle.train = Mosaic(bundle.train, p=cfg.mosaic, size=cfg.image_size)
+        bundle.train = Mosaic(bundle.train, p=cfg.mosaic, size=cfg.image_size, off_epochs=cfg.mosaic_off_epochs)
     return bundle
+
+
+def start_epoch(dataset: Dataset, epoch: int, epochs: int) -> None:
+    """Tell the training data which epoch starts (``epoch`` of ``epochs``, 0-based): mosaic switches off for
+    the last ``data.mosaic_off_epochs``. Other datasets do not depend on the epoch."""
+    from zir.augment.mosaic import Mosaic
+
+    if isinstance(dataset, Mosaic):
+        dataset.set_epoch(epoch, epochs)
 
 
 def _build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:

@@ -50,7 +50,7 @@ from zir.engine.checkpoint import (
     save_last,
     save_weights,
 )
-from zir.engine.data import Batch, DataBundle, build_datasets, build_loader
+from zir.engine.data import Batch, DataBundle, build_datasets, build_loader, start_epoch
 from zir.engine.evaluate import MONITOR, autocast, evaluate
 from zir.engine.features import FEATURE_FILE, cache_key, feature_loaders, fit_closed_form
 from zir.engine.logger import RunLogger
@@ -277,6 +277,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: Sequen
     for epoch in range(standing.start_epoch, t.epochs):
         seed_everything(t.seed * 1_000_003 + epoch * 1009 + dist.rank())
         run.train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        start_epoch(run.data.train, epoch, t.epochs)  # e.g. mosaic off for the last epochs
         run.model.train()
         run.model.set_epoch(epoch)  # e.g. the classifier's freeze_epochs: state from the epoch number
         t_epoch = time.time()

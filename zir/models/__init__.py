@@ -19,7 +19,7 @@ from typing import Any
 from zir.errors import ConfigError
 from zir.models.base import Fitting, ZirModel
 from zir.models.classify import classifier, convnet
-from zir.models.detect import fast_rcnn, faster_rcnn, overfeat, rcnn, sliding_window, yolo_v1
+from zir.models.detect import anchor_free, fast_rcnn, faster_rcnn, overfeat, rcnn, sliding_window, yolo_v1
 from zir.models.segment import fcn, mask_rcnn, panoptic_fpn, unet
 
 
@@ -72,6 +72,9 @@ MODELS: dict[str, ModelSpec] = {
     "yolo_v1": ModelSpec("detect", yolo_v1.YoloV1Config, yolo_v1.build,
                          "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss",
                          stages=1),
+    "anchor_free": ModelSpec("detect", anchor_free.AnchorFreeConfig, anchor_free.build,
+                             "anchor-free one-stage: PAN, decoupled head, task-aligned assigner, DFL + CIoU (YOLOv8-style)",
+                             stages=1),
     "faster_rcnn": ModelSpec("detect", faster_rcnn.FasterRCNNConfig, faster_rcnn.build,
                              "Faster R-CNN + FPN: RPN proposals, RoI Align/pool, 2-FC box head, per-class NMS",
                              aliases=faster_rcnn.FLAT_KEYS, stages=2),

@@ -5,6 +5,9 @@
 * :func:`encode_yolo_v1` / :func:`decode_yolo_v1`: YOLO v1's grid targets (Redmon et al. 2015,
   section 2): a box belongs to the cell that holds its centre; ``x, y`` are the centre's offset within
   that cell and ``w, h`` fractions of the image.
+* :func:`encode_ltrb` / :func:`decode_ltrb`: anchor-free detectors' distances from a point to the four box
+  sides (FCOS, GFL, YOLOv8), and :func:`dfl_expectation`, GFL's distance as the expectation of a
+  distribution over ``0..R``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RCNN_HEAD_WEIGHTS", "RPN_WEIGHTS", "BoxCoder", "decode_yolo_v1", "encode_yolo_v1"]
+__all__ = ["RCNN_HEAD_WEIGHTS", "RPN_WEIGHTS", "BoxCoder", "decode_ltrb", "decode_yolo_v1", "dfl_expectation",
+           "encode_ltrb", "encode_yolo_v1"]
 
 RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 RCNN_HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -136,3 +140,32 @@ def decode_yolo_v1(cells: Tensor, image_size: tuple[int, int]) -> Tensor:
     half_w = cells[..., 2] * W / 2
     half_h = cells[..., 3] * H / 2
     return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Anchor-free distances (FCOS, GFL, YOLOv8): a box as its four distances from a point
+
+
+def encode_ltrb(points: Tensor, boxes: Tensor, stride: Tensor | float = 1.0) -> Tensor:
+    """XYXY ``boxes (..., 4)`` -> distances ``(left, top, right, bottom)`` from ``points (..., 2)`` to the box
+    sides, in units of ``stride`` (a scalar or ``(...)``): FCOS's regression targets (Tian et al. 2019, eq. 1)."""
+    x, y = points[..., 0], points[..., 1]
+    d = torch.stack([x - boxes[..., 0], y - boxes[..., 1], boxes[..., 2] - x, boxes[..., 3] - y], dim=-1)
+    return d / (stride[..., None] if isinstance(stride, Tensor) else stride)
+
+
+def decode_ltrb(points: Tensor, distances: Tensor, stride: Tensor | float = 1.0) -> Tensor:
+    """Inverse of :func:`encode_ltrb`: ``(left, top, right, bottom) (..., 4)`` from ``points (..., 2)`` -> XYXY."""
+    d = distances * (stride[..., None] if isinstance(stride, Tensor) else stride)
+    return torch.cat([points - d[..., :2], points + d[..., 2:]], dim=-1)
+
+
+def dfl_expectation(logits: Tensor) -> Tensor:
+    """GFL's box-side distribution -> its expected distance (Li et al. 2020, equation 5): ``(..., R + 1)``
+    logits -> ``(...)``, ``sum_i softmax(logits)_i * i``.
+
+    Written as a softmax and a matrix product with ``[0, 1, ..., R]`` (not a gather or a 1x1 conv with
+    fixed weights) so that the exported graph stays two plain operators.
+    """
+    bins = torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+    return logits.softmax(dim=-1) @ bins

@@ -1,0 +1,122 @@
+"""The anchor-free one-stage detector: bad input (empty images, sub-pixel boxes), overfitting one image, the
+plain ``forward`` graph agreeing with ``predict``, config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zir.data.contract import Target
+from zir.errors import ConfigError
+from zir.models import build_model
+from zir.models.detect.anchor_free import AnchorFree, AnchorFreeConfig, postprocess
+from zir.ops.boxes import iou
+
+TINY = {"pretrained": "none", "neck_channels": 16, "head_convs": 1, "reg_max": 7}
+
+
+def tiny(num_classes: int = 2, **kw) -> AnchorFree:
+    torch.manual_seed(0)
+    return build_model("anchor_free", num_classes, 64, {**TINY, **kw})  # type: ignore[return-value]
+
+
+def target(boxes: list[list[float]], labels: list[int], size: tuple[int, int] = (64, 64)) -> Target:
+    return Target(size=size, boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  labels=torch.tensor(labels, dtype=torch.int64))
+
+
+def test_images_without_objects_train_as_negatives_only():
+    model = tiny()
+    images = torch.rand(2, 3, 64, 64)
+    losses = model.loss(images, [target([], []), target([], [])])
+    assert losses["cls"] > 0 and losses["box"] == 0 and losses["dfl"] == 0
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # a few steps on empty images push every score down until nothing is predicted (BatchNorm fixed, as the
+    # pretrained backbone's, so training and prediction normalise alike)
+    model.eval()
+    model.cfg.score_thresh = 0.01
+    assert sum(len(p.boxes) for p in model.predict(images)) > 0  # at random initialisation
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        sum(model.loss(images, [target([], []), target([], [])]).values()).backward()
+        opt.step()
+    assert all(len(p.boxes) == 0 for p in model.predict(images))
+
+
+def test_boxes_under_a_pixel_are_dropped_with_a_count():
+    model = tiny()
+    # in a 640 x 640 image resized to 64, a 5-pixel box becomes half a pixel wide
+    t = target([[100, 100, 105, 300], [10, 10, 400, 400], [0, 0, 3, 3]], [0, 1, 1], size=(640, 640))
+    with pytest.warns(UserWarning, match="dropped 2 boxes smaller than a pixel"):
+        losses = model.loss(torch.rand(1, 3, 640, 640), [t])
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["box"] > 0
+    assert model.dropped_boxes == 2
+
+
+def test_it_overfits_one_image():
+    model = tiny(num_classes=2, reg_max=7)
+    image = torch.full((1, 3, 64, 64), 0.5)
+    image[0, :, 8:40, 12:36] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]  # a red object of class 1
+    t = [target([[12, 8, 36, 40]], [1])]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        losses = model.loss(image, t)
+        sum(losses.values()).backward()
+        opt.step()
+    model.eval()
+    pred = model.predict(image)[0]
+    assert len(pred.boxes) and pred.labels[0] == 1
+    assert iou(pred.boxes[:1], t[0].boxes)[0, 0] > 0.7
+
+
+def test_forward_is_the_graph_predict_post_processes():
+    """``forward`` (what export traces) gives the scores and boxes that ``predict`` thresholds and suppresses,
+    for an image already in the working frame."""
+    model = tiny().eval()
+    image = torch.rand(1, 3, 64, 64)
+    scores, boxes = model(image)
+    A = (8 * 8) + (4 * 4) + (2 * 2)  # strides 8, 16, 32 at 64 px
+    assert scores.shape == (1, A, 2) and boxes.shape == (1, A, 4)
+    model.cfg.score_thresh = 0.0
+    expected = postprocess(scores[0], boxes[0].clamp(0, 64), 0.0, model.cfg.nms_iou, 1000, 100)
+    pred = model.predict(image)[0]
+    torch.testing.assert_close(pred.boxes, expected[0])
+    torch.testing.assert_close(pred.scores, expected[1])
+
+
+def test_postprocess_keeps_the_best_box_per_class_and_threshold():
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.02, 0.03]])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1.0, 1, 10, 10], [50.0, 50, 60, 60]])
+    b, s, labels = postprocess(scores, boxes, 0.05, 0.5, 1000, 100)
+    # class 0: box 0 (0.9) suppresses box 1 (0.8, IoU 81 / 100); class 1: box 1 (0.7) suppresses box 0 (0.1);
+    # box 2 is below 0.05 in both classes
+    torch.testing.assert_close(s, torch.tensor([0.9, 0.7]))
+    assert labels.tolist() == [0, 1]
+    torch.testing.assert_close(b, boxes[:2])
+    # a looser NMS keeps the overlapping pairs
+    assert postprocess(scores, boxes, 0.05, 0.9, 1000, 100)[1].tolist() == pytest.approx([0.9, 0.8, 0.7, 0.1])
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="cls_loss"):
+        AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", cls_loss="focal"))
+
+
+def test_varifocal_trains_too():
+    model = tiny(cls_loss="varifocal")
+    losses = model.loss(torch.rand(1, 3, 64, 64), [target([[8, 8, 40, 40]], [0])])
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["cls"] > 0
+
+
+def test_forward_exports_as_a_plain_graph():
+    """``torch.export`` of ``forward`` gives the same outputs; DFL's expectation is a softmax and a matmul."""
+    model = tiny().eval()
+    x = torch.rand(1, 3, 64, 64)
+    exported = torch.export.export(model, (x,))
+    ops = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert {"aten.softmax.int", "aten.matmul.default"} <= ops and not any("gather" in op for op in ops)
+    for got, want in zip(exported.module()(x), model(x)):
+        torch.testing.assert_close(got, want)

@@ -1,0 +1,302 @@
+"""An anchor-free one-stage detector with a decoupled head, task-aligned assignment and DFL boxes: the
+modern one-stage design (YOLOv8 / YOLO11, NanoDet-Plus, PP-PicoDet), on zir's offline ImageNet backbone.
+
+The lecture's chart says one-stage detectors are much faster than two-stage ones at a small cost in
+accuracy; YOLO v1 (``yolo_v1.py``) is the idea as taught. What closed the accuracy gap since then, each
+free or nearly free at inference::
+
+    image -> resize (longer side image_size) -> normalise -> pad to a multiple of 32   zir.models.detect.transform
+      -> backbone (EfficientNet-Lite0, ImageNet weights offline; strides 8/16/32)   zir.models.backbones
+      -> FPN top-down (Lin et al. 2017)                                               zir.models.fpn
+         + PAN bottom-up path (Liu et al. 2018, "Path Aggregation Network", section 3.1)   PAN below
+      -> decoupled head per level (YOLOX, Ge et al. 2021, section 2.1: +1.1 AP): a classification branch
+         (C logits per point) and a box branch (4 distributions over 0..R distances per point)
+      -> anchor-free points: every cell centre of every level predicts (FCOS, Tian et al. 2019)
+      -> box side = expectation of its distribution (GFL, Li et al. 2020, eq. 5): a softmax and a matmul
+      -> class scores (sigmoid) -> score threshold -> per-class NMS (torchvision) -> input image's pixels
+
+Training (``loss``): TOOD's task-aligned assigner (Feng et al. 2021; ``zir.ops.assign``) picks, per object,
+the ``topk`` points inside it whose score and predicted box agree best (``s^alpha * u^beta``); their class
+target is that alignment, normalised (a quality, not 1). The loss is YOLOv8's three terms
+(``zir.ops.losses``): BCE (or VarifocalNet's loss) towards those targets, CIoU (Zheng et al. 2020) on the
+decoded boxes and GFL's distribution focal loss on the distances, the box terms weighted by the target
+quality, all divided by the batch's total target quality.
+
+Bad input: an image without objects trains its points as negatives only; a box smaller than a pixel in the
+working frame is dropped with a warning that counts them (it has no point inside it and no valid CIoU).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from timm.layers import freeze_batch_norm_2d
+from torch import Tensor, nn
+
+from zir.data.contract import DetectionPrediction, Target
+from zir.errors import ConfigError
+from zir.models.backbones import build_backbone, freeze_blocks
+from zir.models.base import ZirModel
+from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
+from zir.models.fpn import FPN
+from zir.ops.assign import anchor_points, task_aligned_assign
+from zir.ops.boxes import Size, batched_nms, clip
+from zir.ops.coder import decode_ltrb, dfl_expectation, encode_ltrb
+from zir.ops.losses import complete_box_iou_loss, distribution_focal_loss, varifocal_loss
+
+
+@dataclass
+class AnchorFreeConfig:
+    """Attributes:
+    num_classes: C, object classes (filled from the data).
+    image_size: the working frame's longer side in pixels (``predict`` resizes every image to it).
+    train_scales: multi-scale training: each training batch works at ``image_size`` times one of these,
+        drawn at random (e.g. ``[0.75, 1.0, 1.25]``); empty: always ``image_size``.
+    backbone, pretrained: a timm model (``zir.models.backbones``) and its weights: ``imagenet`` (offline),
+        ``timm`` or ``none``.
+    backbone_levels: timm ``out_indices`` of the three maps the neck takes (strides 8, 16, 32).
+    frozen_blocks: with pretrained weights, the stem and this many of the backbone's blocks are frozen.
+    neck_channels: width of the FPN/PAN levels and of the head's branches (YOLOv8n: 64).
+    head_convs: 3x3 conv-BN-SiLU layers in each branch of the decoupled head (YOLOv8: 2).
+    reg_max: ``R``: each box side is a distribution over the distances ``0..R`` in units of the level's
+        stride (YOLOv8: 15, i.e. 16 bins); sides longer than ``R`` strides are out of reach.
+    topk, alpha, beta: the task-aligned assigner's positives per object and exponents of ``s^alpha u^beta``
+        (YOLOv8: 10, 0.5, 6).
+    cls_loss: ``bce`` (YOLOv8) or ``varifocal`` (VarifocalNet; PP-YOLOE) towards the aligned targets.
+    cls_weight, box_weight, dfl_weight: the loss terms' weights (YOLOv8: 0.5, 7.5, 1.5).
+    score_thresh: class score below which detections are dropped (low for mAP evaluation).
+    nms_iou: per-class NMS IoU threshold.
+    pre_nms_top_n: best (point, class) pairs per image that reach NMS.
+    max_detections: per image, after NMS.
+    """
+
+    num_classes: int = 20
+    image_size: int = 320
+    train_scales: tuple[float, ...] = ()
+    backbone: str = "efficientnet_lite0"
+    pretrained: str = "imagenet"
+    backbone_levels: tuple[int, ...] = (2, 3, 4)
+    frozen_blocks: int = 2
+    neck_channels: int = 64
+    head_convs: int = 2
+    reg_max: int = 15
+    topk: int = 10
+    alpha: float = 0.5
+    beta: float = 6.0
+    cls_loss: str = "bce"
+    cls_weight: float = 0.5
+    box_weight: float = 7.5
+    dfl_weight: float = 1.5
+    score_thresh: float = 0.05
+    nms_iou: float = 0.6
+    pre_nms_top_n: int = 1000
+    max_detections: int = 100
+
+
+CLS_LOSSES = ("bce", "varifocal")
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks
+
+
+def conv_bn_silu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv -> BatchNorm -> SiLU, YOLOv8's ``Conv``."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU(inplace=True))
+
+
+class PAN(nn.Module):
+    """FPN's top-down pathway, then PANet's bottom-up path augmentation (Liu et al. 2018, section 3.1):
+    ``N_1 = P_1``, ``N_{l+1} = conv3x3(P_{l+1} + conv3x3_stride2(N_l))``, so the coarse levels also get the
+    fine levels' localisation signal by a short path.
+
+    Args:
+        in_channels, in_strides: the backbone maps', finest first.
+        d: width of every output level.
+    """
+
+    def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int], d: int) -> None:
+        super().__init__()
+        self.fpn = FPN(in_channels, in_strides, d, extra_level=False)
+        self.down = nn.ModuleList(conv_bn_silu(d, d, stride=2) for _ in in_channels[1:])
+        self.merge = nn.ModuleList(conv_bn_silu(d, d) for _ in in_channels[1:])
+        self.strides = list(in_strides)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """``[(B, C_l, H_l, W_l)]`` finest first -> ``[(B, d, H_l, W_l)]``."""
+        p = self.fpn(features)
+        out = [p[0]]
+        for down, merge, p_next in zip(self.down, self.merge, p[1:]):
+            lower = down(out[-1])[..., : p_next.shape[-2], : p_next.shape[-1]]  # odd sizes: stride 2 rounds up
+            out.append(merge(p_next + lower))
+        return out
+
+
+class DecoupledHead(nn.Module):
+    """One classification and one box branch per level (YOLOX section 2.1; YOLOv8's ``Detect``).
+
+    Returns, for ``L`` levels of ``(B, d, H_l, W_l)``: class logits ``(B, A, C)`` and box-side logits
+    ``(B, A, 4, R + 1)``, ``A = sum_l H_l W_l`` points level after level, row-major.
+    """
+
+    def __init__(self, d: int, num_classes: int, reg_max: int, convs: int, strides: Sequence[int],
+                 image_size: int) -> None:
+        super().__init__()
+        self.C, self.bins = num_classes, reg_max + 1
+        self.cls = nn.ModuleList(nn.Sequential(*[conv_bn_silu(d, d) for _ in range(convs)], nn.Conv2d(d, num_classes, 1))
+                                 for _ in strides)
+        self.box = nn.ModuleList(nn.Sequential(*[conv_bn_silu(d, d) for _ in range(convs)], nn.Conv2d(d, 4 * self.bins, 1))
+                                 for _ in strides)
+        for cls, box, s in zip(self.cls, self.box, strides):
+            # YOLOv8's prior: about 5 objects per image spread over the level's (image_size / s)^2 points, so the
+            # first steps are not swamped by the background's loss (RetinaNet section 4.1's idea).
+            nn.init.constant_(cls[-1].bias, math.log(5 / num_classes / (image_size / s) ** 2))
+            nn.init.constant_(box[-1].bias, 1.0)
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        cls, box = [], []
+        for f, cls_branch, box_branch in zip(features, self.cls, self.box):
+            B = f.shape[0]
+            cls.append(cls_branch(f).flatten(2).transpose(1, 2))  # (B, H W, C)
+            box.append(box_branch(f).flatten(2).transpose(1, 2).reshape(B, -1, 4, self.bins))  # (B, H W, 4, R + 1)
+        return torch.cat(cls, 1), torch.cat(box, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+
+
+class AnchorFree(ZirModel):
+    """Backbone + PAN + decoupled head; ``loss`` and ``predict`` as every zir model, ``forward`` the plain graph
+    (images in, class scores and boxes out) that export traces."""
+
+    task = "detect"
+
+    def __init__(self, cfg: AnchorFreeConfig) -> None:
+        super().__init__()
+        if cfg.cls_loss not in CLS_LOSSES:
+            raise ConfigError(f"anchor_free cls_loss must be one of {', '.join(CLS_LOSSES)}, got {cfg.cls_loss!r}")
+        if len(cfg.backbone_levels) < 2:
+            raise ConfigError(f"anchor_free backbone_levels needs at least two levels, got {cfg.backbone_levels}")
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg.backbone, cfg.pretrained, tuple(cfg.backbone_levels))
+        if cfg.pretrained != "none":
+            # timm's freeze keeps BatchNormAct2d's activation; a few images per batch give too noisy statistics
+            self.backbone.body = freeze_batch_norm_2d(self.backbone.body)
+            freeze_blocks(self.backbone, cfg.frozen_blocks)
+        self.set_normalization(self.backbone.mean, self.backbone.std)
+        self.neck = PAN(self.backbone.channels, self.backbone.strides, cfg.neck_channels)
+        self.head = DecoupledHead(cfg.neck_channels, cfg.num_classes, cfg.reg_max, cfg.head_convs,
+                                  self.backbone.strides, cfg.image_size)
+        self.dropped_boxes = 0  # boxes under a pixel dropped by ``loss`` so far (also warned about)
+
+    def raw(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Normalised, padded ``(B, 3, H, W)`` -> ``(class logits (B, A, C), box-side logits (B, A, 4, R + 1),
+        points (A, 2), strides (A,))``."""
+        features = self.neck(self.backbone(x))
+        cls, box = self.head(features)
+        points, strides = anchor_points([tuple(f.shape[-2:]) for f in features], self.neck.strides, device=x.device)
+        return cls, box, points, strides
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, 3, H, W)`` in [0, 1], ``H, W`` multiples of 32 -> ``(class scores (B, A, C) in [0, 1],
+        boxes (B, A, 4) XYXY in the input's pixels)``, before thresholds and NMS."""
+        cls, box, points, strides = self.raw(self.normalize(images))
+        return cls.sigmoid(), decode_ltrb(points, dfl_expectation(box), strides)
+
+    def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[Size]]:
+        """Each ``(3, h, w)`` image in [0, 1] into the working frame, normalised, padded into one batch;
+        in training at one of ``train_scales`` drawn per batch (multi-scale training)."""
+        frame = self.cfg.image_size
+        if self.training and self.cfg.train_scales:
+            scales = list(self.cfg.train_scales)
+            frame = round(frame * scales[int(torch.randint(len(scales), ()))])
+        return batch_images(images, frame, self.mean, self.std)
+
+    def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
+        """``{"cls", "box", "dfl"}``, float32 scalars (weights applied), for a padded ``(B, 3, H, W)`` batch
+        in [0, 1] and its targets (``iscrowd`` objects are left out)."""
+        cfg = self.cfg
+        x, work_sizes = self.prepare(unpad(images, [t.size for t in targets]))
+        cls, box, points, strides = self.raw(x)  # (B, A, C), (B, A, 4, R + 1)
+        cls, box = cls.float(), box.float()
+        pred_boxes = decode_ltrb(points, dfl_expectation(box), strides)  # (B, A, 4)
+        scores = cls.detach().sigmoid()
+        target_scores, pos_terms = torch.zeros_like(cls), []
+        dropped = 0
+        for n, (t, work) in enumerate(zip(targets, work_sizes)):
+            gt_boxes, gt_labels, small = working_ground_truth(t, work)
+            dropped += small
+            a = task_aligned_assign(scores[n], pred_boxes[n].detach(), points, gt_boxes, gt_labels,
+                                    cfg.topk, cfg.alpha, cfg.beta)
+            target_scores[n] = a.scores
+            pos = a.positive
+            pos_terms.append((pred_boxes[n][pos], box[n][pos], a.boxes[pos], a.scores[pos].sum(-1), points[pos],
+                              strides[pos]))
+        if dropped:
+            self.dropped_boxes += dropped
+            warnings.warn(f"anchor_free: dropped {dropped} boxes smaller than a pixel after resizing to the working "
+                          f"frame ({self.dropped_boxes} so far); check the annotations with `zir data check`",
+                          stacklevel=2)
+        norm = target_scores.sum().clamp(min=1.0)  # YOLOv8: the batch's total target quality
+        if cfg.cls_loss == "varifocal":
+            cls_loss = varifocal_loss(cls, target_scores).sum() / norm
+        else:
+            cls_loss = nn.functional.binary_cross_entropy_with_logits(cls, target_scores, reduction="sum") / norm
+        pb, pd, tb, w, pts, st = (torch.cat(parts) for parts in zip(*pos_terms))
+        box_loss = (complete_box_iou_loss(pb, tb, reduction="none") * w).sum() / norm
+        ltrb = encode_ltrb(pts, tb, st).clamp(0, cfg.reg_max - 0.01)  # (P, 4) in strides
+        dfl = distribution_focal_loss(pd.reshape(-1, cfg.reg_max + 1), ltrb.reshape(-1)).view(-1, 4).mean(-1)
+        return {"cls": cfg.cls_weight * cls_loss, "box": cfg.box_weight * box_loss,
+                "dfl": cfg.dfl_weight * (dfl * w).sum() / norm}
+
+    @torch.no_grad()
+    def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
+        """Images of any sizes (``(B, 3, H, W)`` or a list of ``(3, h, w)`` in [0, 1]) -> detections in each
+        input image's pixels, best first."""
+        images = image_list(images)
+        x, work_sizes = self.prepare(images)
+        cls, box, points, strides = self.raw(x)
+        scores, boxes = cls.float().sigmoid(), decode_ltrb(points, dfl_expectation(box.float()), strides)
+        out = []
+        for s, b, work, im in zip(scores, boxes, work_sizes, images):
+            det_boxes, det_scores, det_labels = postprocess(s, clip(b, work), self.cfg.score_thresh, self.cfg.nms_iou,
+                                                            self.cfg.pre_nms_top_n, self.cfg.max_detections)
+            out.append(to_input_pixels(det_boxes, det_scores, det_labels, work, tuple(im.shape[-2:])))
+        return out
+
+
+def working_ground_truth(target: Target, work_size: Size) -> tuple[Tensor, Tensor, int]:
+    """``target``'s objects in the ``work_size`` frame, without crowds and without boxes narrower or lower
+    than a pixel there: ``(boxes (G, 4), labels (G,), number of small boxes dropped)``."""
+    boxes = boxes_to_working(target.boxes.float().reshape(-1, 4), target.size, work_size)
+    labels = target.labels.to(boxes.device).long().reshape(-1)
+    keep = ~target.iscrowd.to(boxes.device).bool().reshape(-1)
+    big = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    return boxes[keep & big], labels[keep & big], int((keep & ~big).sum())
+
+
+# --------------------------------------------------------------------------------------------------
+# Postprocess
+
+
+def postprocess(scores: Tensor, boxes: Tensor, score_thresh: float, nms_iou: float, pre_nms_top_n: int,
+                max_detections: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One image's ``scores (A, C)`` and ``boxes (A, 4)`` -> ``(boxes (D, 4), scores (D,), labels (D,))``: every
+    (point, class) pair above ``score_thresh``, the best ``pre_nms_top_n``, per-class NMS, the best
+    ``max_detections``."""
+    C = scores.shape[1]
+    flat = scores.reshape(-1)  # (A C,)
+    keep = (flat > score_thresh).nonzero().squeeze(1)
+    keep = keep[flat[keep].topk(min(pre_nms_top_n, len(keep))).indices]
+    sc, labels, b = flat[keep], keep % C, boxes[keep // C]
+    kept = batched_nms(b, sc, labels, nms_iou)[:max_detections]
+    return b[kept], sc[kept], labels[kept]
+
+
+def build(cfg: AnchorFreeConfig) -> AnchorFree:
+    return AnchorFree(cfg)
