@@ -29,7 +29,7 @@ from zir.engine.predictor import Predictor, load
 from zir.engine.trainer import TrainResult
 from zir.errors import ConfigError, DataError
 
-__all__ = ["train", "load", "evaluate", "predict_to_folder", "compare", "demo", "synth"]
+__all__ = ["train", "load", "evaluate", "predict_to_folder", "compare", "demo", "synth", "analyze"]
 
 
 def train(config: str | Path | RunConfig | None = None, *, resume: str | Path | None = None,
@@ -172,6 +172,15 @@ def _output_names(files: list[Path], common: Path, task: str) -> list[str]:
         rel = path.resolve().relative_to(common).with_suffix("").as_posix()
         names += [f"{rel}{suffix}" for suffix in (".png", ".json", *extra.get(task, []))]
     return names
+
+
+def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, progress: bool = True,
+            **data_settings: Any) -> Path:
+    """``zir analyze``: distance, crowding and corruptions for a trained run; returns
+    ``run/analysis/report.html`` (numbers in ``analysis.json`` next to it). See :mod:`zir.analysis.analyze`."""
+    from zir.analysis.analyze import analyze as _analyze
+
+    return _analyze(run, quick=quick, bootstrap=bootstrap, progress=progress, **data_settings)
 
 
 def _run_metrics(run: str | Path) -> dict[str, float]:
