@@ -370,20 +370,31 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file's top-level mapping of settings (a run config, a bench recipe), as written.
+
+    Raises:
+        ConfigError: naming the file: not there, not YAML, or not a mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level "
+                          "(model, data, train, model_args)")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | Settings | None = None) -> RunConfig:
     """Read a YAML config (optional) and apply overrides on top of it: ``key=value`` strings (the CLI)
     or a mapping / pairs of keys and values (the API)."""
     cfg = RunConfig()
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of settings at the top level")
+        loaded = read_yaml_mapping(p, "config file")
         try:
             cfg = RunConfig.from_dict(loaded)
         except ConfigError as e:

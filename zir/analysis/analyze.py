@@ -82,13 +82,13 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
     """
     from zir.engine.data import build_loader
     from zir.engine.evaluate import evaluate_predict, make_metric
-    from zir.engine.predictor import load
+    from zir.engine.predictor import load, run_data
 
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
     run = Path(run)
     predictor = load(run)
-    cfg, bundle = _analysis_data(run, predictor, data_settings)
+    cfg, bundle = run_data(predictor, run, data_settings, "analyze")
     task, classes = bundle.task, bundle.classes
     loader = build_loader(bundle.val, cfg.data, train=False, seed=cfg.train.seed)
     device = predictor.device
@@ -306,32 +306,6 @@ def _corruption_suite(predict: Callable, loader: Any, task: str, device: torch.d
 
 # --------------------------------------------------------------------------------------------------
 # Pieces
-
-
-def _analysis_data(run: Path, predictor: Any, data_settings: dict[str, Any]) -> tuple[Any, Any]:
-    """The run's config with the data settings applied, and its data (as ``zir eval`` chooses it)."""
-    from zir.config import resolve_key
-    from zir.engine.data import build_datasets
-    from zir.errors import ConfigError, DataError
-
-    given = {resolve_key(k, predictor.config.model) for k in data_settings}
-    if any(path[0] != "data" for path in given):
-        raise ConfigError(f"analyze takes data settings (data=PATH, val_path, batch_size, ...), got "
-                          f"{sorted(data_settings)}; the model stays as {run} has it")
-    cfg = predictor.config.override(data_settings)
-    if ("data", "path") in given and ("data", "val_path") not in given:
-        cfg = cfg.override({"data.val_path": cfg.data.path})  # all of the given data, not a split of it
-    for path in (cfg.data.path, cfg.data.val_path):
-        if path and not path.startswith("synth:") and not Path(path).exists():
-            raise DataError(path, f"the data of {run} is not there; pass data=PATH to analyze it on its test data")
-    bundle = build_datasets(cfg.data, seed=cfg.train.seed)
-    if bundle.task != predictor.task:
-        raise DataError(cfg.data.val_path or cfg.data.path, f"this is a {bundle.task} dataset, but the run in "
-                        f"{run} is a {predictor.task} model; analyze it on {predictor.task} data")
-    if bundle.classes != predictor.classes:
-        raise DataError(cfg.data.path, f"the data has classes {bundle.classes[:10]}, the model "
-                                       f"{predictor.classes[:10]}; analyze on data with the model's classes")
-    return cfg, bundle
 
 
 def _object_meta(dataset: Any) -> dict[int, list[dict[str, Any]]]:
