@@ -31,6 +31,8 @@ lint: $(TEST_STAMP)
 # The benchmarks behind the README's tables (long: about an hour and a half of CPU in all).
 bench: $(TEST_STAMP)
 	$(BIN)/pip install --quiet -r benchmarks/requirements.txt
+	# the peers pull in plain opencv-python, whose cv2 hides the contrib build selective search needs
+	$(BIN)/pip install --quiet --force-reinstall --no-deps opencv-contrib-python-headless
 	$(BIN)/python benchmarks/convnet_synth.py
 	$(BIN)/python benchmarks/augment_speed.py --threads 1
 	$(BIN)/python benchmarks/classify_transfer.py

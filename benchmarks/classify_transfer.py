@@ -28,6 +28,14 @@ augmentation, ``(E_old - E_new) / E_old``, the training loop's seconds (``time_s
 and the whole run's wall seconds (model build, feature cache, training, evaluation, report). The
 time to 95% is the training loop's, so for ``features`` it leaves out the one pass of the backbone.
 
+``--side-by-side`` instead runs zir's *default command* per mode (only data, size, ``time=`` and threads
+given) beside a plain timm + torchvision reference recipe (:func:`timm_reference`) on real photo sets:
+``--clothing`` (``clothing_small``: validation for the table, test scored once) and ``--raccoon-hard``
+(:func:`build_raccoon_hard`, raccoon crops against background crops of the same framing)::
+
+    .venv/bin/python benchmarks/classify_transfer.py --side-by-side --clothing ../shared/data/clothing_small
+        --raccoon-hard ../shared/data/raccoon --photo-size 224 --minutes 5 --threads 1
+
     .venv/bin/python benchmarks/classify_transfer.py [--raccoon /path/to/raccoon] [--data PATH]
         [--synth-n 200] [--image-size 64] [--epochs 8] [--feature-epochs 50] [--amp bf16]
         [--augment none,standard] [--modes scratch,features,finetune] [--threads 1]
@@ -50,6 +58,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import yaml
 from PIL import Image
 
 import zir
@@ -91,6 +100,170 @@ def build_raccoon_crops(raccoon: Path, out: Path, seed: int = 0) -> dict[str, di
     return counts
 
 
+# --------------------------------------------------------------------------------------------------
+# Side by side: zir's default commands against a plain timm + torchvision reference, same budget
+
+
+def build_raccoon_hard(raccoon: Path, out: Path, seed: int = 0) -> dict[str, dict[str, int]]:
+    """A harder two-class crop task than :func:`build_raccoon_crops`: each raccoon box at a random scale
+    (1.0-1.6 x the box, so some crops show more surroundings), against background crops of the *same*
+    photo with the size and aspect of a raccoon box at 0.6-1.4 x (so both classes have the same framing,
+    scale and scenery; at most 10 % of a background crop covers a raccoon), two per box where they fit.
+    Train photos give ``train``, test photos ``val``. Returns the image count per split and class."""
+    rng = random.Random(seed)
+    counts: dict[str, dict[str, int]] = {}
+    for split, csv_name in (("train", "train_labels.csv"), ("val", "test_labels.csv")):
+        boxes: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
+        with open(raccoon / "data" / csv_name) as f:
+            for row in csv.DictReader(f):
+                boxes[row["filename"]].append(tuple(int(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+        counts[split] = {"raccoon": 0, "background": 0}
+        for cls in counts[split]:
+            (out / split / cls).mkdir(parents=True, exist_ok=True)
+        for name in sorted(boxes):
+            image = Image.open(raccoon / "images" / name).convert("RGB")
+            W, H = image.size
+            for k, (x1, y1, x2, y2) in enumerate(boxes[name]):
+                s = rng.uniform(1.0, 1.6)
+                cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * s, (y2 - y1) * s
+                image.crop((max(0, round(cx - w / 2)), max(0, round(cy - h / 2)), min(W, round(cx + w / 2)),
+                            min(H, round(cy + h / 2)))).save(out / split / "raccoon" / f"{Path(name).stem}_{k}.jpg",
+                                                            quality=95)
+                counts[split]["raccoon"] += 1
+                made = 0
+                for _ in range(300):
+                    if made == 2:
+                        break
+                    s = rng.uniform(0.6, 1.4)
+                    w, h = min(W, round((x2 - x1) * s)), min(H, round((y2 - y1) * s))
+                    x, y = rng.randint(0, W - w), rng.randint(0, H - h)
+                    covered = sum(max(0, min(x + w, b[2]) - max(x, b[0])) * max(0, min(y + h, b[3]) - max(y, b[1]))
+                                  for b in boxes[name])
+                    if covered <= 0.1 * w * h and w >= 32 and h >= 32:
+                        image.crop((x, y, x + w, y + h)).save(
+                            out / split / "background" / f"{Path(name).stem}_{k}_{made}.jpg", quality=95)
+                        counts[split]["background"] += 1
+                        made += 1
+    return counts
+
+
+def zir_default(mode: str, data: dict, minutes: float, size: int, threads: int, project: str,
+                extra: dict | None = None) -> dict:
+    """zir's default command for ``transfer=mode`` (the README's): only the data, size, budget and threads
+    are given (and ``extra`` settings, to measure a candidate default); ``test`` is scored once at the end
+    by ``zir.evaluate``."""
+    t0 = time.time()
+    budget = {"time": minutes} if mode == "finetune" else {}
+    tag = "-".join(f"{k}{v}" for k, v in (extra or {}).items())
+    result = zir.train(model="efficientnet_lite0", transfer=mode, data=data["train"], val_path=data["val"],
+                       image_size=size, threads=threads, project=project, name=f"{data['name']}-{mode}{tag}",
+                       progress=False, **budget, **(extra or {}))
+    wall = time.time() - t0
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    out = {"val": rows[-1].get("val/accuracy", float("nan")), "epochs": len(rows), "wall_s": wall,
+           "l2": rows[-1].get("train/l2")}
+    if data.get("test"):
+        out["test"] = zir.evaluate(result.run_dir, data=data["test"], progress=False)["accuracy"]
+    return out
+
+
+def timm_reference(mode: str, data: dict, minutes: float, size: int, threads: int) -> dict:
+    """The plain recipe of issue 17, written with timm + torchvision only (zir gives just the weights
+    file, so both sides start from the same ImageNet weights): RandomResizedCrop(size) + flip for
+    training, resize to size * 256/224 then centre crop for evaluation; ``finetune``: AdamW 1e-3 head /
+    1e-4 body (weight decay 0.05, constant), batch 32, epochs until the budget (checked every step);
+    ``features``: the frozen backbone's pooled features, scikit-learn's L-BFGS logistic regression (C=1)."""
+    import timm
+    from torchvision import datasets, transforms
+
+    from zir.models.backbones import offline_state_dict
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    evaluate_tf = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
+                                      transforms.ToTensor(), transforms.Normalize(mean, std)])
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), transforms.Normalize(mean, std)])
+    splits = {s: data[s] for s in ("train", "val", "test") if data.get(s)}
+    classes = datasets.ImageFolder(splits["train"]).classes
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=len(classes))
+    weights = {k: v for k, v in offline_state_dict("efficientnet_lite0").items() if not k.startswith("classifier.")}
+    model.load_state_dict(weights, strict=False)
+
+    def loader(split: str, tf, shuffle: bool = False):
+        return torch.utils.data.DataLoader(datasets.ImageFolder(splits[split], tf), batch_size=32, shuffle=shuffle)
+
+    @torch.no_grad()
+    def accuracy(split: str) -> float:
+        model.eval()
+        hits = n = 0
+        for x, y in loader(split, evaluate_tf):
+            hits += int((model(x).argmax(1) == y).sum())
+            n += len(y)
+        return hits / n
+
+    epochs = 0
+    if mode == "features":
+        from sklearn.linear_model import LogisticRegression
+
+        model.eval()
+
+        @torch.no_grad()
+        def pooled(split: str):
+            xs, ys = zip(*[(model.forward_head(model.forward_features(x), pre_logits=True), y)
+                           for x, y in loader(split, evaluate_tf)])
+            return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+        X, y = pooled("train")
+        probe = LogisticRegression(max_iter=5000).fit(X, y)
+        out = {s: float((probe.predict(pooled(s)[0]) == pooled(s)[1]).mean()) for s in splits if s != "train"}
+    else:
+        head = list(model.get_classifier().parameters())
+        body = [p for p in model.parameters() if all(p is not h for h in head)]
+        opt = torch.optim.AdamW([{"params": head, "lr": 1e-3}, {"params": body, "lr": 1e-4}], weight_decay=0.05)
+        out_of_time, steps, train_loader = False, 0, loader("train", train_tf, shuffle=True)
+        while not out_of_time:
+            model.train()
+            for x, y in train_loader:
+                if time.time() - t0 >= minutes * 60:
+                    out_of_time = True
+                    break
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                steps += 1
+        epochs = round(steps / len(train_loader), 1)  # epochs done, the last one possibly in part
+        out = {s: accuracy(s) for s in splits if s != "train"}
+    return {**out, "epochs": epochs, "wall_s": time.time() - t0}
+
+
+def side_by_side(datasets: list[dict], args: argparse.Namespace, project: str) -> None:
+    """Print one table per data set: zir's default command beside the timm reference, per mode."""
+    for data in datasets:
+        print(f"\n**{data['desc']}**, EfficientNet-Lite0 (the same offline ImageNet weights), {args.photo_size} px, "
+              f"{args.threads} thread(s); fine-tune budget {args.minutes:g} min each\n")
+        print("| recipe | mode | epochs | val acc | test acc | wall s |")
+        print("|---|---|---|---|---|---|")
+        extras = [dict(item.split("=", 1) for item in e.split(",")) for e in args.zir_extra]
+        for mode in args.modes.split(","):
+            for who, extra in [("zir", {}), *[("zir", e) for e in extras if mode == "finetune"], ("timm", {})]:
+                if who == "zir":
+                    extra = {k: yaml.safe_load(v) for k, v in extra.items()}
+                    r = zir_default(mode, data, args.minutes, args.photo_size, args.threads, project, extra)
+                    name = f"zir `transfer={mode}" + (f" time={args.minutes:g}" if mode == "finetune" else "")
+                    name += "".join(f" {k}={v}" for k, v in extra.items()) + "`"
+                    if r.get("l2") is not None:
+                        name += f" (CV chose L2 {r['l2']:.3g})"
+                else:
+                    r = timm_reference(mode, data, args.minutes, args.photo_size, args.threads)
+                    name = "timm reference"
+                test = f"{r['test']:.4f}" if "test" in r else "-"
+                print(f"| {name} | {mode} | {r['epochs']} | {r['val']:.4f} | {test} | {r['wall_s']:.0f} |", flush=True)
+
+
 def run(data: dict, mode: str, augment: str, args: argparse.Namespace, project: str) -> dict:
     t0 = time.time()
     epochs = args.feature_epochs if mode == "features" else args.epochs
@@ -122,7 +295,38 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared 2-core machine, 2 threads per process oversubscribe it)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="zir's default commands beside the timm reference on the photo sets (--clothing, "
+                        "--raccoon-hard), --minutes each for fine-tuning")
+    p.add_argument("--clothing", help="clothing_small: an ImageFolder with train/, validation/ and test/")
+    p.add_argument("--raccoon-hard", help="the raccoon dataset folder: the harder crop task (same framing)")
+    p.add_argument("--minutes", type=float, default=5.0, help="--side-by-side: fine-tune budget per recipe")
+    p.add_argument("--zir-extra", action="append", default=[],
+                   help="--side-by-side: another zir finetune row with these settings (e.g. augment=standard)")
     args = p.parse_args()
+    if args.side_by_side:
+        args.modes = args.modes if args.modes != ",".join(MODES) else "features,finetune"
+        with tempfile.TemporaryDirectory(prefix="zir-transfer-") as tmp:
+            sets = []
+            if args.clothing:
+                root = Path(args.clothing)
+                sets.append({"name": "clothing_small", "desc": f"{root.name} (train {root / 'train'}, validation, "
+                             "test once)", "train": str(root / "train"), "val": str(root / "validation"),
+                             "test": str(root / "test")})
+            if args.raccoon_hard:
+                counts = build_raccoon_hard(Path(args.raccoon_hard), Path(tmp) / "raccoon-hard")
+                desc = ", ".join(f"{s}: " + " + ".join(f"{n} {c}" for c, n in counts[s].items()) for s in counts)
+                sets.append({"name": "raccoon-hard", "desc": f"raccoon vs same-framing background crops ({desc})",
+                             "train": str(Path(tmp) / "raccoon-hard" / "train"),
+                             "val": str(Path(tmp) / "raccoon-hard" / "val")})
+            load = os.getloadavg()
+            print(f"\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+                  f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+                  f"{load[0]:.1f} at the start, torch {torch.__version__}\n\n"
+                  f"`{' '.join(map(shlex.quote, ['python', *sys.argv]))}`")
+            side_by_side(sets, args, tmp)
+            print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+        return
     augments, modes = args.augment.split(","), args.modes.split(",")
 
     with tempfile.TemporaryDirectory(prefix="zir-transfer-") as tmp:

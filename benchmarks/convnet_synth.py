@@ -20,12 +20,18 @@ import torch
 import zir
 
 
+def budget_settings(args: argparse.Namespace) -> dict:
+    """zir's time= (epochs fitted to the budget), or fixed epochs with the budget as the hard stop."""
+    return {"time": args.minutes} if args.epochs == 0 else {"epochs": args.epochs, "time_limit": args.minutes}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--n", type=int, default=2000, help="training images")
     p.add_argument("--image-size", type=int, default=48)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=0,
+                   help="0: fitted to --minutes (zir's time=); N: N epochs, --minutes as the hard stop (time_limit)")
     p.add_argument("--amp", default="bf16", choices=("none", "bf16"))
     p.add_argument("--width", type=int, default=24)
     args = p.parse_args()
@@ -33,8 +39,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         result = zir.train(model="convnet", data="synth:classify", synth_n=args.n, val_split=0.25,
-                           image_size=args.image_size, batch_size=64, epochs=args.epochs, lr=4e-3,
-                           warmup_epochs=0.5, amp=args.amp, time_limit=args.minutes, project=tmp, name="bench",
+                           image_size=args.image_size, batch_size=64, lr=4e-3,
+                           warmup_epochs=0.5, amp=args.amp, **budget_settings(args), project=tmp, name="bench",
                            model_args={"width": args.width}, progress=False)
         wall = time.time() - t0
         rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -3,7 +3,7 @@
 
 Training and test scenes are written by ``zir data synth --task panoptic`` with different seeds (so no test
 scene is a training scene); the scene settings are printed with the table. The model trains through
-``zir.train`` for ``--epochs`` (``time_limit`` stops it at the budget if they take longer), is scored by zir's PanopticMetrics (the panopticapi definition)
+``zir.train`` with ``time=--minutes`` (the epochs fitted to the budget; or ``--epochs`` with the budget as the hard stop), is scored by zir's PanopticMetrics (the panopticapi definition)
 on the test scenes, and is timed on 512 x 512 images at batch 1.
 
     python benchmarks/panoptic.py [--minutes 20] [--epochs 6] [--image-size 256] [--n 400] [--threads 1]
@@ -35,7 +35,8 @@ SETTINGS = dict(batch_size=4, lr=3e-4, warmup_epochs=0.3, amp="none", augment="l
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=20.0)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=0,
+                   help="0: fitted to --minutes (zir's time=); N: N epochs, --minutes as the hard stop (time_limit)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--n", type=int, default=400, help="training scenes (test: a quarter of it)")
     p.add_argument("--threads", type=int, default=1)
@@ -51,8 +52,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     result = zir.train(model="panoptic_fpn", data=str(train_dir), val_path=str(test_dir), image_size=args.image_size,
-                       threads=args.threads, project=str(root / "runs"), name="panoptic_fpn", epochs=args.epochs,
-                       time_limit=args.minutes, **SETTINGS)
+                       threads=args.threads, project=str(root / "runs"), name="panoptic_fpn",
+                       **({"time": args.minutes} if args.epochs == 0 else {"epochs": args.epochs, "time_limit": args.minutes}), **SETTINGS)
     train_min = (time.perf_counter() - t0) / 60
     metrics = json.loads((result.run_dir / "val_metrics.json").read_text())
 

@@ -204,19 +204,14 @@ def train_isbi(name: str, key: str, train_dir: Path, val_dir: Path, project: Pat
                       **({"loss": args.loss} if args.loss else {})}
     batch, crop = args.batch_size, args.crop
     probe = build_model(model, 2, args.image_size, model_args)
-    step_s = step_seconds(probe, batch, crop or args.image_size, args.amp)
-    steps = math.ceil(25 / batch)
-    # The budget is CPU time of `threads` cores: the cosine schedule is sized so that its steps take
-    # `minutes` on otherwise idle cores (20 % left for data and evaluation). On a shared machine the
-    # wall clock runs longer; it is capped at 4x the budget, and the table reports both.
-    epochs = max(1, int(args.minutes * 60 * args.threads * 0.8 / (steps * step_s)))
-    print(f"[{name}] {step_s:.2f} s per step of {batch} -> {epochs} epochs in {args.minutes} min", flush=True)
+    # The budget is zir's time= (zir.engine.budget): the epoch count is fitted from timed steps so that
+    # the cosine schedule ends with the budget (wall clock), evaluation included.
+    print(f"[{name}] time={args.minutes} min", flush=True)
     t0, cpu0 = time.time(), time.process_time()
     result = zir.train(model=model, model_args=model_args, data=str(train_dir), val_path=str(val_dir),
                        image_size=args.image_size, crop=crop, batch_size=batch, augment=args.augment,
                        orientation=args.orientation,
-                       epochs=epochs, warmup_epochs=min(2.0, epochs / 10), eval_every=max(1, epochs // 20),
-                       amp=args.amp, time_limit=4 * args.minutes, threads=args.threads, project=str(project),
+                       warmup_epochs=2.0, amp=args.amp, time=args.minutes, threads=args.threads, project=str(project),
                        name=name, progress=False, **settings)
     cpu_s = time.process_time() - cpu0
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -227,7 +222,7 @@ def train_isbi(name: str, key: str, train_dir: Path, val_dir: Path, project: Pat
         out["tta_isbi_pixel_error"], out["tta_pixel_error"] = tta["isbi_pixel_error"], tta["pixel_error"]
     # the best checkpoint is picked on these same slices (optimistic); the last epoch's is not
     out["last_pixel_error"] = 1 - rows[-1].get("val/pixel_accuracy", math.nan)
-    out.update(epochs=result.epochs_done, planned_epochs=epochs, train_s=rows[-1]["time_s"], cpu_s=cpu_s,
+    out.update(epochs=result.epochs_done, planned_epochs=result.epochs_done, train_s=rows[-1]["time_s"], cpu_s=cpu_s,
                wall_s=time.time() - t0, params=sum(p.numel() for p in probe.parameters()))
     print(f"[{name}] {json.dumps(out)}", flush=True)
     return out
@@ -255,20 +250,16 @@ def train_synth(project: Path, tmp: Path, args: argparse.Namespace) -> dict[str,
     for split, n, seed in (("train", args.synth_n, 0), ("val", args.synth_n // 5, 10_000)):
         cfg = SynthConfig(task="segment", n=n, seed=seed, image_size=size, **SYNTH_SCENES[args.synth_scenes])
         folders[split] = write_synth(cfg, tmp / f"segment_{split}", progress=False)
-    step_s = step_seconds(build_model("unet", 5, size, SYNTH_UNET_ARGS), batch, size, args.amp)
-    steps = math.ceil(args.synth_n / batch)
-    epochs = max(1, int(args.synth_minutes * 60 * args.threads * 0.8 / (steps * step_s)))  # as for ISBI
-    print(f"[synth unet] {step_s:.2f} s per step of {batch} -> {epochs} epochs in {args.synth_minutes} min",
-          flush=True)
+    print(f"[synth unet] time={args.synth_minutes} min (zir.engine.budget fits the epochs)", flush=True)
     t0, cpu0 = time.time(), time.process_time()
     result = zir.train(model="unet", model_args=SYNTH_UNET_ARGS, data=str(folders["train"]),
                        val_path=str(folders["val"]), image_size=size, batch_size=batch, augment="light",
-                       epochs=epochs, lr=3e-3, warmup_epochs=0.5, amp=args.amp, time_limit=4 * args.synth_minutes,
+                       lr=3e-3, warmup_epochs=0.5, amp=args.amp, time=args.synth_minutes,
                        threads=args.threads, project=str(project), name="synth_unet", progress=False)
     m = result.best_metrics
     out = {"miou": m.get("miou", math.nan), "pixel_accuracy": m.get("pixel_accuracy", math.nan),
            **{k: v for k, v in m.items() if k.startswith("iou/")}, "epochs": result.epochs_done,
-           "planned_epochs": epochs, "cpu_s": time.process_time() - cpu0, "wall_s": time.time() - t0}
+           "planned_epochs": result.epochs_done, "cpu_s": time.process_time() - cpu0, "wall_s": time.time() - t0}
     print(f"[synth unet] {json.dumps(out)}", flush=True)
     return out
 

@@ -1,14 +1,14 @@
 """zir: computer vision on PyTorch, from the lecture to real, fast software.
 
 The Python API mirrors the CLI: :func:`train`, :func:`load`, :func:`evaluate`, :func:`predict_to_folder`,
-:func:`compare`, :func:`synth`, :func:`demo` (see :mod:`zir.api`).
+:func:`compare`, :func:`synth`, :func:`demo`, :func:`analyze` (see :mod:`zir.api`).
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("train", "load", "evaluate", "predict_to_folder", "compare", "synth", "demo")
+_API = ("train", "load", "evaluate", "predict_to_folder", "compare", "synth", "demo", "analyze")
 
 
 def __getattr__(name: str) -> Any:

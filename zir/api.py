@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zir.config import RunConfig, load_config, resolve_key
+from zir.config import RunConfig, load_config
 from zir.data.contract import ClassPrediction, DetectionPrediction, PanopticPrediction, SemanticPrediction
 from zir.data.image_io import is_image_file, read_image
-from zir.engine.predictor import Predictor, load
+from zir.engine.predictor import Predictor, load, run_data
 from zir.engine.trainer import TrainResult
-from zir.errors import ConfigError, DataError
+from zir.errors import DataError
 
-__all__ = ["train", "load", "evaluate", "predict_to_folder", "compare", "demo", "synth"]
+__all__ = ["train", "load", "evaluate", "predict_to_folder", "compare", "demo", "synth", "analyze"]
 
 
 def train(config: str | Path | RunConfig | None = None, *, resume: str | Path | None = None,
@@ -48,25 +48,11 @@ def train(config: str | Path | RunConfig | None = None, *, resume: str | Path | 
 
 def evaluate(run: str | Path, progress: bool = True, **data_settings: Any) -> dict[str, float]:
     """Evaluate a trained run on its validation data, or on ``data=PATH`` (any readable format)."""
-    from zir.engine.data import build_datasets, build_loader
+    from zir.engine.data import build_loader
     from zir.engine.evaluate import evaluate as _evaluate
 
     predictor = load(run)
-    given = {resolve_key(k, predictor.config.model) for k in data_settings}
-    if any(path[0] != "data" for path in given):
-        raise ConfigError(f"evaluate takes data settings (data=PATH, val_path, batch_size, ...), got "
-                          f"{sorted(data_settings)}; the model and its training stay as {run} has them")
-    cfg = predictor.config.override(data_settings)
-    if ("data", "path") in given and ("data", "val_path") not in given:
-        cfg = cfg.override({"data.val_path": cfg.data.path})  # all of the given data, not a split of it
-    bundle = build_datasets(cfg.data, seed=cfg.train.seed)
-    if bundle.task != predictor.task:  # before the class check: a task mismatch is the real problem
-        raise DataError(cfg.data.val_path or cfg.data.path, f"this is a {bundle.task} dataset, but the run in "
-                        f"{run} is a {predictor.task} model; evaluate it on {predictor.task} data")
-    if bundle.classes != predictor.classes:
-        raise DataError(cfg.data.path, f"the data has {len(bundle.classes)} classes {bundle.classes[:10]}, the "
-                                          f"model {len(predictor.classes)} {predictor.classes[:10]}; evaluate on "
-                                          "data with the classes the model was trained on")
+    cfg, bundle = run_data(predictor, run, data_settings, "evaluate")
     loader = build_loader(bundle.val, cfg.data, train=False, seed=cfg.train.seed)
     metrics, _ = _evaluate(predictor.model, loader, bundle.task, bundle.classes, predictor.device,
                            progress=progress)
@@ -172,6 +158,15 @@ def _output_names(files: list[Path], common: Path, task: str) -> list[str]:
         rel = path.resolve().relative_to(common).with_suffix("").as_posix()
         names += [f"{rel}{suffix}" for suffix in (".png", ".json", *extra.get(task, []))]
     return names
+
+
+def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, progress: bool = True,
+            **data_settings: Any) -> Path:
+    """``zir analyze``: distance, crowding and corruptions for a trained run; returns
+    ``run/analysis/report.html`` (numbers in ``analysis.json`` next to it). See :mod:`zir.analysis.analyze`."""
+    from zir.analysis.analyze import analyze as _analyze
+
+    return _analyze(run, quick=quick, bootstrap=bootstrap, progress=progress, **data_settings)
 
 
 def _run_metrics(run: str | Path) -> dict[str, float]:

@@ -9,6 +9,7 @@
     zir data synth|check|stats|convert ...
     zir augment preview IMAGE --out grid.png
     zir compare RUN_A RUN_B
+    zir analyze RUN [data=PATH] [--quick]
     zir bench detectors DATA [--minutes 5] [--models a,b] [--runs NAME=RUN ...] [--out runs/bench]
     zir demo
 
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_a")
     cmp.add_argument("run_b")
     cmp.set_defaults(func=cmd_compare)
+
+    an = sub.add_parser("analyze", help="how the model copes with distance, crowding and corruptions (report)")
+    an.add_argument("run", help="runs/NAME made by zir train")
+    an.add_argument("settings", nargs="*", help="data settings, e.g. data=test/ (default: the run's validation data)")
+    an.add_argument("--quick", action="store_true", help="fewer zoom factors, NMS values and corruptions")
+    an.add_argument("--bootstrap", type=int, default=200, metavar="N", help="resamples per 95%% interval (0: none)")
+    an.set_defaults(func=cmd_analyze)
 
     b = sub.add_parser("bench", help="benchmark models against each other on this machine")
     bsub = b.add_subparsers(title="bench commands", metavar="COMMAND")
@@ -309,6 +317,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from zir.api import compare
 
     print(compare(args.run_a, args.run_b))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from zir.analysis.analyze import analyze
+    from zir.config import parse_override
+
+    report = analyze(args.run, quick=args.quick, bootstrap=args.bootstrap,
+                     **dict(parse_override(s) for s in args.settings))
+    print(f"report: {report}\nnumbers: {report.parent / 'analysis.json'}")
     return 0
 
 

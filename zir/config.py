@@ -100,7 +100,11 @@ class TrainConfig:
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seeds data order, augmentation and initialisation.
         patience: stop after this many epochs without improvement of the monitored metric (0 = never).
-        time_limit: stop after the epoch that passes this many minutes (0 = none).
+        time: a training budget in minutes (0 = none): the epoch count is fitted to it from timed steps
+            (``epochs`` is then ignored), so warm-up and cosine decay end on time; a budget too short for
+            one epoch runs one epoch and says so (``zir.engine.budget``).
+        time_limit: a hard stop in minutes (0 = none), checked before every step: the run ends within one
+            step, an evaluation and a checkpoint of it.
         eval_every: evaluate every N epochs (the last epoch is always evaluated).
         threads: torch intra-op threads on the CPU (0 = torch's default).
     """
@@ -117,6 +121,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     patience: int = 0
+    time: float = 0.0
     time_limit: float = 0.0
     eval_every: int = 1
     threads: int = 0
@@ -365,20 +370,31 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file's top-level mapping of settings (a run config, a bench recipe), as written.
+
+    Raises:
+        ConfigError: naming the file: not there, not YAML, or not a mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level "
+                          "(model, data, train, model_args)")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | Settings | None = None) -> RunConfig:
     """Read a YAML config (optional) and apply overrides on top of it: ``key=value`` strings (the CLI)
     or a mapping / pairs of keys and values (the API)."""
     cfg = RunConfig()
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of settings at the top level")
+        loaded = read_yaml_mapping(p, "config file")
         try:
             cfg = RunConfig.from_dict(loaded)
         except ConfigError as e:
@@ -409,6 +425,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.accumulate": (1, None, True, True),
     "train.seed": (0, None, True, True),
     "train.patience": (0, None, True, True),
+    "train.time": (0, None, True, True),
     "train.time_limit": (0, None, True, True),
     "train.eval_every": (1, None, True, True),
     "train.threads": (0, None, True, True),

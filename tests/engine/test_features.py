@@ -1,4 +1,4 @@
-"""transfer=features: the backbone runs once, the head trains on cached features, the saved model is whole."""
+"""transfer=features: the backbone runs once, the head is solved on cached features, the saved model is whole."""
 
 from __future__ import annotations
 
@@ -39,10 +39,11 @@ def test_features_mode_caches_once_trains_and_saves_the_whole_model(tmp_path, mo
                    on_end=[partial(write_report, progress=False)])
     run = result.run_dir
 
-    # The backbone ran once per batch of train (40 / 16 -> 3 batches) and validation (8 -> 1), not per epoch.
-    assert per_epoch == [4, 4, 4]
+    # The backbone ran once per batch of train (40 / 16 -> 3 batches) and validation (8 -> 1); the head is
+    # solved to convergence in one epoch (epochs=3 is not used), its L2 strength cross-validated.
+    assert per_epoch == [4] and result.epochs_done == 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["train/cls"] < rows[0]["train/cls"]
+    assert rows[0]["train/grad_norm"] < 1e-5 and rows[0]["train/folds"] == 5 and rows[0]["train/l2"] > 0
     cache = load_file(str(run / "features.safetensors"))
     assert cache["train_features"].shape == (40, 1280) and cache["val_features"].shape == (8, 1280)
 
@@ -83,8 +84,8 @@ def test_features_mode_caches_once_trains_and_saves_the_whole_model(tmp_path, mo
 
 
 def test_resume_in_features_mode_reads_the_cache_and_is_exact(tmp_path, monkeypatch):
-    """A run interrupted after epoch 1 and resumed ends as one never interrupted, and the resumed run reads
-    the features the first part cached (its key, from the saved config.yaml, is the same)."""
+    """A run interrupted after its (one, solving) epoch and resumed ends as one never interrupted, and the
+    resumed run reads the features the first part cached (its key, from the saved config.yaml, is the same)."""
     common = FEATURES + [f"project={tmp_path}", "pretrained=none"]
     reference = train(load_config(overrides=common + ["name=ref"]), progress=False).run_dir
 
@@ -96,21 +97,30 @@ def test_resume_in_features_mode_reads_the_cache_and_is_exact(tmp_path, monkeypa
         train(load_config(overrides=common + ["name=cut"]), callbacks=[interrupt], progress=False)
     monkeypatch.setattr(Classifier, "features", lambda self, images: pytest.fail("the backbone ran again"))
     result = train(load_config(), resume=tmp_path / "cut", progress=False)
-    assert result.epochs_done == 3
+    assert result.epochs_done == 1
     a = load_file(str(reference / "weights" / "last.safetensors"))
     b = load_file(str(result.run_dir / "weights" / "last.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_features_mode_ignores_augmentation(tmp_path):
-    """With data.augment set, the cached training features are still those of the plain images."""
+def test_features_mode_ignores_augmentation_unless_views_ask_for_it(tmp_path):
+    """With data.augment set and views=1, the cached training features are still those of the plain images;
+    views=3 adds two augmented views of each image after them, each row marked with its image."""
     cfg = load_config(overrides=FEATURES + [f"project={tmp_path}", "augment=standard"])
     plain = load_config(overrides=FEATURES + [f"project={tmp_path}"])
+    views = load_config(overrides=FEATURES + [f"project={tmp_path}", "augment=standard", "views=3"])
     model = build_model(cfg.model, 4, 64, {**cfg.model_args, "pretrained": "none"}).eval()
     augmented, unaugmented = [
         feature_loaders(model, build_datasets(c.data, seed=0), c, torch.device("cpu"), None, "", progress=False)[0].dataset
         for c in (cfg, plain)]
     assert torch.equal(augmented.features, unaugmented.features)
+    model.cfg.views = 3  # the same (random) weights, three views
+    three = feature_loaders(model, build_datasets(views.data, seed=0), views, torch.device("cpu"), None, "",
+                            progress=False)[0].dataset
+    assert three.features.shape == (120, 1280) and torch.equal(three.groups, torch.arange(40).repeat(3))
+    assert torch.equal(three.labels, unaugmented.labels.repeat(3))
+    assert torch.allclose(three.features[:40], unaugmented.features)  # view 1 is the plain image
+    assert not torch.allclose(three.features[40:80], unaugmented.features)  # views 2, 3 are augmented
 
 
 def test_feature_cache_reads_only_what_was_written_for_its_key(tmp_path):

@@ -5,12 +5,14 @@ features that do not change while the model trains, so they are computed once pe
 ``RUN/features.safetensors``; another epoch or a resumed run reads them back:
 
 * ``features`` (the lecture's frozen feature extractor, the classifier's ``transfer=features``): the
-  backbone's pooled features ``(N, F)`` of every training and validation image; the head
-  (``model.head_on_features()``) then trains on them by gradient steps in seconds
-  (:func:`feature_loaders` gives loaders whose :class:`Batch` holds features ``(B, F)`` in ``images``).
-  Augmentation is ignored in this mode (``data.augment``): the features are those of the plain resized
-  images, because an augmented view would have to run through the backbone every epoch, which is what
-  this mode avoids. With ``data.augment`` other than ``none`` a note says so.
+  backbone's pooled features ``(N, F)`` of every training and validation image; the head is then solved
+  on them (``model.solve_head``: a logistic regression to convergence, in seconds), and evaluated by
+  ``model.head_on_features()`` (:func:`feature_loaders` gives loaders whose :class:`Batch` holds features
+  ``(B, F)`` in ``images``). The features are those of the plain resized images, plus, with the model's
+  ``views`` > 1, ``views - 1`` augmented views of each training image (the ``data.augment`` preset, or
+  ``standard`` when that is ``none``), computed once: augmentation without running the backbone every
+  epoch. ``train_groups`` says which training image each row comes from (cross-validation folds keep an
+  image's views together).
 * ``closed_form`` (R-CNN): ``model.training_features`` of every training image (its regions' CNN
   features and labels), from which ``model.fit_features`` solves the model (:func:`fit_closed_form`).
   With data augmentation, each image's cached rows are those of the one augmented view seen when the
@@ -41,7 +43,7 @@ from tqdm import tqdm
 from zir.config import RunConfig
 from zir.data.contract import Target
 from zir.engine.checkpoint import atomic_write
-from zir.engine.data import Batch, DataBundle, build_loader, collate, eval_transform
+from zir.engine.data import Batch, DataBundle, build_loader, collate, eval_transform, train_transform
 from zir.engine.evaluate import autocast
 from zir.models.base import FitsInClosedForm, TrainsOnFeatures, ZirModel
 
@@ -96,10 +98,12 @@ def gather(items: Iterable[T], extract: Callable[[T], dict[str, Tensor] | None],
 
 
 class FeatureDataset(Dataset):
-    """Cached features: item ``i`` is ``{"features": (F,) float32, "label": int}``."""
+    """Cached features: item ``i`` is ``{"features": (F,) float32, "label": int}``; ``groups[i]`` is the
+    image row ``i`` comes from (several rows per image with augmented views)."""
 
-    def __init__(self, features: Tensor, labels: Tensor) -> None:
+    def __init__(self, features: Tensor, labels: Tensor, groups: Tensor | None = None) -> None:
         self.features, self.labels = features, labels
+        self.groups = torch.arange(len(labels)) if groups is None else groups
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -141,23 +145,39 @@ def feature_loaders(model: ZirModel, data: DataBundle, cfg: RunConfig, device: t
     The training loader shuffles like :func:`zir.engine.data.build_loader` (order from ``(seed, epoch)``).
     """
 
+    views = int(getattr(getattr(model, "cfg", None), "views", 1))
+
     def compute() -> dict[str, Tensor]:
-        if cfg.data.augment != "none" and progress:
-            tqdm.write(f"transfer=features ignores data.augment={cfg.data.augment}: the backbone runs once, "
-                       "on the plain images (augmentation needs transfer=finetune or scratch)")
-        train_set = copy.copy(data.train)  # same images, without the augmentation
-        train_set.transform = eval_transform(data.task, cfg.data.image_size)  # type: ignore[attr-defined]
+        if cfg.data.augment != "none" and views == 1 and progress:
+            tqdm.write(f"transfer=features with views=1 ignores data.augment={cfg.data.augment}: the backbone "
+                       "runs once, on the plain images (views=N caches N augmented views of each image)")
+        plain = copy.copy(data.train)  # same images, without the augmentation
+        plain.transform = eval_transform(data.task, cfg.data.image_size)  # type: ignore[attr-defined]
+        augmented = copy.copy(data.train)  # views 2..N: the data's preset, standard when it has none
+        augmented.transform = train_transform(data.task, cfg.data.image_size,  # type: ignore[attr-defined]
+                                              cfg.data.augment if cfg.data.augment != "none" else "standard",
+                                              orientation=cfg.data.orientation)
         was_training = model.training
         model.eval()
         extractor = cast(TrainsOnFeatures, model)
-        parts = {"train": extract_features(extractor, train_set, cfg, device, progress, "features (train)"),
+        train_rows = []
+        for v in range(views):
+            torch.manual_seed(cfg.train.seed * 7919 + v)  # each view's augmentation, reproducibly
+            rows = extract_features(extractor, plain if v == 0 else augmented, cfg, device, progress,
+                                    f"features (train, view {v + 1}/{views})" if views > 1 else "features (train)")
+            if rows:
+                rows["groups"] = torch.arange(len(rows["labels"]))  # image index; the same in every view
+            train_rows.append(rows)
+        parts = {"train": {name: torch.cat([r[name] for r in train_rows]) for name in train_rows[0]},
                  "val": extract_features(extractor, data.val, cfg, device, progress, "features (val)")}
         model.train(was_training)
-        empty = {"features": torch.zeros(0, 0), "labels": torch.zeros(0, dtype=torch.int64)}
-        return {f"{split}_{name}": rows.get(name, empty[name]) for split, rows in parts.items() for name in empty}
+        empty = {"features": torch.zeros(0, 0), "labels": torch.zeros(0, dtype=torch.int64),
+                 "groups": torch.zeros(0, dtype=torch.int64)}
+        return {f"{split}_{name}": rows.get(name, empty[name]) for split, rows in parts.items() for name in empty
+                if not (split == "val" and name == "groups")}
 
     tensors = feature_cache(cache, key, compute, write=rank == 0)
-    train_set = FeatureDataset(tensors["train_features"], tensors["train_labels"])
+    train_set = FeatureDataset(tensors["train_features"], tensors["train_labels"], tensors.get("train_groups"))
     val_set = FeatureDataset(tensors["val_features"], tensors["val_labels"])
     B = cfg.data.batch_size
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)

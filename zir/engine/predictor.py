@@ -110,3 +110,40 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     model = get_spec(cfg.model).build(build_cfg.model_config(len(meta["classes"])))
     load_weights(model, weights, get_spec(cfg.model).renames)
     return Predictor(model, list(meta["classes"]), cfg, device)
+
+
+def run_data(predictor: Predictor, run: str | Path, data_settings: dict[str, Any], verb: str = "evaluate"
+             ) -> tuple[RunConfig, Any]:
+    """The data a trained run is measured on (``zir eval``, ``zir analyze``): its own validation data, or
+    ``data=PATH`` (all of it, not a split) with any other data settings.
+
+    Returns:
+        ``(config, DataBundle)``: the run's config with ``data_settings`` applied and its datasets.
+
+    Raises:
+        ConfigError: a setting that is not a data setting. DataError: the data is not there, or is of
+            another task or other classes than the model (named as such, before anything runs).
+    """
+    from zir.config import resolve_key
+    from zir.engine.data import build_datasets
+    from zir.errors import DataError
+
+    given = {resolve_key(k, predictor.config.model) for k in data_settings}
+    if any(path[0] != "data" for path in given):
+        raise ConfigError(f"{verb} takes data settings (data=PATH, val_path, batch_size, ...), got "
+                          f"{sorted(data_settings)}; the model and its training stay as {run} has them")
+    cfg = predictor.config.override(data_settings)
+    if ("data", "path") in given and ("data", "val_path") not in given:
+        cfg = cfg.override({"data.val_path": cfg.data.path})  # all of the given data, not a split of it
+    for path in (cfg.data.path, cfg.data.val_path):
+        if path and not path.startswith("synth:") and not Path(path).exists():
+            raise DataError(path, f"the data of {run} is not there; pass data=PATH to {verb} it on other data")
+    bundle = build_datasets(cfg.data, seed=cfg.train.seed)
+    if bundle.task != predictor.task:  # before the class check: a task mismatch is the real problem
+        raise DataError(cfg.data.val_path or cfg.data.path, f"this is a {bundle.task} dataset, but the run in "
+                        f"{run} is a {predictor.task} model; {verb} it on {predictor.task} data")
+    if bundle.classes != predictor.classes:
+        raise DataError(cfg.data.path, f"the data has {len(bundle.classes)} classes {bundle.classes[:10]}, the "
+                                       f"model {len(predictor.classes)} {predictor.classes[:10]}; {verb} on "
+                                       "data with the classes the model was trained on")
+    return cfg, bundle

@@ -9,8 +9,8 @@
     end callbacks (the CLI and the API pass one that writes report.html)
 
 The model's registry entry (``ModelSpec.fitting``, a function of the model's config) says how it is
-fitted, and :func:`train` decides once: ``gradient`` trains the model on images, ``features`` trains its
-head on cached backbone features with the same loop, ``closed_form`` replaces the loop by a solve on
+fitted, and :func:`train` decides once: ``gradient`` trains the model on images, ``features`` solves its
+head on cached backbone features to convergence (one epoch), ``closed_form`` replaces the loop by a solve on
 cached features. Only evaluation, checkpointing and logging are pluggable (``callbacks``); there is no
 trainer class to subclass, and the config given is never changed (the run's own, with the data's facts
 filled in, is derived from it and saved as ``config.yaml``).
@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from zir import __version__
 from zir.config import RunConfig, load_config
+from zir.engine import budget as timing
 from zir.engine import distributed as dist
 from zir.engine.checkpoint import (
     discard_untrained,
@@ -52,7 +53,7 @@ from zir.engine.checkpoint import (
 )
 from zir.engine.data import Batch, DataBundle, build_datasets, build_loader, start_epoch
 from zir.engine.evaluate import MONITOR, autocast, evaluate
-from zir.engine.features import FEATURE_FILE, cache_key, feature_loaders, fit_closed_form
+from zir.engine.features import FEATURE_FILE, FeatureDataset, cache_key, feature_loaders, fit_closed_form
 from zir.engine.logger import RunLogger
 from zir.errors import CheckpointError, ConfigError, TrainingError
 from zir.models import get_spec, model_keys
@@ -103,16 +104,10 @@ def build_optimizer(model: ZirModel, cfg: RunConfig) -> torch.optim.Optimizer:
     raise ConfigError(f"train.optimizer must be adamw or sgd, got {t.optimizer!r}")
 
 
-def cosine_with_warmup(warmup_steps: int, total_steps: int, final: float) -> Callable[[int], float]:
-    """LR factor per optimizer step: linear 0.01 -> 1 over warm-up, then cosine 1 -> ``final``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return 0.01 + 0.99 * step / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+def cosine_with_warmup(warmup_steps: int, total_steps: int, final: float) -> timing.Schedule:
+    """LR factor per optimizer step: linear 0.01 -> 1 over warm-up, then cosine 1 -> ``final`` (a
+    :class:`~zir.engine.budget.Schedule`, whose length a time budget re-fits)."""
+    return timing.Schedule(warmup_steps, total_steps, final)
 
 
 def seed_everything(seed: int) -> None:
@@ -159,15 +154,39 @@ class Run:
     val_loader: DataLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: timing.Schedule  # the scheduler's factor; its length follows `epochs`
+    epochs: int  # train.epochs, or the count fitted to train.time (zir.engine.budget)
+    budget: timing.Budget
     scaler: torch.amp.GradScaler
     feature_key: str  # the feature cache's key (fitting features and closed_form)
     logger: RunLogger
     skipped: list[str] = field(default_factory=list)  # samples dropped by data.skip_bad
+    stopped_by_time: bool = False  # the hard stop ended an epoch early
+
+    def optimizer_steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.train_loader) / self.cfg.train.accumulate))
+
+    def refit_epochs(self, epoch: int, steps_done: int, step_s: float, steps_per_epoch: int = 0) -> None:
+        """``train.time``: fit the epoch count (and the schedule's length) to the budget from the
+        measured seconds per step (``steps_per_epoch``: the loader's length unless given; a closed-form
+        epoch is one step); every process takes the main process's fit."""
+        t = self.cfg.train
+        steps_per_epoch = steps_per_epoch or len(self.train_loader)
+        fitted = self.budget.fit_epochs(epoch, steps_done, steps_per_epoch, step_s, t.eval_every,
+                                        len(self.data.val) / max(1, len(self.data.train)))
+        fitted = int(dist.broadcast_object(fitted))  # type: ignore[arg-type]
+        if dist.is_main() and (fitted != self.epochs or self.budget.notes):
+            tqdm.write(f"time={t.time:g} min: {step_s:.3g} s/step, {steps_per_epoch} steps/epoch -> "
+                       f"{fitted} epochs" + "".join(f"\n{n}" for n in self.budget.notes))
+            self.budget.notes.clear()
+        self.epochs = fitted
+        self.schedule.refit(fitted * self.optimizer_steps_per_epoch())
 
 
 def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
     """Device, process group, data, model, optimizer and schedule for ``cfg``; ``run_dir`` when resuming."""
     t = cfg.train
+    budget = timing.Budget(t.time, t.time_limit)  # the clock starts before the data is read: setup counts
     device = select_device(t.device)
     distributed = dist.init_from_env(device)
     rank, world = dist.rank(), dist.world_size()
@@ -200,6 +219,8 @@ def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
 
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / t.accumulate))
+    # With train.time the epoch count is fitted once steps are timed (Run.refit_epochs); until then the
+    # schedule is planned for train.epochs.
     schedule = cosine_with_warmup(round(t.warmup_epochs * steps_per_epoch), t.epochs * steps_per_epoch, t.final_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
     net: nn.Module = LossOf(fit)
@@ -208,7 +229,9 @@ def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     return Run(cfg, run_dir, device, data, fitting, distributed, model, fit, net, train_loader, val_loader, optimizer,
-               torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), scaler, key, RunLogger(run_dir),
+               torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule,
+               1 if fitting == "features" else t.epochs, budget, scaler, key,
+               RunLogger(run_dir),
                [str(p) for p in data.problems if p.severity == "error"])
 
 
@@ -243,6 +266,8 @@ def restore(run: Run) -> Standing:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
+    if run.cfg.train.time > 0 and run.fitting != "features":  # the fitted count, saved with the schedule
+        run.epochs = max(state["epoch"] + 1, round(run.schedule.total_steps / run.optimizer_steps_per_epoch()))
     best_metrics = read_meta(weights / "best.safetensors").get("metrics", {}) \
         if (weights / "best.safetensors").is_file() else {}
     if dist.is_main():
@@ -271,21 +296,23 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, callbacks: Sequen
         cfg = load_config(Path(resume) / "config.yaml")
     run = setup(cfg, None if resume is None else Path(resume), progress)
     standing = begin(run) if resume is None else restore(run)
-    one_epoch = closed_form_epoch if run.fitting == "closed_form" else gradient_epoch  # the one dispatch
+    one_epoch = {"closed_form": closed_form_epoch, "features": features_epoch,  # the one dispatch
+                 "gradient": gradient_epoch}[run.fitting]
     t, main = run.cfg.train, dist.is_main()
     t_start, stopped_early, epoch = time.time(), False, standing.start_epoch - 1
-    for epoch in range(standing.start_epoch, t.epochs):
+    while epoch + 1 < run.epochs:  # run.epochs: train.epochs, or fitted to train.time while training
+        epoch += 1
         seed_everything(t.seed * 1_000_003 + epoch * 1009 + dist.rank())
         run.train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        start_epoch(run.data.train, epoch, t.epochs)  # e.g. mosaic off for the last epochs
+        start_epoch(run.data.train, epoch, run.epochs)  # e.g. mosaic off for the last epochs (of the fitted count)
         run.model.train()
         run.model.set_epoch(epoch)  # e.g. the classifier's freeze_epochs: state from the epoch number
         t_epoch = time.time()
         terms, n_images = one_epoch(run, epoch, progress and main)
-        out_of_time = t.time_limit > 0 and (time.time() - t_start) / 60 >= t.time_limit
+        out_of_time = run.stopped_by_time or run.budget.out_of_time(epoch)
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], **terms,
                                "images_per_s": n_images * dist.world_size() / (time.time() - t_epoch)}
-        evaluate_now = (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs or out_of_time
+        evaluate_now = (epoch + 1) % t.eval_every == 0 or epoch + 1 == run.epochs or out_of_time
         end_epoch(run, standing, epoch, row, evaluate_now, t_start, callbacks or (), progress)
         stop = (t.patience > 0 and standing.bad_epochs >= t.patience) or out_of_time
         stopped_early = bool(dist.broadcast_object(stop))
@@ -313,9 +340,19 @@ def gradient_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, floa
     t, device, optimizer, scaler = run.cfg.train, run.device, run.optimizer, run.scaler
     sums: dict[str, float] = {}
     n_images, t_epoch = 0, time.time()
-    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False)
+    fit_now = t.time > 0 and epoch < 2  # fit the epoch count in the first epoch, re-fit in the second
+    t_first = 0.0  # the clock after the epoch's first step (which also starts the loader)
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{run.epochs}", disable=not progress, leave=False)
     for i, batch in enumerate(bar):
         batch: Batch
+        stop = run.budget.out_of_time(epoch)  # the hard stop, before every step
+        if bool(dist.broadcast_object(stop)) if run.distributed else stop:
+            run.stopped_by_time = True
+            break
+        if fit_now and i == timing.PROBE_STEPS + 1:
+            run.refit_epochs(epoch, i, (timing.clock() - t_first) / timing.PROBE_STEPS)
+            bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
+            fit_now = False
         run.skipped += batch.skipped
         if not batch.targets:
             continue
@@ -343,12 +380,33 @@ def gradient_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, floa
             optimizer.zero_grad(set_to_none=True)
             run.scheduler.step()
         n_images += len(batch.targets)
+        t_first = timing.clock() if i == 0 else t_first
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch.targets)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}",
                         img_s=f"{n_images * dist.world_size() / (time.time() - t_epoch):.0f}")
+    if fit_now and not run.stopped_by_time:  # an epoch too short to probe: fit from the whole epoch
+        steps = len(run.train_loader)
+        run.refit_epochs(epoch, steps, (timing.clock() - t_first) / max(1, steps - 1) if steps > 1
+                         else timing.clock() - run.budget.start)
     means = {f"train/{k}": dist.all_reduce_mean(v / max(n_images, 1), device) for k, v in sums.items()}
     return means, n_images
+
+
+def features_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, float], int]:
+    """``fitting="features"``: the head solved to convergence on the cached training features (the model's
+    ``solve_head``: a convex problem, so one epoch is the whole training; ``epochs`` is not used).
+
+    Returns:
+        ``({"train/STATISTIC": value}, feature rows)``: the chosen L2 strength and its cross-validation.
+    """
+    rows = cast(FeatureDataset, run.train_loader.dataset)
+    stats = cast(TrainsOnFeatures, run.model).solve_head(rows.features, rows.labels, rows.groups, run.cfg.train.seed)
+    if progress:
+        tqdm.write(f"transfer=features: L2 {stats['l2']:.3g} chosen by {stats['folds']:.0f}-fold cross-validation "
+                   f"(held-out accuracy {stats['cv_accuracy']:.4f}); L-BFGS converged to gradient "
+                   f"{stats['grad_norm']:.1e} in {stats['iterations']:.0f} iterations")
+    return {f"train/{k}": v for k, v in stats.items()}, len(rows)
 
 
 def closed_form_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, float], int]:
@@ -357,8 +415,11 @@ def closed_form_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, f
     Returns:
         ``({"train/STATISTIC": value}, 0)``.
     """
+    t0 = timing.clock()
     stats = fit_closed_form(cast(FitsInClosedForm, run.model), run.data.train, run.device, run.dir / FEATURE_FILE,
                             run.feature_key, write=dist.is_main(), progress=progress)
+    if run.cfg.train.time > 0 and epoch < 2:  # one solve is one "step"; the first pays for the cache
+        run.refit_epochs(epoch, 1, timing.clock() - t0, steps_per_epoch=1)
     return {f"train/{k}": v for k, v in stats.items()}, 0
 
 
@@ -371,7 +432,9 @@ def end_epoch(run: Run, standing: Standing, epoch: int, row: dict[str, Any], eva
     t, monitor = run.cfg.train, MONITOR[run.data.task]
     metrics: dict[str, float] = {}
     if evaluate_now:
+        t_eval = timing.clock()
         metrics, _ = evaluate(run.fit, run.val_loader, run.data.task, run.data.classes, run.device, t.amp, progress)
+        run.budget.eval_s = timing.clock() - t_eval  # what the epoch-count fit counts per evaluation
         row.update({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     row["time_s"] = time.time() - t_start
     meta = {"config": run.cfg.to_dict(), "classes": run.data.classes, "task": run.data.task,

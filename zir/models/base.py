@@ -26,8 +26,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: How the engine fits a model; the registry entry (``ModelSpec.fitting``) says which, from the model's
 #: config, so the engine decides once and never asks the model:
 #:   ``gradient``     ``loss`` -> backward -> optimizer step, batch after batch (most models);
-#:   ``features``     a frozen part runs once over the data, its features are cached and only a head
-#:                    trains by gradient steps on them (:class:`TrainsOnFeatures`, e.g. transfer=features);
+#:   ``features``     a frozen part runs once over the data, its features are cached and only a head is
+#:                    solved on them, in one epoch (:class:`TrainsOnFeatures`, e.g. transfer=features);
 #:   ``closed_form``  features of the training data are cached once and the model is solved from them
 #:                    without gradient steps (:class:`FitsInClosedForm`, R-CNN's SVMs and ridge regressors).
 Fitting = Literal["gradient", "features", "closed_form"]
@@ -86,11 +86,17 @@ def stack_images(images: Tensor | list[Tensor]) -> Tensor:
 
 class TrainsOnFeatures(Protocol):
     """A model fitted with ``fitting="features"``: the engine runs ``features`` once over the training and
-    validation images, caches the result, and trains and evaluates ``head_on_features()`` on it by
-    gradient steps. The checkpoints hold the whole model, so it predicts on images as any other."""
+    validation images, caches the result, solves the head on it (``solve_head``) and evaluates
+    ``head_on_features()`` on it. The checkpoints hold the whole model, so it predicts on images as any
+    other."""
 
     def features(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> ``(B, F)`` from the frozen part; the same every epoch."""
+        ...
+
+    def solve_head(self, features: Tensor, labels: Tensor, groups: Tensor, seed: int = 0) -> dict[str, float]:
+        """Fit the head to convergence on cached features ``(N, F)``, labels ``(N,)`` and the image each row
+        comes from ``(N,)``; returns statistics to log."""
         ...
 
     def head_on_features(self) -> ZirModel:

@@ -9,9 +9,9 @@ The parts, in the order they run:
 * ``recipes.py`` and ``recipes/KIND/MODEL.yaml``: how each detector trains on a kind of data (``synth``
   or ``photo``): run config files read by ``zir.config.load_config``, the reasons as comments in them.
 * ``data.py``: the training / test split as two COCO files (:class:`BenchData`).
-* ``run.py``: training within the budget (the epoch count is estimated from a few timed steps so that
-  the cosine schedule ends with the budget, unless a recipe fixes it; ``time_limit`` stops a run whose
-  estimate was short, after at least one epoch) and the whole bench (:func:`bench_detectors`).
+* ``run.py``: training within the budget (the engine's ``time=``, :mod:`zir.engine.budget`: the epoch
+  count is fitted from timed steps so that the cosine schedule ends with the budget, unless a recipe
+  fixes it; the hard stop is checked before every step) and the whole bench (:func:`bench_detectors`).
 * ``scoring.py``: every model scored the same way, through the engine's evaluation loop and COCO metric:
   each test image alone at its own size (batch 1, which also gives the median inference time). A
   trained model is scored with its *last* weights: the training run validates on the test split, so its
@@ -40,7 +40,6 @@ from zir.analysis.bench.recipes import KINDS, RECIPES, Recipe, check_models, det
 from zir.analysis.bench.run import (
     BenchResult,
     bench_detectors,
-    estimate_epochs,
     parse_runs,
     train_and_score,
     train_detector,
@@ -48,7 +47,7 @@ from zir.analysis.bench.run import (
 from zir.analysis.bench.scoring import BenchRow, Clock, mean_box_baseline, score, score_run
 
 __all__ = ["BASELINE_NAME", "KINDS", "RECIPES", "STAGE_NAMES", "BenchData", "BenchResult", "BenchRow", "Clock",
-           "Recipe", "bench_detectors", "build_chart", "check_models", "detectors", "estimate_epochs",
+           "Recipe", "bench_detectors", "build_chart", "check_models", "detectors",
            "format_table", "from_coco", "machine", "mean_box_baseline", "parse_runs", "parse_sets",
            "prepare_data", "prepare_synth", "recipe_for", "score", "score_run", "train_and_score",
            "train_detector", "write_outputs"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from zir.config import RunConfig, load_config
+from zir.config import RunConfig, load_config, read_yaml_mapping
 from zir.errors import ConfigError
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -54,7 +54,7 @@ class Recipe:
 
     def settings(self) -> dict[str, Any]:
         """What the recipe sets, as ``key=value`` of the command line: the file's, then the overrides."""
-        return {k: v for k, v in {**_flat(_read(self.path)), **self.overrides}.items() if k not in OWN_KEYS}
+        return {k: v for k, v in {**_flat(read_yaml_mapping(self.path, "recipe file")), **self.overrides}.items() if k not in OWN_KEYS}
 
     def fixed_epochs(self) -> bool:
         """True if the recipe sets the epoch count (not 0); otherwise the time budget decides it."""
@@ -77,7 +77,7 @@ def read_recipe_files(paths: Sequence[str | Path]) -> dict[str, Path]:
     """``{model: path}`` of a user's recipe files, each naming its registry detector (``model: NAME``)."""
     out: dict[str, Path] = {}
     for path in map(Path, paths):
-        raw = _read(path)
+        raw = read_yaml_mapping(path, "recipe file")
         model = raw.get("model")
         if not isinstance(model, str) or not model:
             raise ConfigError(f"{path}: a recipe names the detector it is for (e.g. `model: yolo_v1` at the top)")
@@ -123,19 +123,6 @@ def parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         except yaml.YAMLError:
             out.setdefault(model, {})[name] = value
     return out
-
-
-def _read(path: Path) -> dict[str, Any]:
-    """The recipe file's mapping as written (``load_config`` reads it again, with every check)."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe is a run config: a mapping with model, data, train, model_args")
-    return raw
 
 
 def _flat(raw: Mapping[str, Any]) -> dict[str, Any]:

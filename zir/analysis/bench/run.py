@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,43 +15,10 @@ from zir.analysis.bench.data import BenchData, prepare_data
 from zir.analysis.bench.outputs import write_outputs
 from zir.analysis.bench.recipes import Recipe, check_models, detectors, read_recipe_files, recipe_for
 from zir.analysis.bench.scoring import BenchRow, mean_box_baseline, score_run
-from zir.config import RunConfig
 from zir.errors import CheckpointError, ConfigError, DataError
 
 # --------------------------------------------------------------------------------------------------
 # Training within a budget
-
-
-def estimate_epochs(cfg: RunConfig, minutes: float, log: Callable[[str], None] = print) -> int:
-    """Epochs that fit ``minutes``: time a few training steps of the real model on the real loader."""
-    from zir.engine.data import build_datasets, build_loader
-    from zir.engine.evaluate import autocast
-    from zir.engine.trainer import select_device
-    from zir.models import build_model
-
-    device = select_device(cfg.train.device)
-    bundle = build_datasets(cfg.data, seed=cfg.train.seed)
-    loader = build_loader(bundle.train, cfg.data, train=True, seed=cfg.train.seed)
-    model = build_model(cfg.model, len(bundle.classes), cfg.data.image_size, cfg.model_args).to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    times = []
-    for i, batch in enumerate(loader):
-        if not batch.targets:
-            continue
-        batch = batch.to(device)
-        t0 = time.perf_counter()
-        with autocast(device, cfg.train.amp):
-            loss = sum(model.loss(batch.images, batch.targets).values())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - t0)
-        if i == 4:
-            break
-    per_step = statistics.median(times[1:] or times) * 1.15  # data loading and evaluation on top
-    epochs = max(1, math.floor(minutes * 60 / (per_step * len(loader))))
-    log(f"  {cfg.model}: {per_step:.2f} s/step, {len(loader)} steps/epoch -> {epochs} epochs in {minutes:g} min")
-    return epochs
 
 
 def run_settings(recipe: Recipe, data: BenchData, out: str | Path, threads: int = 0,
@@ -68,19 +33,21 @@ def train_detector(recipe: Recipe, data: BenchData, out: str | Path, minutes: fl
                    device: str = "auto", progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Train by ``recipe`` on ``data.train`` for ``minutes`` (validating on the test split); the run folder.
 
-    An ``epochs`` in the recipe fixes the epoch count instead of estimating it from the budget, and
-    ``minutes <= 0`` removes the time limit.
+    The budget is the engine's ``time=minutes`` (:mod:`zir.engine.budget`: the epoch count fitted from
+    timed steps so that the schedule ends with the budget, the hard stop checked every step). An
+    ``epochs`` in the recipe fixes the epoch count instead, with ``time_limit=minutes`` as the hard stop;
+    ``minutes <= 0`` removes the budget.
     """
     import zir
 
     run = run_settings(recipe, data, out, threads, device)
-    cfg = recipe.config(**run)
-    epochs = cfg.train.epochs if recipe.fixed_epochs() else estimate_epochs(cfg, minutes, log)
-    run.update(epochs=epochs, time_limit=max(minutes, 0.0))
+    fixed = recipe.fixed_epochs() or minutes <= 0
+    run.update({"time_limit": max(minutes, 0.0)} if fixed else {"time": minutes})
     if "eval_every" not in recipe.settings():
-        # validation only after the last epoch: the score comes from score_run, and sliding windows take
-        # seconds per image
-        run["eval_every"] = epochs
+        # validation only after the last epoch (the engine always evaluates the last one): the score comes
+        # from score_run, and sliding windows take seconds per image
+        run["eval_every"] = recipe.config(**run).train.epochs if fixed else 1_000_000
+    log(f"  {recipe.model}: " + ("fixed epochs" if fixed else f"time={minutes:g} min"))
     return zir.train(recipe.config(**run), progress=progress).run_dir
 
 

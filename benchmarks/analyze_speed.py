@@ -1,0 +1,54 @@
+"""How long ``zir analyze`` takes on a ``faster_rcnn`` run with 200 synthetic test images.
+
+Trains Faster R-CNN (the demo's settings: pretrained EfficientNet-Lite0 backbone, 128 px) for
+``--minutes`` on 800 synthetic scenes, then times ``zir analyze`` on the 200 validation scenes, ``--quick``
+and (with ``--full``) the whole analysis (17 corruptions x 5 severities, 5 zoom factors, 3 NMS values, TIDE).
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/analyze_speed.py --minutes 3 [--full] [--out runs/bench-analyze]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+import zir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--out", default="runs/bench-analyze")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    run = Path(args.out) / "frcnn"
+    if not (run / "weights" / "best.safetensors").is_file():
+        t = time.time()
+        zir.train(model="faster_rcnn", data="synth:detect", synth_n=1000, val_split=0.2, project=args.out,
+                  name="frcnn", image_size=128, batch_size=8, epochs=20, lr=3e-4, warmup_epochs=0.3,
+                  time_limit=args.minutes, threads=1, model_args={"roi_batch_size": 64, "frozen_blocks": 3},
+                  progress=False)
+        print(f"trained in {time.time() - t:.0f} s")
+    load = os.getloadavg()
+    t = time.time()
+    zir.analyze(run, quick=True, progress=False)
+    quick_s = time.time() - t
+    numbers = json.loads((run / "analysis" / "analysis.json").read_text())
+    print(f"analyze --quick: {quick_s:.0f} s on {numbers['images']} images; load average before {load[0]:.1f}")
+    print(f"clean {json.dumps(numbers['clean'])} CI {json.dumps(numbers['clean_ci'])}")
+    print(f"corruptions (quick) {json.dumps(numbers['corruptions']['all'])}")
+    print(f"TIDE AP50 {numbers['tide']['AP']:.4f} dAP {json.dumps({k: round(v, 4) for k, v in numbers['tide']['dAP'].items()})}")
+    if args.full:
+        t = time.time()
+        zir.analyze(run, progress=False)
+        print(f"analyze (full): {time.time() - t:.0f} s; load average now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""``zir analyze`` end to end on tiny trained runs of every task it covers, mPC / rPC by hand, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import zir
+from zir.analysis.analyze import corrupted, fmt, mpc_rpc, nms_key
+from zir.cli import main
+from zir.config import load_config
+from zir.engine.predictor import load
+from zir.engine.trainer import train
+from zir.errors import DataError
+
+COMMON = ["epochs=1", "threads=1", "batch_size=8", "val_split=0.5"]
+RUNS = {
+    "classify": ["model=convnet", "data=synth:classify", "synth_n=16", "image_size=32",
+                 "model_args={width: 8, depth: 2}"],
+    "detect": ["model=faster_rcnn", "data=synth:detect", "synth_n=8", "image_size=64",
+               "model_args={pretrained: none, fpn_channels: 16, box_hidden: 32}"],
+    "segment": ["model=unet", "data=synth:segment", "synth_n=8", "image_size=64", "model_args={depth: 2, width: 8}"],
+    "instance": ["model=mask_rcnn", "data=synth:instance", "synth_n=4", "image_size=64",
+                 "model_args={pretrained: none, fpn_channels: 16, box_hidden: 32, mask_channels: 16}"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    return {task: train(load_config(overrides=args + COMMON + [f"project={root}", f"name={task}"]), progress=False,
+                        on_end=[]).run_dir for task, args in RUNS.items()}
+
+
+def test_mpc_and_rpc_by_hand():
+    table = {"fog": {1: 0.6, 2: 0.4}, "snow": {1: 0.3, 2: math.nan}}  # snow 2: no objects -> left out
+    mpc, rpc = mpc_rpc(table, clean=0.8)
+    assert mpc == pytest.approx(((0.6 + 0.4) / 2 + 0.3) / 2)  # 0.4: mean over corruptions of their means
+    assert rpc == pytest.approx(0.4 / 0.8)
+    assert all(math.isnan(v) for v in mpc_rpc({"fog": {1: math.nan}}, 0.8))
+    assert math.isnan(mpc_rpc(table, clean=0.0)[1])
+    assert fmt(math.nan) == "n/a" and fmt(None) == "n/a" and fmt(0.5, (0.4, 0.6)) == "0.5000 [0.400, 0.600]"
+
+
+def test_corrupted_predict_seeds_images_by_position():
+    seen = []
+    predict = corrupted(lambda images: seen.extend(images) or [None] * len(images), "gaussian_noise", 2, seed=0)
+    x = torch.full((3, 8, 8), 0.5)
+    predict([x, x])
+    predict([x])
+    again = []
+    corrupted(lambda images: again.extend(images) or [None] * len(images), "gaussian_noise", 2)([x, x, x])
+    assert all(torch.equal(a, b) for a, b in zip(seen, again))  # batches of 2 + 1 == one batch of 3
+    assert not torch.equal(seen[0], seen[1])  # each image its own draw
+
+
+@pytest.mark.parametrize("task", list(RUNS))
+def test_report_for_every_task(runs, task):
+    report = zir.analyze(runs[task], quick=True, bootstrap=3, progress=False)
+    assert report == runs[task] / "analysis" / "report.html" and report.is_file()
+    numbers = json.loads((report.parent / "analysis.json").read_text())  # plain JSON: no NaN
+    assert numbers["task"] == task and numbers["images"] > 0
+    assert [z["factor"] for z in numbers["zoom"]] == [1.0, 0.5, 0.25]
+    assert [r["amount"] for r in numbers["geometric"]["rotation"]] == [0.0, 15.0]
+    assert [r["amount"] for r in numbers["geometric"]["translation"]] == [0.0, 0.1]
+    corr = numbers["corruptions"]
+    assert set(corr["table"]) == {"gaussian_noise", "defocus_blur", "motion_blur", "snow", "fog", "contrast",
+                                  "jpeg_compression", "rain"} and corr["severities"] == [3]
+    values = [v["3"] for v in corr["table"].values() if v["3"] is not None]
+    if values and corr["clean"]:
+        assert corr["all"]["mPC"] == pytest.approx(sum(values) / len(values))
+        assert corr["all"]["rPC"] == pytest.approx(corr["all"]["mPC"] / corr["clean"])
+    page = report.read_text()
+    assert "zoom.png" in page and "corruptions.png" in page and (report.parent / "corruptions.png").is_file()
+    if task in ("detect", "instance"):
+        crowd = numbers["crowding"]
+        assert [b["name"] for b in crowd["max_iou"]] == ["alone", "IoU (0, 0.1]", "IoU (0.1, 0.3]", "IoU > 0.3"]
+        assert sum(b["objects"] for b in crowd["max_iou"]) == sum(crowd["overlap_count_histogram"])
+        assert crowd["nms_key"] == "model_args.roi_heads.nms_iou"
+        assert [s["nms_iou"] for s in crowd["nms_sweep"]] == [0.3, 0.7]
+        assert numbers["size"]["relative_by"] == "recorded scale"  # synthetic data: its own scale
+        assert "synth_overlap" in crowd
+        td = numbers["tide"]
+        assert td["AP"] == pytest.approx(numbers["clean_all"]["bbox/AP50"])  # the evaluator's own AP50
+        assert set(td["counts"]) == {"cls", "loc", "both", "dupe", "bkg", "miss"}
+        assert list(td["by_crowding"]) == [b["name"] for b in crowd["max_iou"]]
+        drawn = [n for names in td["worst"].values() for n in names]
+        assert drawn and all((report.parent / n).is_file() for n in drawn)
+        for b in numbers["size"]["relative"] + crowd["max_iou"]:  # an empty bin: no numbers, "n/a" shown
+            assert b["objects"] > 0 or b["metrics"] == {}
+    else:
+        assert "crowding" not in numbers and "tide" not in numbers
+        assert any("crowding" in note and "skipped" in note for note in numbers["notes"])
+
+
+def test_nms_key_and_rebuilt_model_keep_the_weights(runs):
+    predictor = load(runs["detect"])
+    assert nms_key(predictor.model) == "roi_heads.nms_iou"
+    assert nms_key(load(runs["classify"]).model) is None
+
+
+def test_missing_data_names_the_path_and_says_data(runs, tmp_path):
+    with pytest.raises(DataError, match=r"nowhere.*pass data=PATH"):
+        zir.analyze(runs["classify"], data=str(tmp_path / "nowhere"), progress=False)
+    with pytest.raises(DataError, match="detect dataset.*classify model"):
+        zir.analyze(runs["classify"], data="synth:detect", progress=False)
+
+
+def test_cli(runs, capsys):
+    assert main(["analyze", str(runs["classify"]), "--quick", "--bootstrap", "0"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert main(["analyze", str(runs["classify"]), "data=/no/such/folder"]) == 2
+    assert "pass data=" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""TIDE's error split on constructed predictions with one known error of each type."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zir.analysis.tide import KINDS, find_errors, fix, tide, worst_images
+from zir.data.contract import DetectionPrediction, Target
+from zir.metrics.coco import CocoEvaluator
+
+CLASSES = ["a", "b"]
+
+
+def make_target(boxes, labels, image_id, difficult=None):
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    d = None if difficult is None else torch.tensor(difficult)
+    return Target(size=(200, 200), boxes=b, labels=torch.tensor(labels), image_id=image_id, difficult=d)
+
+
+def make_pred(rows):
+    """rows: (x1, y1, x2, y2, score, label)"""
+    t = torch.tensor(rows, dtype=torch.float32).reshape(-1, 6)
+    return DetectionPrediction(t[:, :4], t[:, 4], t[:, 5].long())
+
+
+@pytest.fixture
+def scene():
+    # objects: 0 found, 1 found but a duplicate too, 2 boxed badly, 3 wrong class, 4 missed; 5 is difficult
+    target = make_target([[0, 0, 20, 20], [40, 0, 60, 20], [80, 0, 100, 20], [120, 0, 140, 20], [0, 100, 20, 120],
+                          [100, 100, 120, 120]], [0, 0, 0, 0, 1, 0], 1, [False] * 5 + [True])
+    pred = make_pred([[0, 0, 20, 20, 0.99, 0],        # true positive
+                      [40, 0, 60, 20, 0.95, 0],       # true positive
+                      [41, 0, 61, 20, 0.90, 0],       # dupe of object 1
+                      [80, 0, 89, 20, 0.85, 0],       # loc: IoU 9/20 = 0.45 with object 2
+                      [120, 0, 140, 20, 0.80, 1],     # cls: object 3 is class a
+                      [160, 160, 190, 190, 0.97, 0],  # bkg: nothing there, scored above a true positive
+                      [0, 0, 30, 10, 0.70, 1],        # both: IoU 0.4 with object 0 (class a), wrong class
+                      [100, 100, 120, 120, 0.65, 0]])  # on the difficult object: ignored, no error
+    return pred, target
+
+
+def test_one_error_of_each_type(scene):
+    pred, target = scene
+    errors = find_errors([pred], [target])
+    kinds = {e.kind: e for e in errors}
+    assert sorted(e.kind for e in errors) == sorted(KINDS)  # exactly one of each
+    assert (kinds["dupe"].det, kinds["dupe"].gt) == (2, 1)
+    assert (kinds["loc"].det, kinds["loc"].gt) == (3, 2)
+    assert (kinds["cls"].det, kinds["cls"].gt) == (4, 3)
+    assert kinds["bkg"].det == 5 and kinds["both"].det == 6
+    assert kinds["miss"].gt == 4 and kinds["miss"].det is None
+    assert worst_images(errors, "bkg") == [0] and worst_images(errors, "miss", 0) == []
+
+
+def test_fixes_and_dap_agree_with_the_coco_evaluator(scene):
+    pred, target = scene
+
+    def metric():
+        return CocoEvaluator(CLASSES)
+
+    ev = metric()
+    ev.update([pred], [target])
+    out = tide([pred], [target], metric)
+    assert out["AP"] == ev.compute()["bbox/AP50"]  # pycocotools' AP50, to the last digit
+    errors = find_errors([pred], [target])
+    fixed_all, fixed_targets = fix([pred], [target], errors, lambda e: True)
+    everything = metric()
+    everything.update(fixed_all, fixed_targets)
+    assert everything.compute()["bbox/AP50"] == pytest.approx(1.0)  # no error left: perfect
+    # the loc fix moves detection 3 onto its object; the cls fix relabels detection 4
+    p, _ = fix([pred], [target], errors, lambda e: e.kind in ("loc", "cls"))
+    assert p[0].boxes[3].tolist() == [80, 0, 100, 20] and int(p[0].labels[4]) == 0
+    # removing the misses removes the object from the ground truth
+    _, t = fix([pred], [target], errors, lambda e: e.kind == "miss")
+    assert len(t[0].boxes) == len(target.boxes) - 1
+    for k in KINDS:
+        assert out["dAP"][k] >= 0, k  # each fix only helps here
+    assert out["dAP"]["miss"] > 0 and out["dAP"]["bkg"] > 0  # a false positive above a true one costs AP
+    assert out["dAP"]["dupe"] == 0  # one below every true positive costs nothing (101-point AP)
+
+
+def test_fix_of_an_object_already_found_removes_the_detection():
+    target = make_target([[0, 0, 20, 20]], [0], 1)
+    pred = make_pred([[0, 0, 20, 20, 0.9, 0], [0, 0, 8, 20, 0.8, 0]])  # TP, then loc (IoU 0.4) on the same (found) object
+    errors = find_errors([pred], [target])
+    assert [(e.kind, e.free) for e in errors] == [("loc", False)]
+    p, _ = fix([pred], [target], errors, lambda e: True)
+    assert len(p[0].boxes) == 1
+
+
+def test_dap_by_bin():
+    target = make_target([[0, 0, 10, 10], [50, 50, 150, 150]], [0, 0], 1)
+    pred = make_pred([[50, 50, 150, 150, 0.9, 0]])  # the small one is missed
+    out = tide([pred], [target], lambda: CocoEvaluator(CLASSES), object_bins=[torch.tensor([0, 1])],
+               bin_names=["small", "large"])
+    assert out["by_bin"]["small"]["miss"] > 0 and out["by_bin"]["large"]["miss"] == 0
