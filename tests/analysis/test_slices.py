@@ -11,7 +11,7 @@ from zir.analysis import slices
 from zir.analysis.bootstrap import bootstrap_metric, bootstrap_ratio, percentile_interval, resample
 from zir.data.contract import ClassPrediction, DetectionPrediction, SemanticPrediction, Target
 from zir.metrics.classification import ClassificationMetrics
-from zir.metrics.coco import CocoEvaluator
+from zir.metrics.coco import STAT_NAMES, CocoEvaluator
 
 
 def target(boxes, labels=None, size=(100, 100), image_id=1, masks=None) -> Target:
@@ -139,3 +139,52 @@ def test_rotation_and_translation_map_back():
     assert seen[0][0, 14, 16] > 0.99 and seen[0][0, 13, 16] < 0.5  # the image itself moved
     with pytest.raises(ValueError, match="rotation or translation"):
         slices.warped(lambda ims: [], "shear", 1.0)
+
+
+class _NoShortcut:
+    """A CocoEvaluator without ``resampled``: the bootstrap then converts every draw itself (the old path)."""
+
+    def __init__(self, classes, iou_types):
+        self.inner = CocoEvaluator(classes, iou_types)
+
+    def update(self, predictions, targets):
+        self.inner.update(predictions, targets)
+
+    def compute(self):
+        return self.inner.compute()
+
+
+@pytest.mark.parametrize("iou_types", [("bbox",), ("bbox", "segm")])
+def test_bootstrap_reusing_the_converted_images_changes_no_number(iou_types):
+    # random scenes (tied scores across images included: COCO sorts them in image order, which the
+    # resampled copy must keep) scored by both paths: every interval of all 12 numbers per type is equal
+    g = torch.Generator().manual_seed(3)
+    preds, targets = [], []
+    for i in range(12):
+        n, d = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(0, 7, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 40
+        gt = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 20], 1)
+        jitter = torch.randn(d, 4, generator=g) * 3
+        pick = torch.randint(n, (d,), generator=g)
+        boxes = (gt[pick] + jitter).clamp(0, 64)
+        boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+        scores = torch.randint(1, 5, (d,), generator=g).float() / 5  # few values: ties across images
+        labels = torch.randint(2, (d,), generator=g)
+
+        def masks_of(b):
+            m = torch.zeros(len(b), 64, 64, dtype=torch.bool)
+            for k, (x1, y1, x2, y2) in enumerate(b.round().long().tolist()):
+                m[k, y1:y2, x1:x2] = True
+            return m
+
+        segm = "segm" in iou_types
+        targets.append(Target(size=(64, 64), boxes=gt, labels=torch.randint(2, (n,), generator=g), image_id=100 + i,
+                              masks=masks_of(gt) if segm else None))
+        preds.append(DetectionPrediction(boxes, scores, labels, masks_of(boxes) if segm else None))
+    keys = [f"{t}/{k}" for t in iou_types for k in STAT_NAMES]
+    fast = bootstrap_metric(preds, targets, lambda: CocoEvaluator(["a", "b"], iou_types), keys, n=25)
+    slow = bootstrap_metric(preds, targets, lambda: _NoShortcut(["a", "b"], iou_types), keys, n=25)
+    assert fast.keys() == slow.keys()
+    for k in keys:  # NaN (no object of a size) on both sides, else the same number to the last digit
+        assert fast[k] == slow[k] or all(math.isnan(a) and math.isnan(b) for a, b in zip(fast[k], slow[k])), k
+    assert any(fast[k][0] < fast[k][1] for k in keys)  # the draws differ: the test compares something

@@ -95,3 +95,16 @@ def test_dap_by_bin():
     out = tide([pred], [target], lambda: CocoEvaluator(CLASSES), object_bins=[torch.tensor([0, 1])],
                bin_names=["small", "large"])
     assert out["by_bin"]["small"]["miss"] > 0 and out["by_bin"]["large"]["miss"] == 0
+
+
+def test_more_bins_equal_a_call_of_their_own(scene):
+    # analyze splits by size and by crowding in one call that shares the errors and the base AP
+    pred, target = scene
+    a, b = torch.tensor([0, 0, 1, 1, 0, 1]), torch.tensor([1, 0, 0, 1, 1, 0])
+    one = tide([pred], [target], lambda: CocoEvaluator(CLASSES), object_bins=[a], bin_names=["x", "y"],
+               more_bins=[([b], ["p", "q"])])
+    alone = tide([pred], [target], lambda: CocoEvaluator(CLASSES), object_bins=[b], bin_names=["p", "q"])
+    assert one["more_by_bin"] == [alone["by_bin"]]
+    assert {k: v for k, v in one.items() if k != "more_by_bin"} == \
+        tide([pred], [target], lambda: CocoEvaluator(CLASSES), object_bins=[a], bin_names=["x", "y"])
+    assert any(v != 0 for d in alone["by_bin"].values() for v in d.values())

@@ -152,9 +152,11 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
             if f != 1:
                 evaluate_predict(slices.zoomed(predictor.model.predict, f), loader, rec, task, device,
                                  progress=progress)
-            values = _compute(new_metric, rec)
-            zoom.append({"factor": f, "metrics": {k: values.get(k, math.nan) for k in keys},
-                         "ci": bootstrap_metric(rec.predictions, rec.targets, new_metric, keys[:1], n=bootstrap)})
+            values = metrics if rec is clean else _compute(new_metric, rec)
+            # x1 is the clean pass: its interval is the clean one (same draws, same seed), not drawn again
+            zoom_ci = ({keys[0]: ci[keys[0]]} if rec is clean else
+                       bootstrap_metric(rec.predictions, rec.targets, new_metric, keys[:1], n=bootstrap))
+            zoom.append({"factor": f, "metrics": {k: values.get(k, math.nan) for k in keys}, "ci": zoom_ci})
         result["zoom"] = zoom
         geometric: dict[str, list[dict[str, Any]]] = {}
         for kind, amounts in (("rotation", slices.QUICK_ROTATIONS if quick else slices.ROTATIONS),
@@ -206,8 +208,9 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
                 evaluate_predict(model.predict, loader, rec, task, device, progress=progress)
                 bins = _detection_bins(rec, [slices.bin_index(x, slices.CROWD_IOU) for x in max_iou],
                                        slices.CROWD_IOU, new_metric, score, 0)
-                crowding["nms_sweep"].append({"nms_iou": v, "metrics": {k: _compute(new_metric, rec).get(k, math.nan)
-                                                                        for k in keys}, "bins": _bins_json(bins)})
+                values = _compute(new_metric, rec)  # once, not once per key
+                crowding["nms_sweep"].append({"nms_iou": v, "metrics": {k: values.get(k, math.nan) for k in keys},
+                                              "bins": _bins_json(bins)})
         result["crowding"] = crowding
     else:
         notes.append(f"crowding: without objects in a {task} task, crowding has no meaning; skipped")
@@ -229,13 +232,12 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
         size_of = [slices.bin_index(slices.relative_size(t, meta.get(t.image_id)), size_bins, left_closed=True)
                    for t in clean.targets]
         crowd_of = [slices.bin_index(slices.crowding(t.boxes)[1], slices.CROWD_IOU) for t in clean.targets]
-        by_size = tide.tide(clean.predictions, clean.targets, box_metric, object_bins=size_of,
-                            bin_names=[b[0] for b in size_bins])
-        by_crowd = tide.tide(clean.predictions, clean.targets, box_metric, object_bins=crowd_of,
-                             bin_names=[b[0] for b in slices.CROWD_IOU])
+        # one call: the errors and the AP before fixing are shared by the size and the crowding split
+        split = tide.tide(clean.predictions, clean.targets, box_metric, object_bins=size_of,
+                          bin_names=[b[0] for b in size_bins], more_bins=[(crowd_of, [b[0] for b in slices.CROWD_IOU])])
         errors = tide.find_errors(clean.predictions, clean.targets)
-        result["tide"] = {**{k: v for k, v in by_size.items() if k != "by_bin"}, "by_size": by_size["by_bin"],
-                          "by_crowding": by_crowd["by_bin"],
+        result["tide"] = {**{k: v for k, v in split.items() if k not in ("by_bin", "more_by_bin")},
+                          "by_size": split["by_bin"], "by_crowding": split["more_by_bin"][0],
                           "worst": _draw_worst(errors, clean, bundle.val, classes, score, out_dir)}
         if task == "instance":
             notes.append("TIDE: computed on boxes (bbox AP50); the mask version is not implemented yet")

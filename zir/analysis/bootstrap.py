@@ -46,14 +46,30 @@ def bootstrap_metric(predictions: Sequence[Any], targets: Sequence[Any], make_me
     draws: dict[str, list[float]] = {k: [] for k in keys}
     m = len(predictions)
     g = torch.Generator().manual_seed(seed)
+    whole = _whole(predictions, targets, make_metric) if n and m else None
     for _ in range(n if m else 0):
         index = torch.randint(m, (m,), generator=g).tolist()
-        metric = make_metric()
-        metric.update([predictions[i] for i in index], resample(targets, index))
+        if whole is not None:  # the same images and ids as the update below, converted once
+            metric = whole.resampled(index)
+        else:
+            metric = make_metric()
+            metric.update([predictions[i] for i in index], resample(targets, index))
         values = metric.compute()
         for k in keys:
             draws[k].append(float(values.get(k, math.nan)))
     return {k: percentile_interval(v, level) for k, v in draws.items()}
+
+
+def _whole(predictions: Sequence[Any], targets: Sequence[Any], make_metric: Callable[[], Any]) -> Any | None:
+    """The metric of all images, when it can hand out resampled copies of itself (``resampled(index)``,
+    as :class:`~zir.metrics.coco.CocoEvaluator`) and the targets are :class:`Target` s with distinct ids;
+    else None (each draw then converts its images itself)."""
+    metric = make_metric()
+    ids = [t.image_id for t in targets if isinstance(t, Target)]
+    if not hasattr(metric, "resampled") or len(ids) != len(targets) or None in ids or len(set(ids)) != len(ids):
+        return None
+    metric.update(list(predictions), list(targets))
+    return metric
 
 
 def bootstrap_ratio(hits: Sequence[float], counts: Sequence[float], n: int = 200, seed: int = 0,

@@ -153,12 +153,16 @@ def _without(target: Target, keep: torch.Tensor) -> Target:
 
 def tide(predictions: Sequence[DetectionPrediction], targets: Sequence[Target], make_metric: Callable[[], Any],
          key: str = "bbox/AP50", object_bins: Sequence[torch.Tensor] | None = None,
-         bin_names: Sequence[str] = ()) -> dict[str, Any]:
+         bin_names: Sequence[str] = (), more_bins: Sequence[tuple[Sequence[torch.Tensor], Sequence[str]]] = ()
+         ) -> dict[str, Any]:
     """TIDE's summary: error counts, AP50 and dAP per type; with ``object_bins`` (per image, the bin of each
     object, ``-1`` none) also dAP per bin for the types that concern an object (cls, loc, dupe, miss).
+    ``more_bins``: further ``(object_bins, bin_names)`` splits (e.g. by crowding after by size), which reuse
+    the errors and the AP before fixing instead of finding and scoring them again.
 
     Returns:
-        ``{"AP": float, "counts": {kind: n}, "dAP": {kind: float}, "by_bin": {bin: {kind: float}}}``.
+        ``{"AP": float, "counts": {kind: n}, "dAP": {kind: float}, "by_bin": {bin: {kind: float}}}``, and
+        ``"more_by_bin"``: one such ``{bin: {kind: float}}`` per entry of ``more_bins``.
     """
 
     def ap(which: Callable[[DetectionError], bool]) -> float:
@@ -167,18 +171,23 @@ def tide(predictions: Sequence[DetectionPrediction], targets: Sequence[Target], 
         metric.update(p, t)
         return float(metric.compute()[key])
 
+    def split(bins_of: Sequence[torch.Tensor], names: Sequence[str]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for b, name in enumerate(names):
+            def in_bin(e: DetectionError, b: int = b) -> bool:
+                return e.gt is not None and int(bins_of[e.image][e.gt]) == b
+
+            out[name] = {k: ap(lambda e, k=k: e.kind == k and in_bin(e)) - base for k in ("cls", "loc", "dupe", "miss")}
+        return out
+
     errors = find_errors(predictions, targets)
     base = ap(lambda e: False)
     out: dict[str, Any] = {"metric": key, "AP": base, "counts": {k: sum(e.kind == k for e in errors) for k in KINDS},
                            "dAP": {k: ap(lambda e, k=k: e.kind == k) - base for k in KINDS}}
     if object_bins is not None:
-        out["by_bin"] = {}
-        for b, name in enumerate(bin_names):
-            def in_bin(e: DetectionError, b: int = b) -> bool:
-                return e.gt is not None and int(object_bins[e.image][e.gt]) == b
-
-            out["by_bin"][name] = {k: ap(lambda e, k=k: e.kind == k and in_bin(e)) - base
-                                   for k in ("cls", "loc", "dupe", "miss")}
+        out["by_bin"] = split(object_bins, bin_names)
+    if more_bins:
+        out["more_by_bin"] = [split(b, names) for b, names in more_bins]
     return out
 
 

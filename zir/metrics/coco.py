@@ -113,7 +113,14 @@ def to_coco_results(predictions: Sequence[DetectionPrediction], image_ids: Seque
 def _results_for_type(results: list[dict], iou_type: str) -> list[dict]:
     """Fresh copies of ``results`` with only the fields ``iou_type`` evaluates (see the module docstring)."""
     drop = "segmentation" if iou_type == "bbox" else "bbox"
-    return [{k: (dict(v) if isinstance(v, dict) else v) for k, v in r.items() if k != drop} for r in results]
+    out = []
+    for r in results:  # a plain loop of dict.copy: the bootstrap calls this hundreds of times
+        c = r.copy()
+        c.pop(drop, None)
+        if isinstance(c.get("segmentation"), dict):  # the only nested dict; loadRes writes into it
+            c["segmentation"] = dict(c["segmentation"])
+        out.append(c)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,6 +317,21 @@ class CocoEvaluator:
             entry.dts = _results_for(pred, image_id, C, with_masks=segm)
             self._images[image_id] = entry
         self._evals = None
+
+    def resampled(self, index: Sequence[int]) -> CocoEvaluator:
+        """A new evaluator holding this one's images at positions ``index`` (in the order they were added;
+        repeats allowed), image ``j`` of it renamed id ``j + 1``: what ``update`` with the predictions at
+        ``index`` and :func:`zir.analysis.bootstrap.resample` of the targets gives, without converting
+        every prediction and target again (the bootstrap draws hundreds of such sets)."""
+        entries = list(self._images.values())
+        out = CocoEvaluator(self.classes, self.iou_types)
+        for j, i in enumerate(index):
+            e, new_id = entries[i], j + 1
+            new = _Image({**e.image, "id": new_id})
+            new.gts = [{**a, "image_id": new_id} for a in e.gts]
+            new.dts = [{**r, "image_id": new_id} for r in e.dts]
+            out._images[new_id] = new
+        return out
 
     # ---------------------------------------------------------------------------------------------
     # COCO numbers
