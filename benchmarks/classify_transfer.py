@@ -67,15 +67,21 @@ from zir.metrics.classification import error_reduction
 MODES = ("scratch", "features", "finetune")
 
 
+def raccoon_boxes(raccoon: Path, csv_name: str) -> dict[str, list[tuple[int, int, int, int]]]:
+    """The raccoon set's boxes per image file, from its CSV (xmin, ymin, xmax, ymax in pixels)."""
+    boxes: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
+    with open(raccoon / "data" / csv_name) as f:
+        for row in csv.DictReader(f):
+            boxes[row["filename"]].append(tuple(int(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+    return boxes
+
+
 def build_raccoon_crops(raccoon: Path, out: Path, seed: int = 0) -> dict[str, dict[str, int]]:
     """Write ``out/{train,val}/{raccoon,background}/*.jpg``; returns the image count per split and class."""
     rng = random.Random(seed)
     counts: dict[str, dict[str, int]] = {}
     for split, csv_name in (("train", "train_labels.csv"), ("val", "test_labels.csv")):
-        boxes: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
-        with open(raccoon / "data" / csv_name) as f:
-            for row in csv.DictReader(f):
-                boxes[row["filename"]].append(tuple(int(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+        boxes = raccoon_boxes(raccoon, csv_name)
         counts[split] = {"raccoon": 0, "background": 0}
         for cls in counts[split]:
             (out / split / cls).mkdir(parents=True, exist_ok=True)
@@ -113,10 +119,7 @@ def build_raccoon_hard(raccoon: Path, out: Path, seed: int = 0) -> dict[str, dic
     rng = random.Random(seed)
     counts: dict[str, dict[str, int]] = {}
     for split, csv_name in (("train", "train_labels.csv"), ("val", "test_labels.csv")):
-        boxes: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
-        with open(raccoon / "data" / csv_name) as f:
-            for row in csv.DictReader(f):
-                boxes[row["filename"]].append(tuple(int(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+        boxes = raccoon_boxes(raccoon, csv_name)
         counts[split] = {"raccoon": 0, "background": 0}
         for cls in counts[split]:
             (out / split / cls).mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,10 @@ class TrainConfig:
             step, an evaluation and a checkpoint of it.
         eval_every: evaluate every N epochs (the last epoch is always evaluated).
         threads: torch intra-op threads on the CPU (0 = torch's default).
+        ema_decay: keep an exponential moving average of the weights (timm's ``ModelEmaV3``, updated
+            after every optimizer step, its decay warmed up from 0 to this value) and evaluate and save
+            the average instead of the raw weights (0 = off). Gradient fitting only: ``transfer=features``
+            and closed-form models ignore it.
     """
 
     epochs: int = 10
@@ -125,6 +129,7 @@ class TrainConfig:
     time_limit: float = 0.0
     eval_every: int = 1
     threads: int = 0
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -429,6 +434,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.time_limit": (0, None, True, True),
     "train.eval_every": (1, None, True, True),
     "train.threads": (0, None, True, True),
+    "train.ema_decay": (0, 1, True, False),
 }
 
 

@@ -152,3 +152,14 @@ def test_gather_concatenates_each_names_rows_and_leaves_out_none():
     out = gather(range(3), rows.__getitem__, "test", progress=False)
     assert out["f"].shape == (3, 4) and out["f"][:2].eq(1).all() and out["i"].tolist() == [1, 2, 3]
     assert gather(range(2), lambda i: None, "test", progress=False) == {}
+
+
+def test_features_mode_ignores_ema_decay(tmp_path):
+    """The head is solved to convergence, not stepped: train.ema_decay is documented as ignored, and the
+    saved model is the same as without it (no average, no raw copy in last_state.pt)."""
+    plain = train(load_config(overrides=FEATURES + [f"project={tmp_path}", "name=p"]), progress=False).run_dir
+    ema = train(load_config(overrides=FEATURES + [f"project={tmp_path}", "name=e", "ema_decay=0.9"]),
+                progress=False).run_dir
+    a, b = (load_file(str(r / "weights" / "last.safetensors")) for r in (plain, ema))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "raw_weights" not in torch.load(ema / "weights" / "last_state.pt", weights_only=True)

@@ -86,9 +86,11 @@ def test_loss_falls(tmp_path):
     assert rows[-1]["train/cls"] < rows[0]["train/cls"]
 
 
-def test_resume_after_sigkill_is_exact(tmp_path):
-    """Kill the process (SIGKILL) right after epoch 1's checkpoint; resuming must end bit-identical."""
-    reference = train(tiny(tmp_path, "ref"), progress=False).run_dir
+@pytest.mark.parametrize("extra", [[], ["ema_decay=0.9"]], ids=["plain", "ema"])
+def test_resume_after_sigkill_is_exact(tmp_path, extra):
+    """Kill the process (SIGKILL) right after epoch 1's checkpoint; resuming must end bit-identical (with
+    ema_decay: the average in last.safetensors and the raw weights in last_state.pt)."""
+    reference = train(tiny(tmp_path, "ref", *extra), progress=False).run_dir
 
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(f"""
@@ -101,7 +103,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
             if state["epoch"] == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        cfg = load_config(overrides={TINY!r} + ["project={tmp_path}", "name=killed"])
+        cfg = load_config(overrides={TINY + extra!r} + ["project={tmp_path}", "name=killed"])
         train(cfg, callbacks=[kill_after_first_epoch], on_end=[write_report], progress=False)
     """))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
@@ -116,8 +118,54 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert ref_w.keys() == res_w.keys()
     for k in ref_w:
         assert torch.equal(ref_w[k], res_w[k]), k
+    if extra:
+        ref_raw, res_raw = (raw_weights(r) for r in (reference, killed))
+        assert all(torch.equal(ref_raw[k], res_raw[k]) for k in ref_raw)
+        assert any(not torch.equal(ref_raw[k], ref_w[k]) for k in ref_raw)  # the average is not the raw weights
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+    ref_rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val/accuracy"] for r in rows] == [r["val/accuracy"] for r in ref_rows]
+
+
+def raw_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The raw (not averaged) weights that last_state.pt keeps beside the moving average."""
+    return torch.load(run / "weights" / "last_state.pt", weights_only=True)["raw_weights"]
+
+
+def test_ema_weights_are_the_hand_computed_average(tmp_path):
+    """One optimizer step per epoch (the batch holds the whole training split): after step k the saved
+    weights must be ema_k = d_k * ema_(k-1) + (1 - d_k) * raw_k with timm's warm-up d_k = min(decay,
+    1 - k^(-2/3)) (d_1 = 0: the average starts at the first step's weights), computed here by hand from
+    the raw weights that last_state.pt keeps."""
+    decay, raws, saved = 0.6, [], []
+
+    def record(state):
+        raws.append(raw_weights(state["run_dir"]))
+        saved.append(weights(state["run_dir"]))
+
+    cfg = tiny(tmp_path, "ema", "batch_size=64", "epochs=4", f"ema_decay={decay}")
+    run = train(cfg, callbacks=[record], progress=False).run_dir
+    ema: dict[str, torch.Tensor] = {}
+    for k, raw in enumerate(raws, start=1):
+        d = min(decay, 1 - k ** (-2 / 3))
+        ema = {n: d * ema[n] + (1 - d) * v if ema and v.is_floating_point() else v.clone() for n, v in raw.items()}
+        for n, v in ema.items():
+            torch.testing.assert_close(saved[k - 1][n], v, rtol=0, atol=1e-6, msg=f"step {k}, {n}")
+    assert len(raws) == 4 and any(not torch.equal(raws[-1][n], ema[n]) for n in ema)
+    loaded = zir.load(run).model.state_dict()  # what a user loads is an average the run saved
+    assert any(all(torch.equal(loaded[n], s[n]) for n in s) for s in saved)
+
+
+def test_ema_off_by_default_and_it_never_changes_the_raw_training(tmp_path):
+    """ema_decay=0 (the default) saves the raw weights and no copy of them; a run with ema_decay>0 trains
+    the very same raw weights (the average draws no random numbers and never feeds back)."""
+    plain = train(tiny(tmp_path, "plain"), progress=False).run_dir
+    assert load_config(plain / "config.yaml").train.ema_decay == 0
+    assert "raw_weights" not in torch.load(plain / "weights" / "last_state.pt", weights_only=True)
+    averaged = train(tiny(tmp_path, "avg", "ema_decay=0.5"), progress=False).run_dir
+    plain_w, raw = weights(plain), raw_weights(averaged)
+    assert plain_w.keys() == raw.keys() and all(torch.equal(plain_w[k], raw[k]) for k in raw)
 
 
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -177,6 +225,8 @@ def test_bad_settings_raise_our_errors(tmp_path):
         train(tiny(tmp_path, "x", "optimizer=lion"), progress=False)
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         train(tiny(tmp_path, "y", "amp=fp16", "device=cpu"), progress=False)
+    with pytest.raises(ConfigError, match=r"train.ema_decay=1.0 is out of range; valid: 0 <= ema_decay < 1"):
+        load_config(overrides=["ema_decay=1"])
     with pytest.raises(ConfigError, match="wdth"):
         train(tiny(tmp_path, "z", "model_args={wdth: 3}"), progress=False)
 

@@ -4,6 +4,7 @@
     for each epoch:
         gradient steps:  for each batch: losses = model.loss(images, targets); loss = sum(losses) / accumulate
                          backward; every `accumulate` micro-batches: clip, optimizer step, schedule step
+                         (and with train.ema_decay > 0: the weights' moving average updated)
         (or closed form: the model solved from cached features, zir.engine.features)
         evaluate -> log -> checkpoint (last, best) -> callbacks -> early stop?
     end callbacks (the CLI and the API pass one that writes report.html)
@@ -14,6 +15,11 @@ head on cached backbone features to convergence (one epoch), ``closed_form`` rep
 cached features. Only evaluation, checkpointing and logging are pluggable (``callbacks``); there is no
 trainer class to subclass, and the config given is never changed (the run's own, with the data's facts
 filled in, is derived from it and saved as ``config.yaml``).
+
+``train.ema_decay > 0`` (gradient fitting only; ``features`` and ``closed_form`` ignore it) keeps timm's
+``ModelEmaV3`` of the model, updated after every optimizer step with the decay warmed up from 0
+(``1 - (1 + step)^(-2/3)``, capped at ``ema_decay``): the average is what is evaluated and what
+best/last.safetensors hold (what ``zir.load`` gives), and last_state.pt keeps the raw weights beside it.
 
 Determinism: the data order of epoch ``e`` depends only on ``(seed, e)`` and the random generators are
 re-seeded from ``(seed, e)`` at every epoch start, so a run killed after epoch ``k`` and resumed ends with
@@ -33,6 +39,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -60,7 +67,8 @@ from zir.models import get_spec, model_keys
 from zir.models.base import FitsInClosedForm, Fitting, TrainsOnFeatures, ZirModel
 
 #: Called on the main process after every epoch's checkpoint with
-#: ``{"epoch" (0-based), "row" (the logged row), "metrics", "run_dir", "model"}``.
+#: ``{"epoch" (0-based), "row" (the logged row), "metrics", "run_dir", "model"}`` (``model``: the weights
+#: saved, the moving average with ``train.ema_decay > 0``).
 Callback = Callable[[dict[str, Any]], None]
 #: Called on the main process when training ends, with the run folder (e.g. to write report.html).
 EndCallback = Callable[[Path], None]
@@ -162,6 +170,17 @@ class Run:
     logger: RunLogger
     skipped: list[str] = field(default_factory=list)  # samples dropped by data.skip_bad
     stopped_by_time: bool = False  # the hard stop ended an epoch early
+    ema: ModelEmaV3 | None = None  # train.ema_decay > 0 with gradient fitting: the weights' moving average
+
+    @property
+    def evaluated(self) -> ZirModel:
+        """What is evaluated: the moving average, or ``fit``."""
+        return cast(ZirModel, self.ema.module) if self.ema is not None else self.fit
+
+    @property
+    def saved(self) -> ZirModel:
+        """What best/last.safetensors hold (what ``zir.load`` gives): the moving average, or ``model``."""
+        return cast(ZirModel, self.ema.module) if self.ema is not None else self.model
 
     def optimizer_steps_per_epoch(self) -> int:
         return max(1, math.ceil(len(self.train_loader) / self.cfg.train.accumulate))
@@ -223,6 +242,10 @@ def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
     # schedule is planned for train.epochs.
     schedule = cosine_with_warmup(round(t.warmup_epochs * steps_per_epoch), t.epochs * steps_per_epoch, t.final_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+    # The average starts as a copy of the initial weights (deepcopy draws no random numbers, so ema_decay=0
+    # and ema_decay>0 runs see the same random stream); timm's warm-up lets early steps count fully.
+    ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) \
+        if t.ema_decay > 0 and fitting == "gradient" else None
     net: nn.Module = LossOf(fit)
     if distributed:
         if device.type == "cuda":
@@ -232,7 +255,7 @@ def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
                torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule,
                1 if fitting == "features" else t.epochs, budget, scaler, key,
                RunLogger(run_dir),
-               [str(p) for p in data.problems if p.severity == "error"])
+               [str(p) for p in data.problems if p.severity == "error"], ema=ema)
 
 
 @dataclass
@@ -262,7 +285,13 @@ def restore(run: Run) -> Standing:
     if read_meta(weights / "last.safetensors").get("epoch") != state["epoch"]:
         raise CheckpointError(f"{weights}: last.safetensors and last_state.pt are from different "
                               "epochs; the run was interrupted while saving. Start it again.")
-    load_weights(run.model, weights / "last.safetensors", get_spec(run.cfg.model).renames)
+    load_weights(run.saved, weights / "last.safetensors", get_spec(run.cfg.model).renames)
+    if run.ema is not None:  # last.safetensors holds the average; the raw weights train on
+        if "raw_weights" not in state:
+            raise CheckpointError(f"{weights / 'last_state.pt'}: no raw weights beside the moving average "
+                                  "(train.ema_decay was changed in config.yaml?); resume with the config the "
+                                  "run was started with, or start a new run")
+        run.model.load_state_dict(state["raw_weights"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -379,6 +408,8 @@ def gradient_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict[str, floa
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             run.scheduler.step()
+            if run.ema is not None:  # step: optimizer steps done (restored on resume), for the warm-up
+                run.ema.update(run.model, step=run.scheduler.last_epoch)
         n_images += len(batch.targets)
         t_first = timing.clock() if i == 0 else t_first
         for k, v in losses.items():
@@ -433,7 +464,7 @@ def end_epoch(run: Run, standing: Standing, epoch: int, row: dict[str, Any], eva
     metrics: dict[str, float] = {}
     if evaluate_now:
         t_eval = timing.clock()
-        metrics, _ = evaluate(run.fit, run.val_loader, run.data.task, run.data.classes, run.device, t.amp, progress)
+        metrics, _ = evaluate(run.evaluated, run.val_loader, run.data.task, run.data.classes, run.device, t.amp, progress)
         run.budget.eval_s = timing.clock() - t_eval  # what the epoch-count fit counts per evaluation
         row.update({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     row["time_s"] = time.time() - t_start
@@ -441,17 +472,20 @@ def end_epoch(run: Run, standing: Standing, epoch: int, row: dict[str, Any], eva
             "zir_version": __version__, "epoch": epoch, "metrics": metrics}
     if monitor in metrics and metrics[monitor] > standing.best:
         standing.best, standing.bad_epochs, standing.best_metrics = metrics[monitor], 0, metrics
-        save_weights(run.model, run.dir / "weights" / "best.safetensors", meta)
+        save_weights(run.saved, run.dir / "weights" / "best.safetensors", meta)
     elif metrics:
         standing.bad_epochs += 1
     state = {"epoch": epoch, "best": standing.best, "bad_epochs": standing.bad_epochs,
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "scaler": run.scaler.state_dict(), "torch_rng": torch.get_rng_state()}
-    save_last(run.dir / "weights", run.model, state, meta)  # the pair resume trusts, renamed together
+    if run.ema is not None:
+        state["raw_weights"] = run.model.state_dict()
+    save_last(run.dir / "weights", run.saved, state, meta)  # the pair resume trusts, renamed together
     run.logger.log(row)
     tqdm.write(_summary(row, monitor)) if progress else None
     for cb in callbacks:
-        cb({"epoch": epoch, "row": row, "metrics": metrics, "run_dir": run.dir, "model": run.model})
+        cb({"epoch": epoch, "row": row, "metrics": metrics, "run_dir": run.dir,
+            "model": run.saved})
 
 
 class LossOf(nn.Module):

@@ -46,6 +46,24 @@ roots of w and h, lambda_noobj for empty cells; scale/translation and HSV augmen
 data pipeline (``data.augment=light|standard``, ``zir.augment``), warm-up from the engine. Multi-scale
 training does not apply: v1's fully connected head is built for one input size (multi-scale training
 arrived with YOLO v2's fully convolutional head), so every image is letterboxed to ``image_size``.
+
+Where this file departs from the lecture's text (Lecture 7, the YOLO slides), and why:
+
+* ``w, h`` are fractions of the *image*, as in the paper (section 2.2: "we normalize the bounding box
+  width and height by the image width and height"); the lecture says all four coordinates are relative
+  to the cell. Only ``x, y`` are offsets within the cell here.
+* The lecture's loss has four weights (lambda_coord, lambda_obj, lambda_noobj, lambda_classes); the
+  paper, and this file, fix lambda_obj = lambda_classes = 1 and expose only ``lambda_coord`` (5) and
+  ``lambda_noobj`` (0.5).
+* Leaky ReLU only in the layers this file adds (the head): the pretrained backbone keeps its own
+  activation (ReLU6 in EfficientNet-Lite0, ReLU in the small ConvNet), since its ImageNet weights were
+  trained with it. The lecture says Leaky ReLU in all layers, as the paper's own network.
+* Dropout after the first *fully connected* layer, as the paper (section 2.2: "a dropout layer with rate
+  = .5 after the first connected layer"); the lecture says after the first convolutional layer.
+* The HSV augmentation of the ``light``/``standard`` presets uses Ultralytics' magnitudes (hue 0.01-0.015,
+  saturation 0.3-0.7, value 0.2-0.4 as fractions), not the paper's ("up to a factor of 1.5" in exposure
+  and saturation, no hue); so do scale and translation (``standard``: scale 0.5, shift 0.1; ``light``:
+  0.2, 0.05), where the paper uses "up to 20% of the original image size" for both.
 """
 
 from __future__ import annotations
