@@ -76,33 +76,38 @@ def raccoon_boxes(raccoon: Path, csv_name: str) -> dict[str, list[tuple[int, int
     return boxes
 
 
+def raccoon_photos(raccoon: Path, out: Path):
+    """Every raccoon photo, train photos for ``train`` and test photos for ``val``: yields
+    ``(split, file name, RGB image, its boxes)``, after making ``out/SPLIT/{raccoon,background}``."""
+    for split, csv_name in (("train", "train_labels.csv"), ("val", "test_labels.csv")):
+        boxes = raccoon_boxes(raccoon, csv_name)
+        for cls in ("raccoon", "background"):
+            (out / split / cls).mkdir(parents=True, exist_ok=True)
+        for name in sorted(boxes):
+            yield split, name, Image.open(raccoon / "images" / name).convert("RGB"), boxes[name]
+
+
 def build_raccoon_crops(raccoon: Path, out: Path, seed: int = 0) -> dict[str, dict[str, int]]:
     """Write ``out/{train,val}/{raccoon,background}/*.jpg``; returns the image count per split and class."""
     rng = random.Random(seed)
-    counts: dict[str, dict[str, int]] = {}
-    for split, csv_name in (("train", "train_labels.csv"), ("val", "test_labels.csv")):
-        boxes = raccoon_boxes(raccoon, csv_name)
-        counts[split] = {"raccoon": 0, "background": 0}
-        for cls in counts[split]:
-            (out / split / cls).mkdir(parents=True, exist_ok=True)
-        for name in sorted(boxes):
-            image = Image.open(raccoon / "images" / name).convert("RGB")
-            W, H = image.size
-            for k, (x1, y1, x2, y2) in enumerate(boxes[name]):
-                mx, my = round(0.1 * (x2 - x1)), round(0.1 * (y2 - y1))
-                crop = image.crop((max(0, x1 - mx), max(0, y1 - my), min(W, x2 + mx), min(H, y2 + my)))
-                crop.save(out / split / "raccoon" / f"{Path(name).stem}_{k}.jpg", quality=95)
-                counts[split]["raccoon"] += 1
-            for _ in range(200):  # one background square per photo, where one fits
-                s = round(rng.uniform(0.25, 0.5) * min(W, H))
-                x, y = rng.randint(0, W - s), rng.randint(0, H - s)
-                covered = sum(max(0, min(x + s, b[2]) - max(x, b[0])) * max(0, min(y + s, b[3]) - max(y, b[1]))
-                              for b in boxes[name])
-                if covered <= 0.1 * s * s:
-                    image.crop((x, y, x + s, y + s)).save(out / split / "background" / f"{Path(name).stem}.jpg",
-                                                          quality=95)
-                    counts[split]["background"] += 1
-                    break
+    counts = {split: {"raccoon": 0, "background": 0} for split in ("train", "val")}
+    for split, name, image, boxes in raccoon_photos(raccoon, out):
+        W, H = image.size
+        for k, (x1, y1, x2, y2) in enumerate(boxes):
+            mx, my = round(0.1 * (x2 - x1)), round(0.1 * (y2 - y1))
+            crop = image.crop((max(0, x1 - mx), max(0, y1 - my), min(W, x2 + mx), min(H, y2 + my)))
+            crop.save(out / split / "raccoon" / f"{Path(name).stem}_{k}.jpg", quality=95)
+            counts[split]["raccoon"] += 1
+        for _ in range(200):  # one background square per photo, where one fits
+            s = round(rng.uniform(0.25, 0.5) * min(W, H))
+            x, y = rng.randint(0, W - s), rng.randint(0, H - s)
+            covered = sum(max(0, min(x + s, b[2]) - max(x, b[0])) * max(0, min(y + s, b[3]) - max(y, b[1]))
+                          for b in boxes)
+            if covered <= 0.1 * s * s:
+                image.crop((x, y, x + s, y + s)).save(out / split / "background" / f"{Path(name).stem}.jpg",
+                                                      quality=95)
+                counts[split]["background"] += 1
+                break
     return counts
 
 
@@ -117,36 +122,30 @@ def build_raccoon_hard(raccoon: Path, out: Path, seed: int = 0) -> dict[str, dic
     scale and scenery; at most 10 % of a background crop covers a raccoon), two per box where they fit.
     Train photos give ``train``, test photos ``val``. Returns the image count per split and class."""
     rng = random.Random(seed)
-    counts: dict[str, dict[str, int]] = {}
-    for split, csv_name in (("train", "train_labels.csv"), ("val", "test_labels.csv")):
-        boxes = raccoon_boxes(raccoon, csv_name)
-        counts[split] = {"raccoon": 0, "background": 0}
-        for cls in counts[split]:
-            (out / split / cls).mkdir(parents=True, exist_ok=True)
-        for name in sorted(boxes):
-            image = Image.open(raccoon / "images" / name).convert("RGB")
-            W, H = image.size
-            for k, (x1, y1, x2, y2) in enumerate(boxes[name]):
-                s = rng.uniform(1.0, 1.6)
-                cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * s, (y2 - y1) * s
-                image.crop((max(0, round(cx - w / 2)), max(0, round(cy - h / 2)), min(W, round(cx + w / 2)),
-                            min(H, round(cy + h / 2)))).save(out / split / "raccoon" / f"{Path(name).stem}_{k}.jpg",
-                                                            quality=95)
-                counts[split]["raccoon"] += 1
-                made = 0
-                for _ in range(300):
-                    if made == 2:
-                        break
-                    s = rng.uniform(0.6, 1.4)
-                    w, h = min(W, round((x2 - x1) * s)), min(H, round((y2 - y1) * s))
-                    x, y = rng.randint(0, W - w), rng.randint(0, H - h)
-                    covered = sum(max(0, min(x + w, b[2]) - max(x, b[0])) * max(0, min(y + h, b[3]) - max(y, b[1]))
-                                  for b in boxes[name])
-                    if covered <= 0.1 * w * h and w >= 32 and h >= 32:
-                        image.crop((x, y, x + w, y + h)).save(
-                            out / split / "background" / f"{Path(name).stem}_{k}_{made}.jpg", quality=95)
-                        counts[split]["background"] += 1
-                        made += 1
+    counts = {split: {"raccoon": 0, "background": 0} for split in ("train", "val")}
+    for split, name, image, boxes in raccoon_photos(raccoon, out):
+        W, H = image.size
+        for k, (x1, y1, x2, y2) in enumerate(boxes):
+            s = rng.uniform(1.0, 1.6)
+            cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * s, (y2 - y1) * s
+            image.crop((max(0, round(cx - w / 2)), max(0, round(cy - h / 2)), min(W, round(cx + w / 2)),
+                        min(H, round(cy + h / 2)))).save(out / split / "raccoon" / f"{Path(name).stem}_{k}.jpg",
+                                                        quality=95)
+            counts[split]["raccoon"] += 1
+            made = 0
+            for _ in range(300):
+                if made == 2:
+                    break
+                s = rng.uniform(0.6, 1.4)
+                w, h = min(W, round((x2 - x1) * s)), min(H, round((y2 - y1) * s))
+                x, y = rng.randint(0, W - w), rng.randint(0, H - h)
+                covered = sum(max(0, min(x + w, b[2]) - max(x, b[0])) * max(0, min(y + h, b[3]) - max(y, b[1]))
+                              for b in boxes)
+                if covered <= 0.1 * w * h and w >= 32 and h >= 32:
+                    image.crop((x, y, x + w, y + h)).save(
+                        out / split / "background" / f"{Path(name).stem}_{k}_{made}.jpg", quality=95)
+                    counts[split]["background"] += 1
+                    made += 1
     return counts
 
 
