@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zir
-from zir.analysis.analyze import corrupted, fmt, mpc_rpc, nms_key
+from zir.analysis.analyze import corrupted, fmt, mpc_rpc, nms_key, nms_sweep_predict, with_setting
 from zir.cli import main
 from zir.config import load_config
 from zir.engine.predictor import load
@@ -74,6 +74,10 @@ def test_report_for_every_task(runs, task):
     if values and corr["clean"]:
         assert corr["all"]["mPC"] == pytest.approx(sum(values) / len(values))
         assert corr["all"]["rPC"] == pytest.approx(corr["all"]["mPC"] / corr["clean"])
+    # intervals: every cell, and mPC / rPC from the same 3 draws
+    assert corr["draws"] == 3 and set(corr["table_ci"]) == set(corr["table"])
+    assert all(len(v["3"]) == 2 for v in corr["table_ci"].values())
+    assert len(corr["all"]["mPC_ci"]) == 2 and len(corr["all"]["rPC_ci"]) == 2
     page = report.read_text()
     assert "zoom.png" in page and "corruptions.png" in page and (report.parent / "corruptions.png").is_file()
     if task in ("detect", "instance"):
@@ -86,6 +90,12 @@ def test_report_for_every_task(runs, task):
         assert "synth_overlap" in crowd
         td = numbers["tide"]
         assert td["AP"] == pytest.approx(numbers["clean_all"]["bbox/AP50"])  # the evaluator's own AP50
+        assert set(td["dAP_ci"]) == set(td["dAP"]) and len(td["AP_ci"]) == 2
+        for b in numbers["size"]["relative"] + crowd["max_iou"]:  # AP intervals on every bin with objects
+            assert b["objects"] == 0 or {"bbox/AP", "bbox/AP50"} <= set(b["ci"])
+        if task == "instance":  # TIDE on masks too, against the evaluator's mask AP50
+            assert numbers["tide_segm"]["AP"] == pytest.approx(numbers["clean_all"]["segm/AP50"])
+            assert numbers["tide_segm"]["metric"] == "segm/AP50" and "TIDE (masks)" in page
         assert set(td["counts"]) == {"cls", "loc", "both", "dupe", "bkg", "miss"}
         assert list(td["by_crowding"]) == [b["name"] for b in crowd["max_iou"]]
         drawn = [n for names in td["worst"].values() for n in names]
@@ -101,6 +111,28 @@ def test_nms_key_and_rebuilt_model_keep_the_weights(runs):
     predictor = load(runs["detect"])
     assert nms_key(predictor.model) == "roi_heads.nms_iou"
     assert nms_key(load(runs["classify"]).model) is None
+
+
+@pytest.mark.parametrize("task", ["detect", "instance"])
+def test_nms_sweep_from_one_pass_equals_rebuilt_models(runs, task):
+    # the sweep's predictions from the clean pass's features and boxes are those of a model rebuilt with
+    # each threshold, and the clean prediction is the model's own; afterwards the model is as before
+    predictor = load(runs[task])
+    predictor.model.roi_heads.score_thresh = 0.0  # many boxes, so that NMS has something to do
+    torch.manual_seed(1)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 48, 64)]
+    own = predictor.model.predict(images)
+    out = nms_sweep_predict(predictor.model, (0.3, 0.7))(images)
+    assert "features" not in vars(predictor.model) and predictor.model.roi_heads.nms_iou == 0.5
+    for v in (0.3, 0.7):
+        rebuilt = with_setting(predictor, "roi_heads.nms_iou", v)
+        rebuilt.roi_heads.score_thresh = 0.0
+        for o, p in zip(out, rebuilt.predict(images)):
+            assert torch.equal(o[str(v)].boxes, p.boxes) and torch.equal(o[str(v)].scores, p.scores)
+            assert task == "detect" or torch.equal(o[str(v)].masks, p.masks)
+    for o, p in zip(out, own):
+        assert torch.equal(o["clean"].boxes, p.boxes)
+    assert len(out[0]["0.3"].boxes) < len(out[0]["0.7"].boxes)  # the thresholds differ: the test sees NMS
 
 
 def test_missing_data_names_the_path_and_says_data(runs, tmp_path):
