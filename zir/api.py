@@ -179,9 +179,16 @@ def _run_metrics(run: str | Path) -> dict[str, float]:
     return read_meta(find_weights(run)).get("metrics", {})
 
 
-def compare(run_a: str | Path, run_b: str | Path) -> str:
-    """Both runs' metrics side by side, and the error reduction of B over A for accuracy-like metrics."""
+def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None) -> str:
+    """Both runs' metrics side by side, and the error reduction of B over A for accuracy-like metrics.
+    Given two ``analysis.json`` files of ``zir analyze``: the three questions and TIDE side by side with
+    their intervals (:func:`zir.analysis.compare.compare`; ``out``: a folder for compare.md / compare.html)."""
     from zir.metrics.classification import error_reduction
+
+    if str(run_a).endswith(".json") or str(run_b).endswith(".json"):
+        from zir.analysis.compare import compare as compare_analyses
+
+        return compare_analyses(run_a, run_b, out=out)
 
     a, b = _run_metrics(run_a), _run_metrics(run_b)
     keys = [k for k in a if k in b and isinstance(a[k], (int, float))]

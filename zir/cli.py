@@ -8,7 +8,7 @@
     zir models
     zir data synth|check|stats|convert ...
     zir augment preview IMAGE --out grid.png
-    zir compare RUN_A RUN_B
+    zir compare RUN_A RUN_B | A/analysis.json B/analysis.json [--out DIR]
     zir analyze RUN [data=PATH] [--quick]
     zir bench detectors DATA [--minutes 5] [--models a,b] [--runs NAME=RUN ...] [--out runs/bench]
     zir demo
@@ -133,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.set_defaults(func=cmd_augment_preview)
 
-    cmp = sub.add_parser("compare", help="compare two runs' metrics and the error reduction")
-    cmp.add_argument("run_a")
+    cmp = sub.add_parser("compare", help="compare two runs' metrics, or two analysis.json files, and the error reduction")
+    cmp.add_argument("run_a", help="runs/A, or A/analysis/analysis.json of zir analyze")
     cmp.add_argument("run_b")
+    cmp.add_argument("--out", default=None, help="analysis.json files: also write OUT/compare.md and compare.html")
     cmp.set_defaults(func=cmd_compare)
 
     an = sub.add_parser("analyze", help="how the model copes with distance, crowding and corruptions (report)")
@@ -316,7 +317,9 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from zir.api import compare
 
-    print(compare(args.run_a, args.run_b))
+    print(compare(args.run_a, args.run_b, out=args.out))
+    if args.out is not None:
+        print(f"written: {Path(args.out) / 'compare.md'}, {Path(args.out) / 'compare.html'}")
     return 0
 
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zir.data.contract import DetectionPrediction, Target
+from zir.errors import ConfigError
 from zir.models.detect import faster_rcnn
 from zir.models.detect.faster_rcnn import ExtraHead, FasterRCNN, FasterRCNNConfig, Frame
-from zir.errors import ConfigError
 from zir.models.detect.roi_heads import ROI_OPS, Detections, RoIPooler, SampledRoIs
 from zir.models.detect.structures import GroundTruth
 from zir.models.detect.transform import boxes_to_input
