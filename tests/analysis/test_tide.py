@@ -108,3 +108,40 @@ def test_more_bins_equal_a_call_of_their_own(scene):
     assert {k: v for k, v in one.items() if k != "more_by_bin"} == \
         tide([pred], [target], lambda: CocoEvaluator(CLASSES), object_bins=[a], bin_names=["x", "y"])
     assert any(v != 0 for d in alone["by_bin"].values() for v in d.values())
+
+
+def _box_masks(boxes, size=(200, 200)):
+    m = torch.zeros(len(boxes), *size, dtype=torch.bool)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+        m[k, y1:y2, x1:x2] = True
+    return m
+
+
+def test_mask_tide_one_error_of_each_type_and_a_mask_only_loc_error(scene):
+    import dataclasses
+
+    pred, target = scene
+    # masks filling the (integer) boxes: mask IoU is box IoU, so the same six errors on the same pairs
+    pred = dataclasses.replace(pred, masks=_box_masks(pred.boxes))
+    target = dataclasses.replace(target, masks=_box_masks(target.boxes))
+    by_box = find_errors([pred], [target])
+    by_mask = find_errors([pred], [target], iou_type="segm")
+    assert by_mask == by_box and sorted(e.kind for e in by_mask) == sorted(KINDS)
+    # detection 0's box is exact but its mask covers only the left 8 of 20 columns: mask IoU 0.4 -> loc
+    pred.masks[0, :, 8:20] = False
+    kinds = {(e.kind, e.det) for e in find_errors([pred], [target], iou_type="segm")}
+    assert ("loc", 0) in kinds and ("loc", 0) not in {(e.kind, e.det) for e in find_errors([pred], [target])}
+
+    def metric():
+        return CocoEvaluator(CLASSES, ("segm",))
+
+    out = tide([pred], [target], metric, key="segm/AP50", draws=5)
+    m = metric()
+    m.update([pred], [target])
+    assert out["AP"] == pytest.approx(m.compute()["segm/AP50"])  # pycocotools' mask AP50
+    # fixing loc gives detection 0 its object's mask: mask AP50 with the fix equals a hand-fixed prediction
+    fixed, tgt = fix([pred], [target], find_errors([pred], [target], iou_type="segm"), lambda e: e.kind == "loc")
+    assert torch.equal(fixed[0].masks[0], target.masks[0])
+    assert set(out["dAP_ci"]) == set(KINDS) and len(out["AP_ci"]) == 2
+    with pytest.raises(ValueError, match="masks"):
+        find_errors([dataclasses.replace(pred, masks=None)], [target], iou_type="segm")
