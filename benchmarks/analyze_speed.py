@@ -5,6 +5,10 @@ Trains Faster R-CNN (the demo's settings: pretrained EfficientNet-Lite0 backbone
 and (with ``--full``) the whole analysis (17 corruptions x 5 severities, 5 zoom factors, 3 NMS values, TIDE).
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/analyze_speed.py --minutes 3 [--full] [--out runs/bench-analyze]
+                                                                     [--reference OLD/analysis.json]
+
+``--reference``: an earlier ``--quick`` analysis.json of the same run; every number in it must be the same
+now (keys added since, such as new intervals, are listed, not compared).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--out", default="runs/bench-analyze")
+    ap.add_argument("--reference", default=None, help="an earlier --quick analysis.json of the same run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     run = Path(args.out) / "frcnn"
@@ -44,10 +49,33 @@ def main() -> None:
     print(f"clean {json.dumps(numbers['clean'])} CI {json.dumps(numbers['clean_ci'])}")
     print(f"corruptions (quick) {json.dumps(numbers['corruptions']['all'])}")
     print(f"TIDE AP50 {numbers['tide']['AP']:.4f} dAP {json.dumps({k: round(v, 4) for k, v in numbers['tide']['dAP'].items()})}")
+    if args.reference:
+        changed, added = diff(json.loads(Path(args.reference).read_text()), numbers)
+        print(f"against {args.reference}: {len(changed)} numbers changed {changed[:10]}; keys added: {added}")
     if args.full:
         t = time.time()
         zir.analyze(run, progress=False)
         print(f"analyze (full): {time.time() - t:.0f} s; load average now {os.getloadavg()[0]:.1f}")
+
+
+def diff(old: object, new: object, path: str = "") -> tuple[list[str], list[str]]:
+    """(paths whose value differs, paths only in ``new``), recursively over dicts and lists."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed: list[str] = []
+        added = [f"{path}/{k}" for k in new if k not in old]
+        for k in old:
+            c, a = diff(old[k], new.get(k), f"{path}/{k}") if k in new else ([f"{path}/{k} (gone)"], [])
+            changed += c
+            added += a
+        return changed, added
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out: tuple[list[str], list[str]] = ([], [])
+        for i, (o, n) in enumerate(zip(old, new)):
+            c, a = diff(o, n, f"{path}[{i}]")
+            out[0].extend(c)
+            out[1].extend(a)
+        return out
+    return ([] if old == new else [path]), []
 
 
 if __name__ == "__main__":

@@ -147,3 +147,19 @@ def test_cli(runs, capsys):
     assert "report.html" in capsys.readouterr().out
     assert main(["analyze", str(runs["classify"]), "data=/no/such/folder"]) == 2
     assert "pass data=" in capsys.readouterr().err
+
+
+def test_panoptic_report_goes_beyond_pq(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "panoptic"
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "runs" / "panoptic_fpn_v0", run)
+    report = zir.analyze(run, bootstrap=3, progress=False)
+    numbers = json.loads((report.parent / "analysis.json").read_text())
+    pan = numbers["panoptic"]
+    assert set(pan) == {"things", "stuff", "by_size"} and set(pan["things"]) == {"PQ", "SQ", "RQ"}
+    assert [b["name"] for b in pan["by_size"]] == ["[0, 0.05)", "[0.05, 0.1)", "[0.1, 0.2)", "[0.2, 0.4)", ">= 0.4"]
+    assert sum(b["objects"] for b in pan["by_size"]) > 0
+    assert all(b["objects"] > 0 or b["metrics"] == {} for b in pan["by_size"])
+    assert "Panoptic quality by thing / stuff" in report.read_text() and len(numbers["clean_ci"]["PQ"]) == 2

@@ -223,7 +223,9 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
         notes.append(f"size bins: {task} has no separate objects to measure; zoom-out only")
 
     if task == "panoptic":
-        notes.append("zoom-out and crowding are not implemented for panoptic runs yet")
+        result["panoptic"] = panoptic_breakdown(clean.predictions, clean.targets, classes, thing)
+        notes.append("panoptic: PQ / SQ / RQ for things and stuff and PQ of things by size (no intervals on "
+                     "these); zoom-out, corruptions and crowding are not implemented for panoptic runs yet")
     else:
         factors = slices.QUICK_ZOOM_FACTORS if quick else slices.ZOOM_FACTORS
         zoom = []
@@ -331,6 +333,53 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
 
     (out_dir / "analysis.json").write_text(json.dumps(_plain(result), indent=1))
     return write_html(result, out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Panoptic
+
+
+def panoptic_breakdown(predictions: Sequence[Any], targets: Sequence[Any], classes: list[str],
+                       thing_classes: list[bool]) -> dict[str, Any]:
+    """Beyond PQ: PQ, SQ and RQ averaged over the thing and over the stuff classes, and the thing classes'
+    PQ / SQ / RQ by relative object size (``sqrt(segment area / image area)``, the bins of
+    :data:`slices.RELATIVE_SIZE`).
+
+    A size bin scores the ground-truth thing segments in it; those outside it (and every stuff segment)
+    become crowd regions for that bin: never matched, never missed, and a predicted segment lying mostly
+    on them is no false positive. Other unmatched predictions stay false positives in every bin, as in
+    the detection bins (:mod:`zir.analysis.slices`).
+
+    Returns:
+        ``{"things": {"PQ", "SQ", "RQ"}, "stuff": {...}, "by_size": [{"name", "objects", "metrics":
+        {"PQ_th", "SQ_th", "RQ_th"}}]}`` (NaN where no class counts).
+    """
+    from dataclasses import replace
+
+    from zir.metrics.panoptic import PanopticMetrics
+
+    things = torch.tensor(thing_classes, dtype=torch.bool)
+
+    def summary(metric: PanopticMetrics, which: torch.Tensor) -> dict[str, float]:
+        pc = metric.per_class()
+        return {k.upper(): float(pc[k][which].nanmean()) if which.any() else math.nan for k in ("pq", "sq", "rq")}
+
+    whole = PanopticMetrics(classes, thing_classes)
+    whole.update(list(predictions), list(targets))
+    out: dict[str, Any] = {"things": summary(whole, things), "stuff": summary(whole, ~things), "by_size": []}
+    bins = slices.edges_to_bins(slices.RELATIVE_SIZE)
+    is_thing = [things[t.labels.long()] for t in targets]
+    which = [slices.bin_index(slices.relative_size(t), bins, left_closed=True) for t in targets]
+    for k, (name, _, _) in enumerate(bins):
+        inside = [(w == k) & th & ~t.iscrowd for w, th, t in zip(which, is_thing, targets)]
+        n = int(sum(int(m.sum()) for m in inside))
+        entry: dict[str, Any] = {"name": name, "objects": n, "metrics": {}}
+        if n:
+            metric = PanopticMetrics(classes, thing_classes)
+            metric.update(list(predictions), [replace(t, iscrowd=~m) for t, m in zip(targets, inside)])
+            entry["metrics"] = {f"{key}_th": v for key, v in summary(metric, things).items()}
+        out["by_size"].append(entry)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,6 +630,13 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
                     [[k, fmt(v, result["clean_ci"].get(k))] for k, v in result["clean"].items()])]
     if result["notes"]:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in result["notes"]) + "</ul>")
+    pan = result.get("panoptic")
+    if pan:
+        parts.append("<h2>Panoptic quality by thing / stuff</h2>")
+        parts.append(_table(["classes", "PQ", "SQ", "RQ"], [[g, *(fmt(pan[g][k]) for k in ("PQ", "SQ", "RQ"))]
+                                                           for g in ("things", "stuff")]))
+        parts.append("<p>Thing classes by relative segment size (segments outside the bin ignored):</p>")
+        parts.append(_bins_table(pan["by_size"]))
     parts.append("<h2>1. Distance: object size</h2>")
     size = result.get("size")
     if size and "coco" in size:
