@@ -8,7 +8,7 @@ and (with ``--full``) the whole analysis (17 corruptions x 5 severities, 5 zoom 
                                                                      [--reference OLD/analysis.json]
 
 ``--reference``: an earlier ``--quick`` analysis.json of the same run; every number in it must be the same
-now (keys added since, such as new intervals, are listed, not compared).
+now (keys added since, such as new intervals, are listed, not compared; ``timing`` is left out).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-analyze")
     ap.add_argument("--reference", default=None, help="an earlier --quick analysis.json of the same run")
     ap.add_argument("--skip-quick", action="store_true", help="with --full: only the full analysis")
+    ap.add_argument("--progress", action="store_true", help="the full analysis's steps and bars on stderr")
     args = ap.parse_args()
     torch.set_num_threads(1)
     run = Path(args.out) / "frcnn"
@@ -56,11 +57,12 @@ def main() -> None:
         print(f"TIDE AP50 {numbers['tide']['AP']:.4f} "
               f"dAP {json.dumps({k: round(v, 4) for k, v in numbers['tide']['dAP'].items()})}")
         if args.reference:
-            changed, added = diff(json.loads(Path(args.reference).read_text()), numbers)
+            changed, added = diff(json.loads(Path(args.reference).read_text()),
+                                  {k: v for k, v in numbers.items() if k != "timing"})
             print(f"against {args.reference}: {len(changed)} numbers changed {changed[:10]}; keys added: {added}")
     if args.full:
         load, t, cpu = os.getloadavg(), time.time(), time.process_time()
-        zir.analyze(run, progress=False)
+        zir.analyze(run, progress=args.progress)
         print(f"analyze (full): {time.time() - t:.0f} s wall, {time.process_time() - cpu:.0f} s CPU; load average "
               f"before {load[0]:.1f}, after {os.getloadavg()[0]:.1f}")
 

@@ -163,3 +163,20 @@ def test_panoptic_report_goes_beyond_pq(tmp_path):
     assert sum(b["objects"] for b in pan["by_size"]) > 0
     assert all(b["objects"] > 0 or b["metrics"] == {} for b in pan["by_size"])
     assert "Panoptic quality by thing / stuff" in report.read_text() and len(numbers["clean_ci"]["PQ"]) == 2
+
+
+def test_cached_keeps_small_test_sets_and_streams_large_ones():
+    from zir.analysis.analyze import cached
+
+    class Loader:
+        def __init__(self):
+            self.passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            return iter([{"images": torch.zeros(2, 3, 8, 8), "ids": [torch.tensor([1, 2])]}] * 3)
+
+    small = cached(Loader(), limit=10_000)  # 3 x (1536 + 16) bytes
+    assert isinstance(small, list) and len(small) == 3 and torch.equal(small[0]["ids"][0], torch.tensor([1, 2]))
+    loader = Loader()
+    assert cached(loader, limit=2_000) is loader  # over the limit: the loader itself, read again per pass

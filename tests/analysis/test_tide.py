@@ -145,3 +145,44 @@ def test_mask_tide_one_error_of_each_type_and_a_mask_only_loc_error(scene):
     assert set(out["dAP_ci"]) == set(KINDS) and len(out["AP_ci"]) == 2
     with pytest.raises(ValueError, match="masks"):
         find_errors([dataclasses.replace(pred, masks=None)], [target], iou_type="segm")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tide_evaluating_only_the_changed_images_changes_no_number(seed):
+    # random scenes with ties across images and ids out of order: the spliced evaluation (only the images a
+    # fix changes are evaluated again) against fixing and evaluating every image, every number equal
+    g = torch.Generator().manual_seed(seed)
+    preds, targets = [], []
+    for i in range(10):
+        n = int(torch.randint(1, 5, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 120
+        gt = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g) * 60], 1)
+        d = int(torch.randint(0, 8, (1,), generator=g))
+        boxes = gt[torch.randint(n, (d,), generator=g)] + torch.randn(d, 4, generator=g) * 8
+        boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 2)
+        targets.append(Target(size=(200, 200), boxes=gt, labels=torch.randint(2, (n,), generator=g),
+                              image_id=90 - 7 * i))
+        preds.append(DetectionPrediction(boxes, torch.randint(1, 4, (d,), generator=g).float() / 4,
+                                         torch.randint(2, (d,), generator=g)))
+
+    bins = [torch.randint(-1, 2, (len(t.boxes),), generator=g) for t in targets]
+    fast = tide(preds, targets, lambda: CocoEvaluator(CLASSES), object_bins=bins, bin_names=["x", "y"], draws=4)
+    slow = tide(preds, targets, lambda: _PlainEvaluator(CLASSES), object_bins=bins, bin_names=["x", "y"], draws=4)
+    assert fast == slow
+    m = CocoEvaluator(CLASSES)
+    m.update(preds, targets)
+    assert fast["AP"] == m.compute()["bbox/AP50"]  # pycocotools' AP50 to the last digit
+    assert any(v != 0 for v in fast["dAP"].values())
+
+
+class _PlainEvaluator:
+    """A CocoEvaluator seen through update / compute / resampled only (no splicing possible)."""
+
+    def __init__(self, classes):
+        self.inner = CocoEvaluator(classes)
+
+    def update(self, predictions, targets):
+        self.inner.update(predictions, targets)
+
+    def compute(self):
+        return self.inner.compute()

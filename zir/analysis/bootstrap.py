@@ -128,6 +128,27 @@ class CocoDraws:
             row = {image_id: r for r, image_id in enumerate(params.imgIds)}  # COCOeval sorts the ids
             self._evals[iou_type] = (ev._evalImgs_cpp, params, [row[i] for i in ids])
 
+    def replaced(self, metric: Any) -> CocoDraws:
+        """A copy whose per-image results for the images of ``metric`` (an evaluator holding some of this
+        one's image ids, e.g. those a TIDE fix changed) are ``metric``'s: evaluating only the changed
+        images gives the numbers of evaluating them all, since COCO matches image by image."""
+        other = CocoDraws(metric)
+        out = copy.copy(self)
+        out._evals = {}
+        for iou_type, (images, params, rows) in self._evals.items():
+            new, new_params, new_rows = other._evals[iou_type]
+            images = list(images)
+            row_of = {image_id: r for r, image_id in enumerate(params.imgIds)}
+            n_img, n_new = len(params.imgIds), len(new_params.imgIds)
+            if list(new_params.catIds) != list(params.catIds) or len(new_params.areaRng) != len(params.areaRng):
+                raise ValueError("replaced() needs an evaluator of the same classes")
+            for r_new, image_id in enumerate(new_params.imgIds):
+                r = row_of[image_id]
+                for k in range(len(params.catIds) * len(params.areaRng)):  # class-major, then area
+                    images[k * n_img + r] = new[k * n_new + r_new]
+            out._evals[iou_type] = (images, params, rows)
+        return out
+
     @classmethod
     def serves(cls, metric: Any, keys: Sequence[str]) -> bool:
         """Whether every key is one of ``<iou type>/AP|AP50|AP75`` of ``metric``'s iou types."""

@@ -199,9 +199,32 @@ def tide(predictions: Sequence[DetectionPrediction], targets: Sequence[Target], 
         ``"more_by_bin"``: one such ``{bin: {kind: float}}`` per entry of ``more_bins``; with ``draws`` also
         ``"AP_ci": (low, high)`` and ``"dAP_ci": {kind: (low, high)}``.
     """
-    from zir.analysis.bootstrap import bootstrap_draws, percentile_interval
+    from zir.analysis.bootstrap import CocoDraws, bootstrap_draws, draw_indices, percentile_interval
+
+    base_metric = make_metric()
+    base_metric.update(list(predictions), list(targets))
+    ids = [t.image_id for t in targets]
+    # COCO scores image by image: a fix changes a few images, so only those are evaluated again and spliced
+    # into the per-image results of all of them (the same numbers as evaluating every image again)
+    splice = CocoDraws(base_metric) if CocoDraws.serves(base_metric, [key]) and len(set(ids)) == len(ids) else None
+    indices = draw_indices(len(targets), draws) if draws and targets else []
+    by_id = sorted(range(len(targets)), key=lambda i: ids[i])
 
     def ap_draws(which: Callable[[DetectionError], bool], n: int) -> tuple[float, list[float]]:
+        if splice is not None:
+            changed = sorted({e.image for e in errors if which(e)})  # type: ignore[union-attr]
+            found = splice
+            if changed:
+                at = {i: j for j, i in enumerate(changed)}
+                moved = [(replace(e, image=at[e.image]), which(e)) for e in errors if e.image in at]
+                chosen = {m for m, picked in moved if picked}  # errors are unique: (image, det or gt) differ
+                p, t = fix([predictions[i] for i in changed], [targets[i] for i in changed],
+                           [m for m, _ in moved], lambda e: e in chosen)
+                metric = make_metric()
+                metric.update(p, t)
+                found = splice.replaced(metric)
+            # all images in the order COCOeval takes them (by id): score ties across images fall as there
+            return found.compute(by_id)[key], [found.compute(i)[key] for i in indices[:n]]
         p, t = fix(predictions, targets, errors, which)
         metric = make_metric()
         metric.update(p, t)
