@@ -31,19 +31,37 @@ class SlowPredictor(Predictor):
         return super().predict(images, batch_size)
 
 
+def tiny_yolo(**model_args) -> SlowPredictor:
+    """A tiny YOLO v1 whose boxes are arbitrary but many: a fresh model finds nothing, so the biases of its
+    last layer are drawn in [0, 1] to make it report boxes."""
+    torch.manual_seed(0)
+    model = build_model("yolo_v1", 3, 64, {"backbone": "convnet", "width": 8, "S": 4, "hidden": 32, "neck": 32,
+                                           **model_args})
+    with torch.no_grad():
+        model.head.fc2.bias.uniform_(0, 1, generator=torch.Generator().manual_seed(0))
+    return SlowPredictor(model, CLASSES, RunConfig(model="yolo_v1"))
+
+
 @pytest.fixture(scope="module")
-def server():
+def make_predictor():
+    """:func:`tiny_yolo`, for a test module's own ``predictor`` fixture."""
+    return tiny_yolo
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SlowPredictor:
+    """The model the server serves; a test module may override this fixture."""
+    return tiny_yolo()
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
     """``(url, predictor)`` of a running server; its limits: 200 000 bytes, 1 000 000 pixels."""
     pytest.importorskip("fastapi", reason="pip install 'zir[serve]' to test the server")
     import uvicorn
 
     from zir.export.serve import create_app
 
-    torch.manual_seed(0)
-    model = build_model("yolo_v1", 3, 64, {"backbone": "convnet", "width": 8, "S": 4, "hidden": 32, "neck": 32})
-    with torch.no_grad():  # a fresh model finds nothing: biases in [0, 1] make it report boxes
-        model.head.fc2.bias.uniform_(0, 1, generator=torch.Generator().manual_seed(0))
-    predictor = SlowPredictor(model, CLASSES, RunConfig(model="yolo_v1"))
     app = create_app(predictor, max_bytes=200_000, max_pixels=1_000_000)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
