@@ -13,10 +13,14 @@
    ``--quick``: 8 corruptions at severity 3, two rotations and translations.
 
 4. **Detection errors** (detection, instance): TIDE's six error types with the AP50 each would add if
-   fixed, split by object size and crowding, and the worst images per type (:mod:`zir.analysis.tide`).
+   fixed, split by object size and crowding, and the worst images per type (:mod:`zir.analysis.tide`);
+   instance runs on boxes and on masks.
 
-The clean metrics, the zoom-out and the recall per bin carry a bootstrap 95% interval over images
-(:mod:`zir.analysis.bootstrap`).
+Every headline number carries a bootstrap 95% interval over images (:mod:`zir.analysis.bootstrap`): the
+clean metrics, the zoom-out and the recall per bin from ``bootstrap`` draws; each corruption cell, mPC and
+rPC (paired with the clean draws), each bin's AP and TIDE's AP50 and dAP from the first ``CELL_DRAWS``.
+Panoptic runs: PQ / SQ / RQ by thing and stuff and by segment size. ``analysis.json`` also records when
+each step started (``timing``: wall and CPU seconds).
 Everything goes to ``RUN/analysis/analysis.json`` (NaN as ``null``) and ``RUN/analysis/report.html``
 (with plots). Predictions come from the engine's evaluation loop
 (:func:`zir.engine.evaluate.evaluate_predict`), which takes the zoomed model as it takes a model.
