@@ -56,7 +56,9 @@ def main() -> None:
         zir.analyze(run, corruptions=WEATHER, progress=False)
         a = json.loads((run / "analysis" / "analysis.json").read_text())
         w = a["corruptions"]["weather"]
-        rows.append({"preset": preset, "clean": a["clean"]["accuracy"], "clean_ci": a["clean_ci"]["accuracy"],
+        epochs = len((run / "metrics.jsonl").read_text().splitlines())  # one line per epoch trained
+        rows.append({"preset": preset, "epochs": epochs, "clean": a["clean"]["accuracy"],
+                     "clean_ci": a["clean_ci"]["accuracy"],
                      **w, "analyze_s": time.time() - t0, "load": load,
                      "per_corruption": {n: sum(v.values()) / len(v) for n, v in a["corruptions"]["table"].items()}})
         print(json.dumps(rows[-1]), flush=True)
@@ -70,11 +72,12 @@ def main() -> None:
     print(f"\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, 1 thread, convnet on synth:classify "
           f"({args.n} scenes, a quarter held out, {args.image_size} px), {args.epochs} epochs each "
           f"(hard stop {args.minutes:g} min); weather corruptions at severities 1-5\n")
+    # the epochs each run finished (the hard stop may end a run early)
     names = list(rows[0]["per_corruption"])
-    print("| augment | clean acc | weather mPC | weather rPC | " + " | ".join(names) + " |")
-    print("|---|---|---|---|" + "---|" * len(names))
+    print("| augment | epochs | clean acc | weather mPC | weather rPC | " + " | ".join(names) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(names))
     for r in rows:
-        print(f"| {r['preset']} | {r['clean']:.3f} {ci(r['clean_ci'])} | {r['mPC']:.3f} {ci(r.get('mPC_ci'))} | "
+        print(f"| {r['preset']} | {r['epochs']} | {r['clean']:.3f} {ci(r['clean_ci'])} | {r['mPC']:.3f} {ci(r.get('mPC_ci'))} | "
               f"{r['rPC']:.3f} {ci(r.get('rPC_ci'))} | " + " | ".join(f"{r['per_corruption'][n]:.3f}" for n in names) + " |")
 
 
