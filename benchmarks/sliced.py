@@ -56,12 +56,12 @@ def make_scene(seed: int, n_objects: int = 60, side: int = SIDE, sizes: tuple[fl
     while len(boxes) < n_objects:
         d = float(np.exp(rng.uniform(math.log(sizes[0]), math.log(sizes[1]))))
         r = d / 2
-        cx, cy = rng.uniform(r + 2, side - r - 2, 2)
+        pad = int(math.ceil(r)) + 2
+        cx, cy = rng.uniform(pad + 1, side - pad - 2, 2)  # the local canvas below stays inside the image
         if any((cx - x) ** 2 + (cy - y) ** 2 < (r + s + 4) ** 2 for x, y, s in centres):
             continue
         label = int(rng.integers(0, len(CLASSES)))
         # Drawn on a small local canvas: the mask gives the exact box of the visible shape.
-        pad = int(math.ceil(r)) + 2
         x0, y0 = int(cx) - pad, int(cy) - pad
         local = Image.new("L", (2 * pad + 1, 2 * pad + 1), 0)
         SHAPES[CLASSES[label]](ImageDraw.Draw(local), cx - x0, cy - y0, r, rng.uniform(0, 2 * math.pi))
