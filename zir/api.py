@@ -168,7 +168,8 @@ def predict_to_folder(model: str | Path | Predictor, inputs: Sequence[str | Path
     if panoptic[0]:
         write_coco_panoptic(out / "panoptic.json", *panoptic, predictor.classes, predictor.model.thing_classes)
     if skipped:
-        print(f"zir: skipped {len(skipped)} unreadable file(s) of {len(files)}:\n  " + "\n  ".join(skipped),
+        kind = "file(s)" if any(is_video_file(p) for p in files) else "image(s)"
+        print(f"zir: skipped {len(skipped)} unreadable {kind} of {len(files)}:\n  " + "\n  ".join(skipped),
               file=sys.stderr)
     return out
 
@@ -177,7 +178,7 @@ def _skip_or_raise(e: DataError, skip_bad: bool, skipped: list[str], path: Path)
     if not skip_bad:
         raise DataError(e.file, f"{e.detail}; or pass --skip-bad (skip_bad=True) to leave out unreadable files",
                         e.where) from None
-    print(f"zir: skipped {e}", file=sys.stderr)
+    tqdm.write(f"zir: skipped {e}", file=sys.stderr)  # above the progress bar, not through it
     skipped.append(str(path))
 
 
