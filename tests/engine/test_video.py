@@ -161,3 +161,20 @@ def test_sliced_prediction_from_the_cli_and_its_refusals(tmp_path, capsys, monke
     monkeypatch.setattr(zir.api, "load", lambda _: unet)
     assert main(["predict", "r", str(image), "--out", str(tmp_path / "seg"), "--slice", "64"]) == 2
     assert "segment model: predict without --slice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,args,n_classes,field", [
+    ("convnet", {"width": 8, "depth": 2}, 3, "label"),
+    ("unet", {"depth": 2, "width": 8}, 3, "pixels_per_class"),
+    ("mask_rcnn", {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32, "mask_channels": 16}, 3, "boxes"),
+    ("panoptic_fpn", {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32, "mask_channels": 16,
+                      "semantic_channels": 16, "thing_classes": (True, True, False)}, 3, "segments"),
+])
+def test_every_task_draws_video_frames(tmp_path, name, args, n_classes, field):
+    torch.manual_seed(0)
+    _video(tmp_path / "clip.mp4", n=2)
+    predictor = Predictor(build_model(name, n_classes, 64, args), CLASSES, RunConfig(model=name))
+    out = predict_to_folder(predictor, [tmp_path / "clip.mp4"], tmp_path / "out", progress=False)
+    lines = _lines(out / "clip.jsonl")
+    assert len(lines) == 2 and field in lines[1]
+    assert cv2.VideoCapture(str(out / "clip.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 2
