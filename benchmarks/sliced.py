@@ -16,9 +16,9 @@ the same trained model, in one process on the same images.
    Recall at IoU 0.5 of detections scoring >= ``--conf`` (and of all that are kept, >= 0.05), COCO AP50 (faster-coco-eval, as ``zir eval``),
    seconds per image, and how many of zir's boxes sahi also returns (IoU >= 0.9, same class).
 
-Needs ``pip install -r benchmarks/requirements.txt`` (sahi; install it with ``--no-deps`` plus
-``shapely fire termcolor requests`` where its ``opencv-python`` requirement would replace the
-``opencv-contrib-python-headless`` zir's tests use: both own the ``cv2`` module).
+Needs ``pip install -r benchmarks/requirements.txt`` (sahi). sahi requires ``opencv-python``, whose ``cv2``
+hides the ``opencv-contrib-python-headless`` build zir's selective search needs: ``make bench`` reinstalls
+the contrib build afterwards; by hand, ``pip install --no-deps sahi shapely fire termcolor requests``.
 """
 
 from __future__ import annotations
