@@ -129,7 +129,7 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
 
 
 def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_size: int,
-            rounds: int = 3) -> str:
+            rounds: int = 2) -> str:
     """Median ms of ``predict`` per test image at batch 1, the models taking turns image by image, as a
     markdown table; ``rounds`` passes over the test images (the first call of each model left out)."""
     from zir.engine.predictor import find_weights, load
