@@ -18,18 +18,32 @@ Each data set gets ``OUT/<data>/table.md``, ``results.json`` and ``chart.png``; 
     python benchmarks/detect.py [--data raccoon,synth] [--minutes 15] [--models all|none|yolo_v1,...]
                                 [--peer yolov8n|none] [--set yolo_v1.lr=1e-3 ...] [--threads 1]
 
+``--latency`` trains nothing: it times ``predict`` at batch 1 on the test images of the first data set,
+the models taking turns image by image (so a change of the machine's load reaches all of them), with
+the recipes' settings and untrained weights, or trained ones given by ``--runs NAME=RUN`` (a zir run or
+weights file; ``yolov8n=last.pt`` adds the peer). ``anchor_free`` is timed twice: as it predicts (its
+BatchNorms folded, channels-last) and without the folding (``anchor_free (unfolded)``), the before/after.
+
+    python benchmarks/detect.py --latency --models anchor_free,faster_rcnn [--runs anchor_free=RUN ...]
+
+``--clock cpu`` makes ``--minutes`` the process's CPU minutes (``time.process_time``) for zir's ``time=``
+and for Ultralytics' ``time=``: on a shared machine under load, a 1-thread run then gets the same work
+as on quiet cores (what the budget means), however long it takes on the wall.
+
 Needs ``pip install ultralytics`` (benchmarks/requirements.txt) for the peer.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import shlex
 import shutil
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +56,7 @@ from zir.analysis.bench import BenchData, BenchRow
 from zir.data.contract import DetectionPrediction
 from zir.data.formats.coco import write_coco_json
 from zir.data.formats.voc import read_voc
+from zir.engine import budget
 
 RACCOON = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "raccoon"
 PEER_NAME = "YOLOv8n (Ultralytics, peer)"
@@ -72,6 +87,10 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
     from zir.data.formats.yolo import write_yolo
 
     torch.set_num_threads(threads)
+    if budget.clock is time.process_time:  # --clock cpu: Ultralytics' time= (time.time) counts CPU seconds too
+        import ultralytics.engine.trainer as ultralytics_trainer
+
+        ultralytics_trainer.time = types.SimpleNamespace(**{**vars(time), "time": time.process_time})
     root = work / "yolo_data"
     shutil.rmtree(root, ignore_errors=True)
     write_yolo(open_dataset(data.train), root, split="train")
@@ -109,6 +128,49 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
                     settings={"imgsz": image_size, "batch": 16, "time_h": round(minutes / 60, 4)})
 
 
+def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_size: int,
+            rounds: int = 2) -> str:
+    """Median ms of ``predict`` per test image at batch 1, the models taking turns image by image, as a
+    markdown table; ``rounds`` passes over the test images (the first call of each model left out)."""
+    from zir.engine.predictor import find_weights, load
+    from zir.models import build_model
+
+    predictors: dict[str, bench.Clock] = {}
+    for name in models:
+        if name in runs:
+            model = load(find_weights(runs[name], prefer="last")).model
+        else:
+            cfg = bench.recipe_for(name, data.kind).config()
+            model = build_model(name, len(data.classes), cfg.data.image_size, dict(cfg.model_args)).eval()
+        predictors[name] = bench.Clock(model.predict)
+        if name == "anchor_free":  # the same weights through the unfolded network (raw's default path)
+            unfolded = copy.deepcopy(model)
+            unfolded.inference_net = lambda: None
+            predictors["anchor_free (unfolded)"] = bench.Clock(unfolded.predict)
+    if "yolov8n" in runs:
+        os.environ["YOLO_OFFLINE"] = "1"
+        from ultralytics import YOLO
+
+        net = YOLO(str(runs["yolov8n"]))
+        predictors[PEER_NAME] = bench.Clock(lambda images: [net.predict(
+            np.ascontiguousarray((im * 255).round().byte().permute(1, 2, 0).numpy()[..., ::-1]), imgsz=image_size,
+            conf=0.001, iou=0.6, max_det=100, device="cpu", verbose=False) for im in images])
+    from zir.analysis.bench.scoring import own_size_loader
+    from zir.models.detect.transform import unpad
+
+    images = [unpad(b.images, [t.size for t in b.targets]) for b in own_size_loader(data)]
+    with torch.no_grad():
+        for _ in range(rounds):
+            for image in images:
+                for clock in predictors.values():
+                    clock(image)
+    lines = ["| model | weights | ms / image (median, batch 1) |", "|---|---|---:|"]
+    for name, clock in predictors.items():
+        weights = "trained" if name.split(" ")[0] in runs or name == PEER_NAME else "untrained"
+        lines.append(f"| {name} | {weights} | {clock.ms():.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -123,8 +185,25 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads for every model (2 = this CPU's cores)")
     p.add_argument("--raccoon", type=Path, default=RACCOON)
     p.add_argument("--out", type=Path, default=Path("runs/bench-detect"), help="one folder per data set in here")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="what --minutes counts: wall-clock time, or the process's CPU time (1 thread: load-independent)")
+    p.add_argument("--latency", action="store_true", help="only time predict at batch 1 (no training)")
+    p.add_argument("--runs", nargs="*", default=[], metavar="NAME=RUN", help="with --latency: trained weights")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        budget.clock = time.process_time
+    if args.latency:
+        name = args.data.split(",")[0]
+        out = args.out / name
+        data = prepare_raccoon(args.raccoon.resolve(), out / "data") if name == "raccoon" \
+            else bench.prepare_synth(out / "data")
+        models = bench.detectors() if args.models == "all" else \
+            [m for m in args.models.split(",") if m not in ("", "none")]
+        runs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.runs)}
+        print(f"{name}, {args.threads} threads, load {os.getloadavg()[0]:.1f}\n\n"
+              + latency(data, models, runs, args.peer_size))
+        return
 
     names = [m for m in args.models.split(",") if m not in ("", "none")]
     models = bench.detectors() if args.models == "all" else names

@@ -1,15 +1,22 @@
 """The anchor-free one-stage detector: bad input (empty images, sub-pixel boxes), overfitting one image, the
-plain ``forward`` graph agreeing with ``predict``, config checks."""
+plain ``forward`` graph agreeing with ``predict``, predict's BatchNorm-folded copy, config checks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from timm.layers import freeze_batch_norm_2d
 
 from zir.data.contract import Target
 from zir.errors import ConfigError
 from zir.models import build_model
-from zir.models.detect.anchor_free import AnchorFree, AnchorFreeConfig, postprocess
+from zir.models.detect.anchor_free import (
+    FOLDABLE_NORMS,
+    AnchorFree,
+    AnchorFreeConfig,
+    check_folded,
+    postprocess,
+)
 from zir.ops.boxes import iou
 
 TINY = {"pretrained": "none", "neck_channels": 16, "head_convs": 1, "reg_max": 7}
@@ -83,8 +90,57 @@ def test_forward_is_the_graph_predict_post_processes():
     model.cfg.score_thresh = 0.0
     expected = postprocess(scores[0], boxes[0].clamp(0, 64), 0.0, model.cfg.nms_iou, 1000, 100)
     pred = model.predict(image)[0]
-    torch.testing.assert_close(pred.boxes, expected[0])
-    torch.testing.assert_close(pred.scores, expected[1])
+    # predict runs the BatchNorm-folded copy: the same function up to float rounding
+    torch.testing.assert_close(pred.boxes, expected[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pred.scores, expected[1], rtol=1e-4, atol=1e-4)
+
+
+def randomise_norms(model: torch.nn.Module) -> None:
+    """Statistics and affine terms away from (0, 1), so that folding them is not the identity."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, FOLDABLE_NORMS):
+            for name, lo, hi in (("running_mean", -0.5, 0.5), ("running_var", 0.5, 2.0), ("weight", 0.5, 1.5),
+                                 ("bias", -0.5, 0.5)):
+                t = getattr(m, name)
+                with torch.no_grad():
+                    t.copy_(torch.empty(t.shape).uniform_(lo, hi, generator=g))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_predict_folds_the_norms_and_rebuilds_after_a_weight_changes(frozen: bool):
+    """Trainable BatchNorms in eval mode and the pretrained backbone's frozen ones (timm's
+    ``FrozenBatchNormAct2d``) are folded into their convolutions; the folded copy computes what the model
+    does, stays out of ``state_dict`` and is rebuilt after an in-place weight update (an optimizer step)."""
+    model = tiny()
+    if frozen:
+        model.backbone.body = freeze_batch_norm_2d(model.backbone.body)
+    randomise_norms(model)
+    model.eval()
+    keys = set(model.state_dict())
+    x = torch.rand(1, 3, 64, 96)
+    net = model.inference_net()
+    assert not any(isinstance(m, FOLDABLE_NORMS) for m in net.modules())
+    assert model.inference_net() is net  # nothing changed: the cached copy
+    with torch.no_grad():
+        for want, got in zip(model.raw(x)[:2], model.raw(x, net)[:2]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert set(model.state_dict()) == keys
+    with torch.no_grad():
+        model.head.cls[0][-1].bias.add_(1.0)  # an in-place update, as an optimizer step makes
+    assert model.inference_net() is not net
+    with torch.no_grad():
+        want = model.raw(x)[0]
+    torch.testing.assert_close(model.raw(x, model.inference_net())[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_wrong_fold_falls_back_to_the_model_with_a_warning():
+    model = tiny().eval()
+    net = model.inference_net()
+    with torch.no_grad():
+        net.head.cls[0][-1].bias.add_(1.0)  # as a norm that did not follow its convolution would leave it
+    with pytest.warns(UserWarning, match="without folding"):
+        assert check_folded(model, net) is model
 
 
 def test_postprocess_keeps_the_best_box_per_class_and_threshold():
