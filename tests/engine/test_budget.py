@@ -143,7 +143,7 @@ TASKS = {  # one tiny model per task and fitting kind; the fake clock makes thei
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_time_fits_every_task(tmp_path, clock, task):
     """The same budget arithmetic for every task and fitting kind: a gradient-trained detector, segmenter
-    and instance segmenter end within their minute with the schedule decayed to ``final_lr``; the cached
+    and instance segmenter end within their half minute with the schedule decayed to ``final_lr``; the cached
     features solve is one step, so it runs its one epoch and is done well inside the budget."""
     settings = TASKS[task] + ["synth_n=16", "image_size=64", "batch_size=4", "threads=1", "final_lr=0.01",
                               "lr=0.001", "val_split=0.25", "epochs=50", "time=0.5", f"project={tmp_path}"]
