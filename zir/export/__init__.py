@@ -84,6 +84,8 @@ def to_onnx(model: Any, out: str | Path, graph: torch.nn.Module | None = None) -
 def example_input(model: Any) -> tuple[torch.Tensor, tuple[dict[int, Any]]]:
     """An example uint8 batch for tracing and the dynamic dimensions of ``images``: batch 1..1024, sides from
     the smallest the graph handles (U-Net's mirrored context must fit in the image) to :data:`MAX_SIDE`."""
+    from zir.export.graphs import MAX_BATCH
+
     size = model.cfg.image_size
     low = 32
     if hasattr(model, "context"):  # U-Net: one reflection of `context + stride` pixels
@@ -91,7 +93,7 @@ def example_input(model: Any) -> tuple[torch.Tensor, tuple[dict[int, Any]]]:
     # distinct sides and a batch > 1, so that the tracer cannot take any of them for a constant
     h, w = max(low + 3, size * 3 // 4 + 1), max(low + 5, size + 3)
     example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
-    dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=low, max=MAX_SIDE),
+    dims = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH), 2: torch.export.Dim("height", min=low, max=MAX_SIDE),
             3: torch.export.Dim("width", min=low, max=MAX_SIDE)}
     return example, (dims,)
 

@@ -32,6 +32,8 @@ from zir.errors import ConfigError
 from zir.models.base import ZirModel
 from zir.ops.coder import decode_yolo_v1
 
+MAX_BATCH = 1024  # the largest batch an exported graph takes (its dynamic batch dimension's bound)
+
 # --------------------------------------------------------------------------------------------------
 # Sizes with symbolic integers (the same numbers as zir.models.detect.transform's, traced, not constants)
 
@@ -256,7 +258,7 @@ class AnchorFreeGraph(nn.Module):
         kept = nms(cand + (group * (S + 1))[:, None], sc, cfg.nms_iou)
         cand, sc, label, image = cand[kept], sc[kept], label[kept], image[kept]
         K = cfg.max_detections
-        rank, counts = _rank_in_image(image, Bn)
+        rank, counts = rank_in_image(image, Bn)
         take = rank < K
         slot = image[take] * K + rank[take]
         det = cand[take]
@@ -268,7 +270,7 @@ class AnchorFreeGraph(nn.Module):
         return out_boxes.view(Bn, K, 4), out_scores.view(Bn, K), out_labels.view(Bn, K), counts.clamp(max=K)
 
 
-def _rank_in_image(image: Tensor, B: Any) -> tuple[Tensor, Tensor]:
+def rank_in_image(image: Tensor, B: Any) -> tuple[Tensor, Tensor]:
     """For items in order, each one's rank among the items of its image (``image (M,)`` int64 in
     ``[0, B)``): ``(rank (M,), count per image (B,))``."""
     same = (image[:, None] == torch.arange(B, device=image.device)[None]).long()  # (M, B)
@@ -297,6 +299,14 @@ def graph_for(model: ZirModel) -> nn.Module:
         return YoloV1Graph(model).eval()
     if type(model).__name__ == "AnchorFree":
         return AnchorFreeGraph(model).eval()
+    if type(model).__name__ == "FasterRCNN":  # and Mask R-CNN, Panoptic FPN: the same class with heads
+        from zir.export.two_stage import TwoStageGraph
+
+        return TwoStageGraph(model).eval()
+    if type(model).__name__ in ("SlidingWindow", "OverFeat"):
+        from zir.export.windows import OverFeatGraph, SlidingWindowGraph
+
+        return (SlidingWindowGraph if type(model).__name__ == "SlidingWindow" else OverFeatGraph)(model).eval()
     name = type(model).__name__
     if name in ("RCNN", "FastRCNN"):
         raise ConfigError(f"{name} cannot be exported to a graph: its proposals come from OpenCV's selective "
