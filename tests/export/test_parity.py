@@ -88,10 +88,14 @@ def _nothing_found(model) -> dict[str, torch.Tensor]:
 
 
 def _without_detections(model, path: Path):
-    """The same ONNX graph with :func:`_nothing_found`'s biases (no new export): its session, and the model
-    changed the same way."""
+    """The same ONNX graph with :func:`_nothing_found`'s biases (no new export): its session, and a copy of
+    the model changed the same way."""
+    import copy
+
     import onnx
     from onnx import numpy_helper
+
+    model = copy.deepcopy(model)
 
     proto = onnx.load(str(path))
     initializers = {i.name: i for i in proto.graph.initializer}
@@ -231,3 +235,25 @@ def test_onnx_matches_predict(name, exported):
             outputs = run(images)
             assert outputs[3].tolist() == [0] * shape[0] and not outputs[0].any()
             _check(model, task, outputs, images)
+
+
+@pytest.mark.slow
+def test_onnx_predictor_merges_panoptic(exported):
+    """``OnnxPredictor`` on Panoptic FPN's graph (the module's export, a sidecar written beside it): the
+    merge after the graph gives ``predict``'s panoptic segments."""
+    import json
+    from types import SimpleNamespace
+
+    from zir.export import sidecar
+    from zir.export.runtime import OnnxPredictor
+
+    model, path = exported("panoptic_fpn")
+    predictor = SimpleNamespace(model=model, config=SimpleNamespace(model="panoptic_fpn"), task="panoptic",
+                                classes=[f"c{i}" for i in range(6)])
+    Path(f"{path}.json").write_text(json.dumps(sidecar(predictor, "onnx")))
+    images = list(_images((3, 50, 70), 4))
+    got = OnnxPredictor(path).predict(images)
+    for g, p in zip(got, _reference(model, torch.stack(images))[1]):
+        assert (g.ids == p.ids).float().mean() >= 0.999
+        assert [s["category_id"] for s in g.segments] == [s["category_id"] for s in p.segments]
+        assert any(s["isthing"] for s in g.segments)  # instances went through the merge, not only stuff

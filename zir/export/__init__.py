@@ -15,6 +15,7 @@ The sidecar ``<file>.json`` names the inputs, the outputs and the classes (:func
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,19 @@ def sidecar(predictor: Any, format: str) -> dict[str, Any]:
             "image_size": model.cfg.image_size,
             "inputs": {"images": ["uint8", ["batch", 3, "height", "width"],
                                   f"RGB 0-255, one size per batch, sides {low}..{MAX_SIDE}"]},
-            "outputs": OUTPUTS[kind]}
+            "outputs": dict(OUTPUTS[kind])}
     if kind == "detect":
         meta["max_detections"] = int(model.cfg.max_detections)
+    if predictor.task in ("instance", "panoptic"):  # the two-stage graphs (zir.export.two_stage)
+        meta["outputs"]["masks"] = ["uint8", ["detections", "height", "width"],
+                                    "0/1 mask of every detection in input pixels, image by image (counts[0] rows "
+                                    "of image 0, then image 1's, ...), best first"]
+    if predictor.task == "panoptic":
+        head = model.heads["semantic"]
+        meta["outputs"]["semantic"] = ["int64", ["batch", "height", "width"],
+                                       "the semantic branch's data-set class of every pixel, -1 = a thing"]
+        meta["stuff_ids"] = head.stuff_ids.tolist()
+        meta["merge"] = dataclasses.asdict(head.merge)  # the panoptic merge runs on the outputs, after the graph
     return meta
 
 

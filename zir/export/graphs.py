@@ -313,5 +313,6 @@ def graph_for(model: ZirModel) -> nn.Module:
                           "search, which no ONNX runtime has; use `zir predict` (PyTorch), or train "
                           "faster_rcnn, whose RPN proposals are tensors")
     raise ConfigError(f"export of {name} ({model.task}) into one graph is not implemented yet; the graphs that "
-                      "exist: convnet, classifier, efficientnet_lite0, fcn, unet, yolo_v1, anchor_free. Use `zir predict` "
+                      "exist: convnet, classifier, efficientnet_lite0, fcn, unet, yolo_v1, anchor_free, faster_rcnn, "
+                      "mask_rcnn, panoptic_fpn, sliding_window, overfeat. Use `zir predict` "
                       "(PyTorch) for this run")
