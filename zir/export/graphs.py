@@ -11,6 +11,8 @@ What it returns, by task (the sidecar JSON lists the same):
   best first, the rest zeros (``K`` = the model's ``max_detections``). The whole batch goes through one
   NMS (boxes of different images never suppress each other), so every image of a batch is filtered,
   whatever the batch size.
+* instance (Mask R-CNN): the detector's outputs and ``masks`` uint8 ``(D, H, W)``, one per detection, image
+  by image; panoptic (Panoptic FPN): those and ``semantic`` int64 ``(B, H, W)`` (``zir.export.two_stage``).
 
 These wrappers are the export-only code (house style 14): they re-state a model's ``predict`` with
 symbolic sizes (``torch.sym_max``, integer arithmetic, ``torch.cond`` for the resize's antialias choice)
