@@ -62,6 +62,7 @@ import yaml
 from PIL import Image
 
 import zir
+from zir.engine import budget as budget_clock
 from zir.metrics.classification import error_reduction
 
 MODES = ("scratch", "features", "finetune")
@@ -154,7 +155,7 @@ def zir_default(mode: str, data: dict, minutes: float, size: int, threads: int, 
     """zir's default command for ``transfer=mode`` (the README's): only the data, size, budget and threads
     are given (and ``extra`` settings, to measure a candidate default); ``test`` is scored once at the end
     by ``zir.evaluate``."""
-    t0 = time.time()
+    t0, c0 = time.time(), budget_clock.clock()
     budget = {"time": minutes} if mode == "finetune" else {}
     tag = "-".join(f"{k}{v}" for k, v in (extra or {}).items())
     result = zir.train(model="efficientnet_lite0", transfer=mode, data=data["train"], val_path=data["val"],
@@ -163,7 +164,7 @@ def zir_default(mode: str, data: dict, minutes: float, size: int, threads: int, 
     wall = time.time() - t0
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     out = {"val": rows[-1].get("val/accuracy", float("nan")), "epochs": len(rows), "wall_s": wall,
-           "l2": rows[-1].get("train/l2")}
+           "clock_s": budget_clock.clock() - c0, "l2": rows[-1].get("train/l2")}
     if data.get("test"):
         out["test"] = zir.evaluate(result.run_dir, data=data["test"], progress=False)["accuracy"]
     return out
@@ -182,7 +183,7 @@ def timm_reference(mode: str, data: dict, minutes: float, size: int, threads: in
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    t0 = time.time()
+    t0, c0 = time.time(), budget_clock.clock()
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     evaluate_tf = transforms.Compose([transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
                                       transforms.ToTensor(), transforms.Normalize(mean, std)])
@@ -229,7 +230,7 @@ def timm_reference(mode: str, data: dict, minutes: float, size: int, threads: in
         while not out_of_time:
             model.train()
             for x, y in train_loader:
-                if time.time() - t0 >= minutes * 60:
+                if budget_clock.clock() - c0 >= minutes * 60:  # the clock zir's time= uses
                     out_of_time = True
                     break
                 loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -239,7 +240,7 @@ def timm_reference(mode: str, data: dict, minutes: float, size: int, threads: in
                 steps += 1
         epochs = round(steps / len(train_loader), 1)  # epochs done, the last one possibly in part
         out = {s: accuracy(s) for s in splits if s != "train"}
-    return {**out, "epochs": epochs, "wall_s": time.time() - t0}
+    return {**out, "epochs": epochs, "wall_s": time.time() - t0, "clock_s": budget_clock.clock() - c0}
 
 
 def side_by_side(datasets: list[dict], args: argparse.Namespace, project: str) -> None:
@@ -247,11 +248,15 @@ def side_by_side(datasets: list[dict], args: argparse.Namespace, project: str) -
     for data in datasets:
         print(f"\n**{data['desc']}**, EfficientNet-Lite0 (the same offline ImageNet weights), {args.photo_size} px, "
               f"{args.threads} thread(s); fine-tune budget {args.minutes:g} min each\n")
-        print("| recipe | mode | epochs | val acc | test acc | wall s |")
-        print("|---|---|---|---|---|---|")
+        print(f"| recipe | mode | epochs | val acc | test acc | {args.clock} s | wall s |")
+        print("|---|---|---|---|---|---|---|")
         extras = [dict(item.split("=", 1) for item in e.split(",")) for e in args.zir_extra]
         for mode in args.modes.split(","):
-            for who, extra in [("zir", {}), *[("zir", e) for e in extras if mode == "finetune"], ("timm", {})]:
+            rows = [("zir", {})] if args.zir_default else []
+            rows += [("zir", {k: v for k, v in e.items() if k != "mode"}) for e in extras
+                     if e.get("mode", "finetune") == mode]  # mode=features in an extra: a features row
+            rows += [("timm", {})] if args.timm else []
+            for who, extra in rows:
                 if who == "zir":
                     extra = {k: yaml.safe_load(v) for k, v in extra.items()}
                     r = zir_default(mode, data, args.minutes, args.photo_size, args.threads, project, extra)
@@ -263,7 +268,8 @@ def side_by_side(datasets: list[dict], args: argparse.Namespace, project: str) -
                     r = timm_reference(mode, data, args.minutes, args.photo_size, args.threads)
                     name = "timm reference"
                 test = f"{r['test']:.4f}" if "test" in r else "-"
-                print(f"| {name} | {mode} | {r['epochs']} | {r['val']:.4f} | {test} | {r['wall_s']:.0f} |", flush=True)
+                print(f"| {name} | {mode} | {r['epochs']} | {r['val']:.4f} | {test} | {r['clock_s']:.0f} | "
+                      f"{r['wall_s']:.0f} |", flush=True)
 
 
 def run(data: dict, mode: str, augment: str, args: argparse.Namespace, project: str) -> dict:
@@ -304,8 +310,17 @@ def main() -> None:
     p.add_argument("--raccoon-hard", help="the raccoon dataset folder: the harder crop task (same framing)")
     p.add_argument("--minutes", type=float, default=5.0, help="--side-by-side: fine-tune budget per recipe")
     p.add_argument("--zir-extra", action="append", default=[],
-                   help="--side-by-side: another zir finetune row with these settings (e.g. augment=standard)")
+                   help="--side-by-side: another zir finetune row with these settings (e.g. augment=standard; "
+                        "mode=features,views=4 for a features row)")
+    p.add_argument("--no-zir-default", dest="zir_default", action="store_false",
+                   help="--side-by-side: leave out zir's default-command rows (only --zir-extra rows)")
+    p.add_argument("--no-timm", dest="timm", action="store_false", help="--side-by-side: leave out the timm rows")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="what time= and the timm budget count: wall-clock seconds, or the process's CPU seconds "
+                        "(with 1 thread and no loader workers, what a quiet core would take; for a shared machine)")
     args = p.parse_args()
+    if args.clock == "cpu":
+        budget_clock.clock = time.process_time
     if args.side_by_side:
         args.modes = args.modes if args.modes != ",".join(MODES) else "features,finetune"
         with tempfile.TemporaryDirectory(prefix="zir-transfer-") as tmp:

@@ -127,3 +127,32 @@ def test_a_timed_run_resumes_with_its_fitted_epochs_and_ends_the_same(tmp_path, 
     assert resumed.epochs_done == reference.epochs_done
     a, b = (load_file(str(r.run_dir / "weights" / "last.safetensors")) for r in (reference, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+TASKS = {  # one tiny model per task and fitting kind; the fake clock makes their real speed irrelevant
+    "detect": ["model=yolo_v1", "data=synth:detect",
+               "model_args={backbone: convnet, width: 8, S: 4, hidden: 32, neck: 32}"],
+    "segment": ["model=unet", "data=synth:segment", "model_args={depth: 2, width: 8}"],
+    "instance": ["model=mask_rcnn", "data=synth:instance",
+                 "model_args={pretrained: none, fpn_channels: 16, box_hidden: 32, mask_channels: 16}"],
+    "features": ["model=efficientnet_lite0", "data=synth:classify",
+                 "model_args={pretrained: none, transfer: features}"],
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_time_fits_every_task(tmp_path, clock, task):
+    """The same budget arithmetic for every task and fitting kind: a gradient-trained detector, segmenter
+    and instance segmenter end within their minute with the schedule decayed to ``final_lr``; the cached
+    features solve is one step, so it runs its one epoch and is done well inside the budget."""
+    settings = TASKS[task] + ["synth_n=16", "image_size=64", "batch_size=4", "threads=1", "final_lr=0.01",
+                              "lr=0.001", "val_split=0.25", "epochs=50", "time=0.5", f"project={tmp_path}"]
+    result = train(load_config(overrides=settings), progress=False)
+    assert clock.now <= 0.5 * 60
+    if task == "features":
+        assert result.epochs_done == 1
+        return
+    steps_per_epoch = len(clock.steps) // result.epochs_done
+    assert 1 < result.epochs_done < 50 and not result.stopped_early
+    assert clock.now + steps_per_epoch * STEP_S + EVAL_S > 0.5 * 60  # less than an epoch left unused
+    assert rows(result.run_dir)[-1]["lr"] == pytest.approx(0.001 * 0.01)

@@ -64,3 +64,25 @@ def test_collate_pads_images_of_different_sizes():
     assert batch.targets[1].size == (5, 3) and batch.targets[1].label == 1 and batch.skipped == ["x.jpg: broken"]
     assert len(batch.targets[1].boxes) == 0 and batch.targets[1].masks is None  # classification: no boxes
     assert batch.images[1, :, :, 3:].abs().sum() == 0 and batch.images[0].max() == 1.0
+
+
+def test_classify_augmentation_crops_from_the_image_as_read():
+    """The random resized crop of a classification preset sees the image as it was read, not a copy
+    squashed to image_size first: a 16 px bar in a 64 x 256 image stays about 16 px wide at 64 px
+    (a crop at most 85 px wide, by the crop's aspect limit 4/3), where the squashed copy's bar is 4 px
+    and at most doubled by the crop (8 px)."""
+    import torch
+    from torchvision import tv_tensors
+
+    from zir.engine.data import train_transform
+
+    image = torch.zeros(3, 64, 256, dtype=torch.uint8)
+    image[:, :, 120:136] = 255
+    transform = train_transform("classify", 64, "standard")
+    widths = []
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = transform({"image": tv_tensors.Image(image), "label": 0})["image"]
+        assert out.shape[-2:] == (64, 64)
+        widths.append(int((out[0, 32] > 128).sum()))
+    assert max(widths) >= 11, widths

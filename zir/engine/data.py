@@ -67,7 +67,18 @@ def eval_transform(task: str, image_size: int) -> v2.Transform:
 def train_transform(task: str, image_size: int, preset: str, crop: int = 0,
                     orientation: str = "upright") -> v2.Transform:
     """``eval_transform``, then (``crop`` > 0) a random ``crop`` x ``crop`` window, then augmentation
-    ``preset`` at the crop's size (``orientation``: see :func:`zir.augment.build_augment`)."""
+    ``preset`` at the crop's size (``orientation``: see :func:`zir.augment.build_augment`).
+
+    Classification with a preset is the exception: its presets begin with a random resized crop to
+    ``image_size``, taken from the image as it was read. Squashing the image to ``image_size`` first (as
+    evaluation does) would make a crop of a quarter of it a 2x upsampled, blurred view, and distort the
+    aspect twice."""
+    if preset == "auto":  # not settled by the trainer: data built to evaluate a run, whose preset is unused
+        preset = "none"
+    if task == "classify" and preset != "none":
+        from zir.augment import build_augment
+
+        return build_augment(preset, task=task, image_size=image_size, orientation=orientation)
     steps = [eval_transform(task, image_size)]
     if crop:
         steps.append(RandomCrop(crop))

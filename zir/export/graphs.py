@@ -123,7 +123,7 @@ def clip_to(boxes: Tensor, h: Any, w: Any) -> Tensor:
 
 class ClassifyGraph(nn.Module):
     """Classifiers (``convnet``, ``classifier``): resize to ``image_size`` square (antialiased both ways,
-    as ``predict``), the model, softmax."""
+    as ``predict``), the model, softmax (``tta=2``: the mean with the left-right mirror's, as ``predict``)."""
 
     outputs = ("scores", "labels")
 
@@ -135,6 +135,8 @@ class ClassifyGraph(nn.Module):
         x = F.interpolate(to_unit(images), size=(self.size, self.size), mode="bilinear", align_corners=False,
                           antialias=True)
         probs = self.model(x).float().softmax(dim=1)  # (B, C)
+        if getattr(self.model.cfg, "tta", 1) == 2:  # the classifier's flip view, as its predict
+            probs = (probs + self.model(x.flip(-1)).float().softmax(dim=1)) / 2
         return probs, probs.argmax(dim=1)
 
 

@@ -175,3 +175,44 @@ def test_head_is_linear_on_pooled_features():
     x = torch.rand(2, 3, 64, 64)
     assert isinstance(model.head, nn.Linear) and model.head.in_features == model.backbone.num_features
     assert torch.allclose(model(x), model.head(model.features(x)), atol=1e-6)
+
+
+def test_label_smoothing_matches_the_hand_computed_target():
+    """Two classes, logits (2, 0), label 0, e = 0.1: the target is (0.95, 0.05), so the loss is
+    -(0.95 log p0 + 0.05 log p1) with p = softmax(2, 0)."""
+    model = tiny("scratch", pretrained="none", label_smoothing=0.1)
+    logits = torch.tensor([[2.0, 0.0, -30.0]])  # a third class far away: e / 3 of the target lands there too
+    p = logits.softmax(1)[0]
+    e = 0.1
+    hand = -((1 - e + e / 3) * p[0].log() + e / 3 * p[1].log() + e / 3 * p[2].log())
+    from zir.models.classify.classifier import cross_entropy
+
+    got = cross_entropy(logits, [Target(label=0)], model.cfg.label_smoothing)
+    assert torch.allclose(got, hand, atol=1e-6)
+    assert cross_entropy(logits, [Target(label=0)]) < got  # smoothing costs a confident, right answer
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        tiny("scratch", pretrained="none", label_smoothing=1.0)
+
+
+def test_augment_auto_is_the_models_recommendation_and_is_saved():
+    """``augment=auto`` (the default) becomes ``standard`` for an ImageNet-pretrained fine-tune and ``none``
+    from scratch, for cached features and for other models; an explicit preset is kept."""
+    from zir.config import settle_augment
+
+    def settled(*overrides: str) -> str:
+        return settle_augment(load_config(overrides=list(overrides))).data.augment
+
+    assert load_config(overrides=["model=efficientnet_lite0"]).data.augment == "auto"
+    assert settled("model=efficientnet_lite0") == "standard"  # transfer=finetune, pretrained=imagenet
+    assert settled("model=efficientnet_lite0", "transfer=features") == "none"
+    assert settled("model=classifier", "transfer=finetune", "pretrained=none") == "none"
+    assert settled("model=efficientnet_lite0", "transfer=scratch") == "none"
+    assert settled("model=faster_rcnn") == settled("model=convnet") == "none"
+    assert settled("model=efficientnet_lite0", "augment=light") == "light"
+
+
+def test_a_trained_run_saves_the_settled_preset(tmp_path):
+    result = train(load_config(overrides=["model=efficientnet_lite0", "transfer=finetune", "data=synth:classify",
+                                          "synth_n=8", "image_size=32", "epochs=1", "batch_size=4", "threads=1",
+                                          f"project={tmp_path}"]), progress=False)
+    assert load_config(result.run_dir / "config.yaml").data.augment == "standard"

@@ -66,6 +66,10 @@ class ClassifierConfig:
     tta: test-time augmentation of ``predict`` (and so of evaluation on images): 1 = none, 2 = the mean
         of the softmax of the image and of its left-right mirror (photographs are upright, so only the
         flip that keeps them natural).
+    label_smoothing: gradient training (``scratch``, ``finetune``): the target puts ``1 - e`` on the
+        label and spreads ``e`` evenly over all classes (Szegedy et al. 2016, "Rethinking the Inception
+        architecture", section 7), which keeps the logits of a small training set from growing without
+        bound. The cached-features head is a convex solve with its own L2 and ignores it.
     """
 
     num_classes: int = 2
@@ -79,6 +83,7 @@ class ClassifierConfig:
     views: int = 1
     folds: int = 5
     tta: int = 1
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         """Checked when the config is built, so ``zir train`` stops before reading any data."""
@@ -92,6 +97,9 @@ class ClassifierConfig:
                               "remove views and set augment=standard")
         if self.tta not in (1, 2):
             raise ConfigError(f"tta must be 1 (none) or 2 (the image and its left-right mirror), got {self.tta}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing is the target mass spread over the classes, in [0, 1), "
+                              f"got {self.label_smoothing}")
         if not 0 < self.backbone_lr <= 1:
             raise ConfigError(f"backbone_lr is a fraction of the head's learning rate in (0, 1], got {self.backbone_lr}")
 
@@ -188,7 +196,7 @@ class Classifier(ZirModel):
         return self.classify(self.features(images))
 
     def loss(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
-        return {"cls": cross_entropy(self(images), targets)}
+        return {"cls": cross_entropy(self(images), targets, self.cfg.label_smoothing)}
 
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[ClassPrediction]:
@@ -329,10 +337,11 @@ def cross_validate(X: Tensor, y: Tensor, groups: Tensor, num_classes: int, grid:
 
 
 # ---- loss and postprocess (shared with the head trained on cached features) ---------------------
-def cross_entropy(logits: Tensor, targets: list[Target]) -> Tensor:
-    """Softmax cross-entropy of logits ``(B, C)`` against ``targets[i].label``; float32 under autocast."""
+def cross_entropy(logits: Tensor, targets: list[Target], label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy of logits ``(B, C)`` against ``targets[i].label`` (smoothed by
+    ``label_smoothing``); float32 under autocast."""
     labels = torch.as_tensor([t.label for t in targets], device=logits.device)
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
 def to_predictions(logits: Tensor) -> list[ClassPrediction]:
@@ -345,6 +354,14 @@ def fitting(cfg: ClassifierConfig) -> Fitting:
     features (the backbone is frozen, so its features are computed once); the other modes by gradient
     steps on images."""
     return "features" if cfg.transfer == "features" else "gradient"
+
+
+def recommended_augment(cfg: ClassifierConfig) -> str:
+    """``data.augment=auto``: ``standard`` (random resized crops of the image as read, flips, colour) when
+    a pretrained backbone is fine-tuned, since on a few hundred photos its training loss otherwise falls to
+    nothing within a few epochs (README, "Defaults of the transfer modes"); ``none`` from scratch and for
+    cached features (where ``views`` brings augmentation in)."""
+    return "standard" if cfg.transfer == "finetune" and cfg.pretrained != "none" else "none"
 
 
 def build(cfg: ClassifierConfig) -> Classifier:
