@@ -73,8 +73,10 @@ def _nothing_found(model) -> dict[str, torch.Tensor]:
         names, value = ["classifier.cls.bias"], "background"
     elif kind == "AnchorFree":
         names, value = [f"head.cls.{i}.{len(c) - 1}.bias" for i, c in enumerate(model.head.cls)], "none"
-    elif kind == "YoloV1":
-        names, value = ["fc2.bias"], "none"
+    elif kind == "YoloV1":  # its head's last layer: confidences and class scores clamped to 0
+        names = [n + ".bias" for n, m in model.head.named_modules(prefix="head")
+                 if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.bias is not None][-1:]
+        value = "none"
     else:
         return {}
     out = {}
