@@ -110,7 +110,9 @@ def sidecar(predictor: Any, format: str) -> dict[str, Any]:
                                   f"RGB 0-255, one size per batch, sides {low}..{MAX_SIDE}"]},
             "outputs": dict(OUTPUTS[kind])}
     if kind == "detect":
-        meta["max_detections"] = int(model.cfg.max_detections)
+        cfg = model.cfg  # the name differs by family: max_detections, detections_per_img, roi_heads'
+        meta["max_detections"] = int(getattr(cfg, "max_detections", None) or getattr(cfg, "detections_per_img", None)
+                                     or cfg.roi_heads.detections_per_img)
     if predictor.task in ("instance", "panoptic"):  # the two-stage graphs (zir.export.two_stage)
         meta["outputs"]["masks"] = ["uint8", ["detections", "height", "width"],
                                     "0/1 mask of every detection in input pixels, image by image (counts[0] rows "
