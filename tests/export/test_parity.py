@@ -33,8 +33,8 @@ NO_GRAPH = {"rcnn": "selective search", "fast_rcnn": "selective search"}
 # costs a minute of sympy on 2 cores, the suite's budget)
 COVERED_BY = {"faster_rcnn": "panoptic_fpn", "mask_rcnn": "panoptic_fpn"}
 # smaller settings than the registry test's where the export's cost allows: a shallower backbone, one scale
-# (fewer symbolic sizes for torch.export to reason about: overfeat's export at scales [1, 0.5] costs 165 CPU
-# seconds, at [1] 30; the scaled sizes' rounding is exported and tested through sliding_window's pyramid)
+# (fewer symbolic sizes for torch.export to reason about: overfeat's export costs 165 CPU
+# seconds at [0.5], 30 at [1]; the scaled sizes' rounding is exported and tested through sliding_window's pyramid)
 EXPORT = {"panoptic_fpn": {"backbone": "resnet10t"}, "overfeat": {"scales": [1.0]}}
 # (batch, height, width): every batch size at the export size, then two other sizes
 SHAPES = [(1, SIZE, SIZE), (2, SIZE, SIZE), (4, SIZE, SIZE), (8, SIZE, SIZE), (2, 50, 70), (2, 90, 40)]
