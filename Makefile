@@ -22,8 +22,9 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/zir demo
 
+# -rs: a skipped test says why (the browser test: how to install chromium)
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -rs
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check zir tests benchmarks

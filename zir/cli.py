@@ -2,13 +2,13 @@
 
     zir train [CONFIG.yaml] [key=value ...] [--resume RUN]
     zir eval RUN [key=value ...]
-    zir predict RUN_OR_MODEL IMAGE_OR_FOLDER ... [--out DIR] [--backend torch|onnx]
+    zir predict RUN_OR_MODEL IMAGE|FOLDER|VIDEO|'GLOB' ... [--out DIR] [--backend torch|onnx] [--slice 320]
     zir export RUN [--format pt2|torchscript|onnx]
     zir serve RUN [--port 8000] [--backend torch|onnx]
     zir models
     zir data synth|check|stats|convert ...
     zir augment preview IMAGE --out grid.png
-    zir compare RUN_A RUN_B
+    zir compare RUN_A RUN_B | A/analysis.json B/analysis.json [--out DIR]
     zir analyze RUN [data=PATH] [--quick]
     zir bench detectors DATA [--minutes 5] [--models a,b] [--runs NAME=RUN ...] [--out runs/bench]
     zir demo
@@ -66,14 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="predict on images and draw the results")
     pr.add_argument("model", help="runs/NAME, a .safetensors file, or efficientnet_lite0 (ImageNet top-5)")
-    pr.add_argument("inputs", nargs="+", help="image files or folders")
-    pr.add_argument("--out", default="predictions", help="output folder (drawn images and one JSON per image)")
+    pr.add_argument("inputs", nargs="+", help="image files, folders, videos (.mp4, .avi, .mov, ...) or globs in "
+                                              "quotes ('imgs/*.jpg')")
+    pr.add_argument("--out", default="predictions",
+                    help="output folder (per image a drawn PNG and a JSON; per video NAME.mp4 and NAME.jsonl)")
     pr.add_argument("--conf", type=float, default=None, help="score threshold (detection)")
-    pr.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed at the end)")
+    pr.add_argument("--batch-size", type=int, default=8, help="images (or video frames) per forward pass")
+    pr.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and videos (listed at the end)")
     pr.add_argument("--exist-ok", action="store_true",
                     help="replace files in --out that zir did not write (by default zir refuses)")
     pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                     help="onnx: run MODEL's exported graph (zir export MODEL --format onnx, or a .onnx file) with onnxruntime")
+    sl = pr.add_argument_group("sliced prediction (SAHI): small objects in large images, detection and instance")
+    sl.add_argument("--slice", type=int, metavar="SIZE", help="predict on overlapping SIZE px tiles (e.g. the "
+                                                              "model's image_size) and merge their detections")
+    sl.add_argument("--overlap", type=float, default=0.2, help="fraction of a tile shared with its neighbour")
+    sl.add_argument("--merge", choices=("nmm", "nms"), default="nmm",
+                    help="nmm: merge boxes of one object (union, as sahi); nms: keep the best only")
+    sl.add_argument("--tiles-only", action="store_true",
+                    help="skip the whole-image pass (by default it runs too, for objects larger than a tile)")
     pr.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="export a trained model for deployment")
@@ -133,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.set_defaults(func=cmd_augment_preview)
 
-    cmp = sub.add_parser("compare", help="compare two runs' metrics and the error reduction")
-    cmp.add_argument("run_a")
+    cmp = sub.add_parser("compare", help="compare two runs' metrics, or two analysis.json files, and the error reduction")
+    cmp.add_argument("run_a", help="runs/A, or A/analysis/analysis.json of zir analyze")
     cmp.add_argument("run_b")
+    cmp.add_argument("--out", default=None, help="analysis.json files: also write OUT/compare.md and compare.html")
     cmp.set_defaults(func=cmd_compare)
 
     an = sub.add_parser("analyze", help="how the model copes with distance, crowding and corruptions (report)")
@@ -228,14 +240,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from zir.api import predict_to_folder
+    from zir.engine.sliced import Slicing
+    from zir.errors import ConfigError
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
+    slicing = None
+    if args.slice is not None:
+        slicing = Slicing(size=args.slice, overlap=args.overlap, merge=args.merge, full=not args.tiles_only,
+                          batch_size=args.batch_size, **({"conf": args.conf} if args.conf is not None else {}))
+        slicing.check()
     model = args.model
     if args.backend == "onnx":
         from zir.export.runtime import OnnxPredictor
 
         model = OnnxPredictor(args.model)
     out = predict_to_folder(model, args.inputs, args.out, conf=args.conf, skip_bad=args.skip_bad,
-                            exist_ok=args.exist_ok)
+                            exist_ok=args.exist_ok, batch_size=args.batch_size, slicing=slicing)
     print(f"wrote predictions to {out}")
     return 0
 
@@ -316,7 +337,9 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from zir.api import compare
 
-    print(compare(args.run_a, args.run_b))
+    print(compare(args.run_a, args.run_b, out=args.out))
+    if args.out is not None:
+        print(f"written: {Path(args.out) / 'compare.md'}, {Path(args.out) / 'compare.html'}")
     return 0
 
 

@@ -55,10 +55,7 @@ class DataConfig:
             :func:`settle_image_size`).
         batch_size: images per optimizer step and process, before accumulation.
         workers: data-loader worker processes (0 = load in the main process).
-        augment: preset of ``zir.augment``: ``none``, ``light``, ``standard`` or ``heavy``, or ``auto``:
-            the model's recommendation (``ModelSpec.augment``; ``standard`` for a classifier fine-tuned
-            from ImageNet weights, ``none`` for every other model), settled by the trainer and saved in
-            the run's ``config.yaml`` (:func:`settle_augment`).
+        augment: preset of ``zir.augment``: ``none``, ``light``, ``standard`` or ``heavy``.
         skip_bad: drop samples that fail the data checks (reported once) instead of stopping.
         synth_n: number of images when ``path`` is ``synth:TASK``.
         mosaic: probability of YOLOv4's mosaic (four training images tiled into one) for ``detect`` data.
@@ -77,7 +74,7 @@ class DataConfig:
     image_size: int = 64
     batch_size: int = 32
     workers: int = 0
-    augment: str = "auto"
+    augment: str = "none"
     skip_bad: bool = False
     synth_n: int = 1000
     mosaic: float = 0.0
@@ -231,16 +228,6 @@ def settle_image_size(data: DataConfig, model_args: Mapping[str, Any]) -> dict[s
                               f"alone: set image_size={args['image_size']} and remove model_args.image_size")
         del args["image_size"]
     return args
-
-
-def settle_augment(cfg: RunConfig) -> RunConfig:
-    """``data.augment=auto`` replaced by the model's recommended preset for its config (``ModelSpec.augment``),
-    so the run's ``config.yaml`` says what it trained with; any other value is kept."""
-    from zir.models import get_spec
-
-    if cfg.data.augment != "auto":
-        return cfg
-    return cfg.override({"data.augment": get_spec(cfg.model).augment(cfg.model_config(num_classes=1))})
 
 
 def validate(cfg: RunConfig) -> None:

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from zir.analysis import slices
-from zir.analysis.bootstrap import bootstrap_metric, bootstrap_ratio, percentile_interval, resample
+from zir.analysis.bootstrap import (
+    CocoDraws,
+    bootstrap_draws,
+    bootstrap_metric,
+    bootstrap_ratio,
+    draw_indices,
+    percentile_interval,
+    resample,
+)
 from zir.data.contract import ClassPrediction, DetectionPrediction, SemanticPrediction, Target
 from zir.metrics.classification import ClassificationMetrics
 from zir.metrics.coco import STAT_NAMES, CocoEvaluator
@@ -154,13 +162,12 @@ class _NoShortcut:
         return self.inner.compute()
 
 
-@pytest.mark.parametrize("iou_types", [("bbox",), ("bbox", "segm")])
-def test_bootstrap_reusing_the_converted_images_changes_no_number(iou_types):
-    # random scenes (tied scores across images included: COCO sorts them in image order, which the
-    # resampled copy must keep) scored by both paths: every interval of all 12 numbers per type is equal
-    g = torch.Generator().manual_seed(3)
+def random_scenes(iou_types, n_images=12, seed=3, ids=None, flags=False):
+    """Random scenes with tied scores across images (COCO sorts ties in image order, which every shortcut
+    must keep); ``flags``: some objects difficult or crowd."""
+    g = torch.Generator().manual_seed(seed)
     preds, targets = [], []
-    for i in range(12):
+    for i in range(n_images):
         n, d = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(0, 7, (1,), generator=g))
         xy = torch.rand(n, 2, generator=g) * 40
         gt = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 20], 1)
@@ -178,9 +185,20 @@ def test_bootstrap_reusing_the_converted_images_changes_no_number(iou_types):
             return m
 
         segm = "segm" in iou_types
-        targets.append(Target(size=(64, 64), boxes=gt, labels=torch.randint(2, (n,), generator=g), image_id=100 + i,
-                              masks=masks_of(gt) if segm else None))
+        extra = {}
+        if flags:
+            extra = {"difficult": torch.rand(n, generator=g) < 0.2, "iscrowd": torch.rand(n, generator=g) < 0.15}
+        targets.append(Target(size=(64, 64), boxes=gt, labels=torch.randint(2, (n,), generator=g),
+                              image_id=(100 + i) if ids is None else ids[i], masks=masks_of(gt) if segm else None,
+                              **extra))
         preds.append(DetectionPrediction(boxes, scores, labels, masks_of(boxes) if segm else None))
+    return preds, targets
+
+
+@pytest.mark.parametrize("iou_types", [("bbox",), ("bbox", "segm")])
+def test_bootstrap_reusing_the_converted_images_changes_no_number(iou_types):
+    # both paths on random scenes: every interval of all 12 numbers per type is equal
+    preds, targets = random_scenes(iou_types)
     keys = [f"{t}/{k}" for t in iou_types for k in STAT_NAMES]
     fast = bootstrap_metric(preds, targets, lambda: CocoEvaluator(["a", "b"], iou_types), keys, n=25)
     slow = bootstrap_metric(preds, targets, lambda: _NoShortcut(["a", "b"], iou_types), keys, n=25)
@@ -188,3 +206,24 @@ def test_bootstrap_reusing_the_converted_images_changes_no_number(iou_types):
     for k in keys:  # NaN (no object of a size) on both sides, else the same number to the last digit
         assert fast[k] == slow[k] or all(math.isnan(a) and math.isnan(b) for a, b in zip(fast[k], slow[k])), k
     assert any(fast[k][0] < fast[k][1] for k in keys)  # the draws differ: the test compares something
+
+
+@pytest.mark.parametrize("iou_types", [("bbox",), ("bbox", "segm")])
+def test_coco_draws_equal_evaluating_each_resample(iou_types):
+    # image ids out of order (COCOeval sorts them), difficult and crowd objects, a third class without objects
+    ids = [500 - 7 * i for i in range(14)]
+    preds, targets = random_scenes(iou_types, 14, seed=5, ids=ids, flags=True)
+    whole = CocoEvaluator(["a", "b", "unused"], iou_types)
+    whole.update(preds, targets)
+    draws = CocoDraws(whole)
+    keys = [f"{t}/{k}" for t in iou_types for k in CocoDraws.KEYS]
+    assert CocoDraws.serves(whole, keys) and not CocoDraws.serves(whole, ["bbox/APs"])
+    for index in [list(range(14)), *draw_indices(14, 6, seed=1), [3, 3, 3]]:
+        expected = whole.resampled(index).compute()
+        got = draws.compute(index)
+        for k in keys:
+            assert got[k] == expected[k] or (math.isnan(got[k]) and math.isnan(expected[k])), (k, index)
+    # the bootstrap takes this path for these keys and gives the other path's intervals
+    fast = bootstrap_draws(preds, targets, lambda: CocoEvaluator(["a", "b", "unused"], iou_types), keys, n=10)
+    slow = bootstrap_draws(preds, targets, lambda: _NoShortcut(["a", "b", "unused"], iou_types), keys, n=10)
+    assert fast == slow and len(set(fast[keys[0]])) > 1

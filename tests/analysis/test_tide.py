@@ -108,3 +108,81 @@ def test_more_bins_equal_a_call_of_their_own(scene):
     assert {k: v for k, v in one.items() if k != "more_by_bin"} == \
         tide([pred], [target], lambda: CocoEvaluator(CLASSES), object_bins=[a], bin_names=["x", "y"])
     assert any(v != 0 for d in alone["by_bin"].values() for v in d.values())
+
+
+def _box_masks(boxes, size=(200, 200)):
+    m = torch.zeros(len(boxes), *size, dtype=torch.bool)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+        m[k, y1:y2, x1:x2] = True
+    return m
+
+
+def test_mask_tide_one_error_of_each_type_and_a_mask_only_loc_error(scene):
+    import dataclasses
+
+    pred, target = scene
+    # masks filling the (integer) boxes: mask IoU is box IoU, so the same six errors on the same pairs
+    pred = dataclasses.replace(pred, masks=_box_masks(pred.boxes))
+    target = dataclasses.replace(target, masks=_box_masks(target.boxes))
+    by_box = find_errors([pred], [target])
+    by_mask = find_errors([pred], [target], iou_type="segm")
+    assert by_mask == by_box and sorted(e.kind for e in by_mask) == sorted(KINDS)
+    # detection 0's box is exact but its mask covers only the left 8 of 20 columns: mask IoU 0.4 -> loc
+    pred.masks[0, :, 8:20] = False
+    kinds = {(e.kind, e.det) for e in find_errors([pred], [target], iou_type="segm")}
+    assert ("loc", 0) in kinds and ("loc", 0) not in {(e.kind, e.det) for e in find_errors([pred], [target])}
+
+    def metric():
+        return CocoEvaluator(CLASSES, ("segm",))
+
+    out = tide([pred], [target], metric, key="segm/AP50", draws=5)
+    m = metric()
+    m.update([pred], [target])
+    assert out["AP"] == pytest.approx(m.compute()["segm/AP50"])  # pycocotools' mask AP50
+    # fixing loc gives detection 0 its object's mask: mask AP50 with the fix equals a hand-fixed prediction
+    fixed, tgt = fix([pred], [target], find_errors([pred], [target], iou_type="segm"), lambda e: e.kind == "loc")
+    assert torch.equal(fixed[0].masks[0], target.masks[0])
+    assert set(out["dAP_ci"]) == set(KINDS) and len(out["AP_ci"]) == 2
+    with pytest.raises(ValueError, match="masks"):
+        find_errors([dataclasses.replace(pred, masks=None)], [target], iou_type="segm")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tide_evaluating_only_the_changed_images_changes_no_number(seed):
+    # random scenes with ties across images and ids out of order: the spliced evaluation (only the images a
+    # fix changes are evaluated again) against fixing and evaluating every image, every number equal
+    g = torch.Generator().manual_seed(seed)
+    preds, targets = [], []
+    for i in range(10):
+        n = int(torch.randint(1, 5, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 120
+        gt = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g) * 60], 1)
+        d = int(torch.randint(0, 8, (1,), generator=g))
+        boxes = gt[torch.randint(n, (d,), generator=g)] + torch.randn(d, 4, generator=g) * 8
+        boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 2)
+        targets.append(Target(size=(200, 200), boxes=gt, labels=torch.randint(2, (n,), generator=g),
+                              image_id=90 - 7 * i))
+        preds.append(DetectionPrediction(boxes, torch.randint(1, 4, (d,), generator=g).float() / 4,
+                                         torch.randint(2, (d,), generator=g)))
+
+    bins = [torch.randint(-1, 2, (len(t.boxes),), generator=g) for t in targets]
+    fast = tide(preds, targets, lambda: CocoEvaluator(CLASSES), object_bins=bins, bin_names=["x", "y"], draws=4)
+    slow = tide(preds, targets, lambda: _PlainEvaluator(CLASSES), object_bins=bins, bin_names=["x", "y"], draws=4)
+    assert fast == slow
+    m = CocoEvaluator(CLASSES)
+    m.update(preds, targets)
+    assert fast["AP"] == m.compute()["bbox/AP50"]  # pycocotools' AP50 to the last digit
+    assert any(v != 0 for v in fast["dAP"].values())
+
+
+class _PlainEvaluator:
+    """A CocoEvaluator seen through update / compute / resampled only (no splicing possible)."""
+
+    def __init__(self, classes):
+        self.inner = CocoEvaluator(classes)
+
+    def update(self, predictions, targets):
+        self.inner.update(predictions, targets)
+
+    def compute(self):
+        return self.inner.compute()

@@ -1,15 +1,17 @@
-"""``zir serve``'s app, started with uvicorn on 127.0.0.1: good and bad uploads over real HTTP, a slow
-prediction that does not block ``/health``, and a bounded load run (its latencies are printed, not asserted)."""
+"""``zir serve``'s app, started with uvicorn on 127.0.0.1 (``conftest.py``): good and bad uploads over real
+HTTP, a slow prediction that does not block ``/health``, a bounded load run (its latencies are printed, not
+asserted), and ``zir serve`` refusing, by name, a run or ONNX file it cannot serve."""
 
 from __future__ import annotations
 
 import io
 import json
-import threading
+import struct
 import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,50 +20,9 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="pip install 'zir[serve]' to test the server")
-import uvicorn  # noqa: E402
 
-from zir.config import RunConfig  # noqa: E402
-from zir.engine.predictor import Predictor  # noqa: E402
-from zir.export.serve import create_app  # noqa: E402
-from zir.models import build_model  # noqa: E402
-
-CLASSES = ["circle", "square", "star"]
-
-
-class SlowPredictor(Predictor):
-    """With ``hold`` set, predict signals ``entered`` and waits until the test sets ``release``: a slow
-    image, for as long as the test needs, without any clock."""
-
-    hold = False
-    entered = threading.Event()
-    release = threading.Event()
-
-    def predict(self, images, batch_size=16):
-        if self.hold:
-            self.entered.set()
-            self.release.wait(60)
-        return super().predict(images, batch_size)
-
-
-@pytest.fixture(scope="module")
-def server():
-    torch.manual_seed(0)
-    model = build_model("yolo_v1", 3, 64, {"backbone": "convnet", "width": 8, "S": 4, "hidden": 32, "neck": 32})
-    with torch.no_grad():  # a fresh model finds nothing: biases in [0, 1] make it report boxes
-        model.head.fc2.bias.uniform_(0, 1, generator=torch.Generator().manual_seed(0))
-    predictor = SlowPredictor(model, CLASSES, RunConfig(model="yolo_v1"))
-    app = create_app(predictor, max_bytes=200_000, max_pixels=1_000_000)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", predictor
-    srv.should_exit = True
-    thread.join(10)
+from zir.cli import main  # noqa: E402
+from zir.export.serve import BadUpload, decode_upload  # noqa: E402
 
 
 def _png(w: int, h: int, seed: int = 0) -> bytes:
@@ -99,39 +60,73 @@ def test_predict_answers_what_the_model_predicts(server):
     assert (body["height"], body["width"]) == (60, 80)
     assert len(body["boxes"]) == len(expected.boxes) > 0
     np.testing.assert_allclose(body["boxes"], expected.boxes.numpy(), atol=1e-3)
-    assert set(body["classes"]) <= set(CLASSES)
+    assert set(body["classes"]) <= set(predictor.classes)
     assert _get(url + "/health")[1] and json.loads(_get(url + "/health")[1])["status"] == "ok"
     assert b"/predict" in _get(url + "/")[1]
     assert "/predict" in json.loads(_get(url + "/openapi.json")[1])["paths"]
 
 
-def _bomb() -> bytes:
-    """A 5000x5000 PNG of one colour: a few KiB on the wire, 25 million pixels decoded."""
+def _huge_png(w: int = 20_000, h: int = 20_000) -> bytes:
+    """A whole, valid ``w`` x ``h`` black PNG, 1 bit a pixel: about 50 KB on the wire, 400 million
+    pixels once decoded (PIL cannot make one without allocating them)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows, z = bytes(1 + (w + 7) // 8) * 1000, zlib.compressobj(9)  # filter byte + packed bits, per row
+    idat = b"".join(z.compress(rows) for _ in range(h // 1000)) + z.compress(bytes(len(rows) // 1000 * (h % 1000)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat + z.flush()) + chunk(b"IEND", b""))
+
+
+def _corrupt_png() -> bytes:
+    data = _png(40, 40)
+    at = data.index(b"IDAT") + 60
+    return data[:at] + bytes(range(100)) + data[at + 100:]  # the compressed pixels overwritten
+
+
+def _jpeg(w: int, h: int) -> bytes:
     buf = io.BytesIO()
-    Image.new("L", (5000, 5000)).save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("case, data, status, words", [
-    ("empty", b"", 400, "empty"),
-    ("text renamed .png", b"hello, I am not an image\n" * 10, 400, "not an image"),
-    ("truncated", _png(40, 40)[:200], 400, "not an image"),
-    ("too many bytes", _png(300, 300), 413, "bytes"),
-    ("too many pixels", _bomb(), 413, "pixels"),
-])
-def test_bad_uploads_get_4xx_json_and_the_server_keeps_serving(server, case, data, status, words):
+# (case, the upload (made when the test runs), its file name, status, words the error must hold)
+BAD = [
+    ("empty upload", lambda: b"", "x.png", 400, "empty"),
+    ("text file renamed .jpg", lambda: b"hello, I am not an image\n" * 10, "photo.jpg", 400, "not an image"),
+    ("truncated PNG", lambda: _png(40, 40)[:200], "x.png", 400, "not an image"),
+    ("truncated JPEG", lambda: _jpeg(64, 64)[:600], "x.jpg", 400, "not an image"),
+    ("corrupt PNG", _corrupt_png, "x.png", 400, "not an image"),
+    ("1x1 image", lambda: _png(1, 1), "x.png", 400, "1x1 pixels, smaller than 16"),
+    ("too many bytes", lambda: _png(300, 300), "x.png", 413, "bytes"),
+    ("more pixels than --max-pixels", lambda: _huge_png(2000, 1000), "x.png", 413,
+     "2000x1000 = 2000000 pixels, more than the limit of 1000000"),
+    ("20000x20000 PNG", _huge_png, "x.png", 413, "pixels than the limit of 1000000"),
+]
+
+
+@pytest.mark.parametrize("case, make, name, status, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_uploads_get_4xx_json_and_the_server_keeps_serving(server, case, make, name, status, words):
     url, _ = server
-    got, body = _post(url, data)
-    assert got == status and words in body["error"], (case, got, body)
+    got, body = _post(url, make(), name=name)
+    assert got == status and words in body["error"] and "send" in body["error"], (case, got, body)
     assert _post(url, _png(32, 32))[0] == 200  # and the next request is served
 
 
-def test_a_missing_field_and_a_1x1_image(server):
+def test_the_default_limits_refuse_a_20000x20000_png_before_decoding_it():
+    small = Image.open(io.BytesIO(_huge_png(70, 2100)))  # the same writer, small enough to decode
+    assert small.size == (70, 2100) and not np.asarray(small).any()
+    with pytest.raises(BadUpload, match="pixels than the limit of 40000000") as e:
+        decode_upload(_huge_png())
+    assert e.value.status == 413
+
+
+def test_a_missing_field_and_the_smallest_image(server):
     url, _ = server
     got, body = _post(url, _png(8, 8), field="image")
     assert got == 422 and "field 'file'" in body["error"]
-    got, body = _post(url, _png(1, 1))
-    assert got == 200 and body["width"] == 1
+    got, body = _post(url, _png(16, 16))
+    assert got == 200 and body["width"] == 16
 
 
 def test_a_slow_prediction_does_not_block_health(server):
@@ -163,3 +158,45 @@ def test_load_300_requests_8_at_a_time(server):
     assert [s for s, _ in results].count(200) == 300
     ms = np.array([t for _, t in results]) * 1000
     print(f"\nload: 300 requests, 8 at a time: p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms")
+
+
+def _onnx(path, inputs: list[tuple[str, int]], outputs: list[str]) -> None:
+    """A small valid ONNX graph (not made by ``zir export``): each output is the first input, cast to float."""
+    onnx = pytest.importorskip("onnx", reason="pip install 'zir[export]' to test ONNX files")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", [inputs[0][0]], [o], to=TensorProto.FLOAT) for o in outputs], "other",
+        [helper.make_tensor_value_info(n, t, ["B", 3, "H", "W"]) for n, t in inputs],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_zir_serve_refuses_by_name_what_it_cannot_serve(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime", reason="pip install 'zir[export]' to test the onnx backend")
+    import uvicorn
+    from onnx import TensorProto
+
+    def never(*args, **kwargs):
+        raise AssertionError("zir serve started a server for a model it should have refused")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    sidecar = {"task": "detect", "classes": ["circle"], "outputs": {k: [] for k in ("boxes", "scores", "labels", "counts")}}
+    _onnx(tmp_path / "segmenter.onnx", [("images", TensorProto.UINT8)], ["semantic"])  # another task
+    (tmp_path / "segmenter.onnx.json").write_text(json.dumps(sidecar))
+    _onnx(tmp_path / "float_input.onnx", [("input", TensorProto.FLOAT)], ["boxes", "scores", "labels", "counts"])
+    (tmp_path / "float_input.onnx.json").write_text(json.dumps(sidecar))  # another model's input
+    _onnx(tmp_path / "lone.onnx", [("images", TensorProto.UINT8)], ["semantic"])
+    cases = [
+        (["missing_run"], "'missing_run' is not a run folder"),
+        (["missing_run", "--backend", "onnx"], "missing_run: no such run folder or .onnx file"),
+        (["segmenter.onnx", "--backend", "onnx"], "returns ['semantic'], but its sidecar segmenter.onnx.json "
+                                                  "describes a detect model"),
+        (["float_input.onnx", "--backend", "onnx"], "takes [('input', 'tensor(float)')]"),
+        (["lone.onnx", "--backend", "onnx"], "lone.onnx.json: the sidecar of lone.onnx is missing"),
+    ]
+    monkeypatch.chdir(tmp_path)
+    for argv, words in cases:
+        assert main(["serve", *argv, "--port", "0"]) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and ("zir export" in err or "zir train" in err), (argv, err)

@@ -44,3 +44,24 @@ def test_the_offset_grows_with_the_feature_stride():
         assert pooled.flatten().tolist() == [4.5, 5.5, 6.5, 7.5]
         shift_px = (pooled.flatten() - aligned.flatten()) * stride
         assert torch.all(shift_px >= stride)
+
+
+def test_mask_head_roi_op_chooses_the_mask_branch_pooler_and_refuses_others():
+    import pytest
+
+    from zir.errors import ConfigError
+    from zir.models import build_model
+
+    tiny = {"pretrained": "none", "fpn_channels": 16, "box_hidden": 32, "mask_channels": 16}
+    default = build_model("mask_rcnn", 2, 64, tiny)
+    pooled = build_model("mask_rcnn", 2, 64, {**tiny, "mask_roi_op": "pool"})
+    assert default.heads["mask"].pooler.op == "align" and default.roi_heads.pooler.op == "align"
+    assert pooled.heads["mask"].pooler.op == "pool" and pooled.roi_heads.pooler.op == "align"  # the box head keeps its own
+    pooled.load_state_dict(default.state_dict())  # same weights: the op has none
+    features = [torch.arange(16 * 8 * 8, dtype=torch.float32).reshape(1, 16, 8, 8)]
+    boxes = [torch.tensor([[1.3, 1.3, 5.6, 6.7]])]
+    head_a, head_p = default.heads["mask"], pooled.heads["mask"]
+    head_a.pooler.strides = head_p.pooler.strides = [1]
+    assert not torch.allclose(head_a.pooler(features, boxes), head_p.pooler(features, boxes))
+    with pytest.raises(ConfigError, match="mask_roi_op"):
+        build_model("mask_rcnn", 2, 64, {**tiny, "mask_head": {"roi_op": "bilinear"}})

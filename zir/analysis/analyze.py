@@ -13,10 +13,14 @@
    ``--quick``: 8 corruptions at severity 3, two rotations and translations.
 
 4. **Detection errors** (detection, instance): TIDE's six error types with the AP50 each would add if
-   fixed, split by object size and crowding, and the worst images per type (:mod:`zir.analysis.tide`).
+   fixed, split by object size and crowding, and the worst images per type (:mod:`zir.analysis.tide`);
+   instance runs on boxes and on masks.
 
-The clean metrics, the zoom-out and the recall per bin carry a bootstrap 95% interval over images
-(:mod:`zir.analysis.bootstrap`).
+Every headline number carries a bootstrap 95% interval over images (:mod:`zir.analysis.bootstrap`): the
+clean metrics, the zoom-out and the recall per bin from ``bootstrap`` draws; each corruption cell, mPC and
+rPC (paired with the clean draws), each bin's AP and TIDE's AP50 and dAP from the first ``CELL_DRAWS``.
+Panoptic runs: PQ / SQ / RQ by thing and stuff and by segment size. ``analysis.json`` also records when
+each step started (``timing``: wall and CPU seconds).
 Everything goes to ``RUN/analysis/analysis.json`` (NaN as ``null``) and ``RUN/analysis/report.html``
 (with plots). Predictions come from the engine's evaluation loop
 (:func:`zir.engine.evaluate.evaluate_predict`), which takes the zoomed model as it takes a model.
@@ -28,6 +32,7 @@ import html
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +41,14 @@ from typing import Any
 import torch
 
 from zir.analysis import slices
-from zir.analysis.bootstrap import bootstrap_metric, bootstrap_ratio
+from zir.analysis.bootstrap import bootstrap_draws, bootstrap_ratio, percentile_interval
 
 DEFAULT_SCORE = 0.3  # the score threshold of recall per bin (the report's drawing threshold too)
 NMS_SWEEP = (0.3, 0.5, 0.7)
+CELL_DRAWS = 50
+"""Draws for the intervals of the many cells (each corruption and severity, each bin's AP, each dAP):
+the first ``min(bootstrap, CELL_DRAWS)`` of the same draws as the clean metrics (the same images drawn),
+so mPC, rPC and dAP get paired intervals and the cost stays bounded."""
 HEADLINE = {"classify": ("accuracy",), "detect": ("bbox/AP", "bbox/AP50"),
             "instance": ("bbox/AP", "segm/AP", "segm/AP50"), "segment": ("miou", "pixel_accuracy"),
             "panoptic": ("PQ",)}
@@ -61,8 +70,61 @@ class _Recorder:
         return {}
 
 
+class _MultiRecorder:
+    """Stands in for a metric when ``predict`` returns one ``{name: prediction}`` per image (see
+    :func:`nms_sweep_predict`): one :class:`_Recorder` per name."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.recorders = {n: _Recorder() for n in names}
+
+    def update(self, predictions: Sequence[dict[str, Any]], targets: Sequence[Any]) -> None:
+        for name, rec in self.recorders.items():
+            rec.update([p[name] for p in predictions], targets)
+
+    def compute(self) -> dict[str, float]:
+        return {}
+
+
+def nms_sweep_predict(model: Any, values: Sequence[float]) -> Callable[[list[torch.Tensor]], list[dict[str, Any]]]:
+    """A stand-in for a two-stage detector's ``predict`` that gives, per image, ``{"clean": its prediction,
+    "<v>": the prediction with the final NMS IoU threshold v}`` for each of ``values``, from one pass of
+    the backbone, the RPN and the box head: those are computed once per batch and handed back unchanged
+    for each threshold (only ``roi_heads.nms_iou`` differs between the predictions; the mask head, if any,
+    runs on each threshold's detections). Each prediction is what ``model.predict`` gives with that
+    threshold set (tested equal to rebuilding the model with it)."""
+    heads = model.roi_heads
+    own = heads.nms_iou
+
+    def run(images: list[torch.Tensor]) -> list[dict[str, Any]]:
+        memo: dict[str, Any] = {}
+
+        def once(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if name not in memo:
+                    memo[name] = fn(*args, **kwargs)
+                return memo[name]
+            return call
+
+        # instance attributes shadow the methods for this batch only (removed in `finally`)
+        model.features = once("features", model.features)
+        model.rpn.forward = once("rpn", model.rpn.forward)
+        heads.forward = once("box", heads.forward)
+        try:
+            out: list[dict[str, Any]] = [{"clean": p} for p in model.predict(images)]
+            for v in values:
+                heads.nms_iou = v
+                for o, p in zip(out, model.predict(images)):
+                    o[str(v)] = p
+        finally:
+            heads.nms_iou = own
+            del model.features, model.rpn.forward, heads.forward
+        return out
+
+    return run
+
+
 def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: float = DEFAULT_SCORE,
-            progress: bool = True, **data_settings: Any) -> Path:
+            progress: bool = True, corruptions: Sequence[str] | None = None, **data_settings: Any) -> Path:
     """Answer the lecture's questions for the trained run ``run`` and write ``run/analysis/``.
 
     Args:
@@ -70,6 +132,8 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
         quick: fewer zoom factors and NMS values, 8 corruptions at severity 3, for a first look.
         bootstrap: resamples per confidence interval (0: no intervals).
         score: score threshold of the recall per bin (detection and instance).
+        corruptions: only these corruptions (names of :data:`zir.augment.corruptions.CORRUPTIONS`), at
+            severities 1-5 (or 3 with ``quick``); default: all 17 (8 with ``quick``).
         data_settings: ``data=PATH`` (all of it is analysed) and other data settings, as ``zir eval``;
             by default the run's validation data.
 
@@ -90,24 +154,51 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
     predictor = load(run)
     cfg, bundle = run_data(predictor, run, data_settings, "analyze")
     task, classes = bundle.task, bundle.classes
-    loader = build_loader(bundle.val, cfg.data, train=False, seed=cfg.train.seed)
+    loader = cached(build_loader(bundle.val, cfg.data, train=False, seed=cfg.train.seed))
     device = predictor.device
     thing = predictor.model.thing_classes
 
     def new_metric() -> Any:
         return make_metric(task, classes, thing)
 
+    started = (time.time(), time.process_time())
+    steps: list[dict[str, Any]] = []
+
     def say(text: str) -> None:
+        """Progress on stderr, and the step's start in ``timing`` (wall and this process's CPU seconds)."""
+        steps.append({"step": text, "wall_s": time.time() - started[0], "cpu_s": time.process_time() - started[1]})
         if progress:
             print(f"analyze: {text}", file=sys.stderr)
 
+    if corruptions is not None:
+        from zir.augment.corruptions import CORRUPTIONS
+
+        unknown = [c for c in corruptions if c not in CORRUPTIONS]
+        if unknown or not corruptions:
+            raise ValueError(f"corruptions must be among {', '.join(CORRUPTIONS)}; got {list(corruptions)}")
+    cell_n = min(bootstrap, CELL_DRAWS)
     say(f"predicting {len(bundle.val)} images")  # type: ignore[arg-type]
+    sweep_key = nms_key(predictor.model) if task in ("detect", "instance") else None
+    sweep_values = NMS_SWEEP[::2] if quick else NMS_SWEEP
+    # two-stage detectors: the NMS sweep's predictions come from the clean pass (same features and boxes
+    # before NMS, one NMS per value); other models rebuild with each value and predict again
+    shared_sweep = sweep_key == "roi_heads.nms_iou"
     clean = _Recorder()
-    evaluate_predict(predictor.model.predict, loader, clean, task, device, progress=progress)
+    swept: dict[float, _Recorder] = {}
+    if shared_sweep:
+        multi = _MultiRecorder(["clean", *map(str, sweep_values)])
+        evaluate_predict(nms_sweep_predict(predictor.model, sweep_values), loader, multi, task, device,
+                         progress=progress)
+        clean = multi.recorders["clean"]
+        swept = {v: multi.recorders[str(v)] for v in sweep_values}
+    else:
+        evaluate_predict(predictor.model.predict, loader, clean, task, device, progress=progress)
     keys = HEADLINE[task]
-    metrics = _compute(new_metric, clean)
+    metrics, clean_metric = _compute_metric(new_metric, clean)
     say(f"bootstrap ({bootstrap} resamples)")
-    ci = bootstrap_metric(clean.predictions, clean.targets, new_metric, keys, n=bootstrap)
+    clean_draws = bootstrap_draws(clean.predictions, clean.targets, new_metric, keys, n=bootstrap,
+                                  metric=clean_metric)
+    ci = {k: percentile_interval(v) for k, v in clean_draws.items()}
     result: dict[str, Any] = {
         "run": str(run), "model": cfg.model, "task": task, "data": cfg.data.val_path or cfg.data.path,
         "images": len(clean.predictions), "quick": quick, "bootstrap": bootstrap, "score": score,
@@ -127,7 +218,7 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
         bins = slices.edges_to_bins(slices.RELATIVE_SIZE)
         size["relative_by"] = "recorded scale" if used_scale else "sqrt(area / image area)"
         size["relative"] = _bins_json(_detection_bins(clean, [slices.bin_index(r, bins, left_closed=True) for r in rel], bins,
-                                                      new_metric, score, bootstrap))
+                                                      new_metric, score, bootstrap, cell_n))
         result["size"] = size
     elif task == "classify":
         scales = _meta_in_order(bundle.val)  # classification targets are labels: match images by order
@@ -142,7 +233,9 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
         notes.append(f"size bins: {task} has no separate objects to measure; zoom-out only")
 
     if task == "panoptic":
-        notes.append("zoom-out and crowding are not implemented for panoptic runs yet")
+        result["panoptic"] = panoptic_breakdown(clean.predictions, clean.targets, classes, thing)
+        notes.append("panoptic: PQ / SQ / RQ for things and stuff and PQ of things by size (no intervals on "
+                     "these); zoom-out, corruptions and crowding are not implemented for panoptic runs yet")
     else:
         factors = slices.QUICK_ZOOM_FACTORS if quick else slices.ZOOM_FACTORS
         zoom = []
@@ -152,10 +245,11 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
             if f != 1:
                 evaluate_predict(slices.zoomed(predictor.model.predict, f), loader, rec, task, device,
                                  progress=progress)
-            values = metrics if rec is clean else _compute(new_metric, rec)
+            values, metric = (metrics, None) if rec is clean else _compute_metric(new_metric, rec)
             # x1 is the clean pass: its interval is the clean one (same draws, same seed), not drawn again
             zoom_ci = ({keys[0]: ci[keys[0]]} if rec is clean else
-                       bootstrap_metric(rec.predictions, rec.targets, new_metric, keys[:1], n=bootstrap))
+                       {k: percentile_interval(v) for k, v in bootstrap_draws(
+                           rec.predictions, rec.targets, new_metric, keys[:1], n=bootstrap, metric=metric).items()})
             zoom.append({"factor": f, "metrics": {k: values.get(k, math.nan) for k in keys}, "ci": zoom_ci})
         result["zoom"] = zoom
         geometric: dict[str, list[dict[str, Any]]] = {}
@@ -175,7 +269,9 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
     # 3. Transformations (before crowding's NMS sweep only to keep the report's order in one place)
     if task != "panoptic":
         result["corruptions"] = _corruption_suite(predictor.model.predict, loader, task, device, new_metric,
-                                                  keys[0], metrics.get(keys[0], math.nan), quick, progress, say)
+                                                  keys[0], metrics.get(keys[0], math.nan), quick, progress, say,
+                                                  names=corruptions, draws=cell_n,
+                                                  clean_draws=clean_draws[keys[0]][:cell_n])
 
     # 2. Crowding
     if task in ("detect", "instance"):
@@ -186,7 +282,7 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
             "overlap_count_histogram": torch.bincount(counts.clamp(max=5), minlength=6).tolist(),
             "max_iou": _bins_json(_detection_bins(
                 clean, [slices.bin_index(v, slices.CROWD_IOU) for v in max_iou], slices.CROWD_IOU, new_metric,
-                score, bootstrap)),
+                score, bootstrap, cell_n)),
         }
         overlaps = [meta.get(t.image_id) for t in clean.targets]
         if meta and all(m is not None and len(m) == len(t.boxes) and all("overlap" in o for o in m)
@@ -194,18 +290,19 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
             values = [torch.tensor([o["overlap"] for o in m], dtype=torch.float64) for m in overlaps]  # type: ignore[union-attr]
             crowding["synth_overlap"] = _bins_json(_detection_bins(
                 clean, [slices.bin_index(v, slices.SYNTH_OVERLAP) for v in values], slices.SYNTH_OVERLAP,
-                new_metric, score, bootstrap))
-        sweep_key = nms_key(predictor.model)
+                new_metric, score, bootstrap, cell_n))
         if sweep_key is None:
             notes.append(f"NMS sweep: {cfg.model} has no NMS IoU threshold to sweep")
         else:
             crowding["nms_key"] = f"model_args.{sweep_key}"
             crowding["nms_sweep"] = []
-            for v in (NMS_SWEEP[::2] if quick else NMS_SWEEP):
-                say(f"NMS IoU {v:g}")
-                model = with_setting(predictor, sweep_key, v)
-                rec = _Recorder()
-                evaluate_predict(model.predict, loader, rec, task, device, progress=progress)
+            for v in sweep_values:
+                rec = swept.get(v)
+                if rec is None:
+                    say(f"NMS IoU {v:g}")
+                    model = with_setting(predictor, sweep_key, v)
+                    rec = _Recorder()
+                    evaluate_predict(model.predict, loader, rec, task, device, progress=progress)
                 bins = _detection_bins(rec, [slices.bin_index(x, slices.CROWD_IOU) for x in max_iou],
                                        slices.CROWD_IOU, new_metric, score, 0)
                 values = _compute(new_metric, rec)  # once, not once per key
@@ -225,25 +322,118 @@ def analyze(run: str | Path, quick: bool = False, bootstrap: int = 200, score: f
 
         say("TIDE error split")
 
-        def box_metric() -> Any:
-            return CocoEvaluator(classes, ("bbox",))
-
         size_bins = slices.edges_to_bins(slices.RELATIVE_SIZE)
         size_of = [slices.bin_index(slices.relative_size(t, meta.get(t.image_id)), size_bins, left_closed=True)
                    for t in clean.targets]
         crowd_of = [slices.bin_index(slices.crowding(t.boxes)[1], slices.CROWD_IOU) for t in clean.targets]
-        # one call: the errors and the AP before fixing are shared by the size and the crowding split
-        split = tide.tide(clean.predictions, clean.targets, box_metric, object_bins=size_of,
-                          bin_names=[b[0] for b in size_bins], more_bins=[(crowd_of, [b[0] for b in slices.CROWD_IOU])])
-        errors = tide.find_errors(clean.predictions, clean.targets)
-        result["tide"] = {**{k: v for k, v in split.items() if k not in ("by_bin", "more_by_bin")},
-                          "by_size": split["by_bin"], "by_crowding": split["more_by_bin"][0],
-                          "worst": _draw_worst(errors, clean, bundle.val, classes, score, out_dir)}
-        if task == "instance":
-            notes.append("TIDE: computed on boxes (bbox AP50); the mask version is not implemented yet")
+        for iou_type in _iou_types(task):  # boxes; instance runs also masks (mask IoU, mask AP50)
+            def type_metric(iou_type: str = iou_type) -> Any:
+                return CocoEvaluator(classes, (iou_type,))
 
+            errors = tide.find_errors(clean.predictions, clean.targets, iou_type=iou_type)
+            # one call: the errors and the AP before fixing are shared by the size and the crowding split
+            split = tide.tide(clean.predictions, clean.targets, type_metric, key=f"{iou_type}/AP50",
+                              object_bins=size_of, bin_names=[b[0] for b in size_bins],
+                              more_bins=[(crowd_of, [b[0] for b in slices.CROWD_IOU])], draws=cell_n, errors=errors)
+            result["tide" if iou_type == "bbox" else "tide_segm"] = {
+                **{k: v for k, v in split.items() if k not in ("by_bin", "more_by_bin")},
+                "by_size": split["by_bin"], "by_crowding": split["more_by_bin"][0],
+                "worst": _draw_worst(errors, clean, bundle.val, classes, score, out_dir,
+                                     prefix="" if iou_type == "bbox" else "segm_")}
+
+    say("report")
+    # when each step started, in seconds from the start: what a step costs is the next one's start minus its
+    # own; CPU seconds of this process (with one thread, the time on a free core)
+    result["timing"] = {"steps": steps, "wall_s": time.time() - started[0],
+                        "cpu_s": time.process_time() - started[1], "threads": torch.get_num_threads()}
     (out_dir / "analysis.json").write_text(json.dumps(_plain(result), indent=1))
     return write_html(result, out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# The test images, read once
+
+CACHE_BYTES = 2 * 1024 ** 3
+"""Largest test set (its batches' tensors) kept in memory for the analysis's many passes."""
+
+
+def cached(loader: Any, limit: int = CACHE_BYTES) -> Any:
+    """The loader's batches as a list when they fit in ``limit`` bytes, else the loader itself.
+
+    Every question passes over the same test images, 13 times with ``--quick`` and about 100 times in the
+    full analysis; reading (or synthesising) and collating them again each time cost about 1.2 s of CPU per
+    pass on 200 synthetic scenes. The evaluation loop takes any iterable of batches, in the same order.
+    """
+    batches: list[Any] = []
+    size = 0
+    for batch in loader:
+        batches.append(batch)
+        size += sum(t.numel() * t.element_size() for t in _tensors(batch))
+        if size > limit:
+            return loader
+    return batches
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in a batch (a dataclass, list, tuple or dict of them, nested)."""
+    import dataclasses
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in _tensors(getattr(obj, f.name))]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in _tensors(x)]
+    if isinstance(obj, dict):
+        return [t for x in obj.values() for t in _tensors(x)]
+    return []
+
+
+# --------------------------------------------------------------------------------------------------
+# Panoptic
+
+
+def panoptic_breakdown(predictions: Sequence[Any], targets: Sequence[Any], classes: list[str],
+                       thing_classes: list[bool]) -> dict[str, Any]:
+    """Beyond PQ: PQ, SQ and RQ averaged over the thing and over the stuff classes, and the thing classes'
+    PQ / SQ / RQ by relative object size (``sqrt(segment area / image area)``, the bins of
+    :data:`slices.RELATIVE_SIZE`).
+
+    A size bin scores the ground-truth thing segments in it; those outside it (and every stuff segment)
+    become crowd regions for that bin: never matched, never missed, and a predicted segment lying mostly
+    on them is no false positive. Other unmatched predictions stay false positives in every bin, as in
+    the detection bins (:mod:`zir.analysis.slices`).
+
+    Returns:
+        ``{"things": {"PQ", "SQ", "RQ"}, "stuff": {...}, "by_size": [{"name", "objects", "metrics":
+        {"PQ_th", "SQ_th", "RQ_th"}}]}`` (NaN where no class counts).
+    """
+    from dataclasses import replace
+
+    from zir.metrics.panoptic import PanopticMetrics
+
+    things = torch.tensor(thing_classes, dtype=torch.bool)
+
+    def summary(metric: PanopticMetrics, which: torch.Tensor) -> dict[str, float]:
+        pc = metric.per_class()
+        return {k.upper(): float(pc[k][which].nanmean()) if which.any() else math.nan for k in ("pq", "sq", "rq")}
+
+    whole = PanopticMetrics(classes, thing_classes)
+    whole.update(list(predictions), list(targets))
+    out: dict[str, Any] = {"things": summary(whole, things), "stuff": summary(whole, ~things), "by_size": []}
+    bins = slices.edges_to_bins(slices.RELATIVE_SIZE)
+    is_thing = [things[t.labels.long()] for t in targets]
+    which = [slices.bin_index(slices.relative_size(t), bins, left_closed=True) for t in targets]
+    for k, (name, _, _) in enumerate(bins):
+        inside = [(w == k) & th & ~t.iscrowd for w, th, t in zip(which, is_thing, targets)]
+        n = int(sum(int(m.sum()) for m in inside))
+        entry: dict[str, Any] = {"name": name, "objects": n, "metrics": {}}
+        if n:
+            metric = PanopticMetrics(classes, thing_classes)
+            metric.update(list(predictions), [replace(t, iscrowd=~m) for t, m in zip(targets, inside)])
+            entry["metrics"] = {f"{key}_th": v for key, v in summary(metric, things).items()}
+        out["by_size"].append(entry)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,27 +472,43 @@ def mpc_rpc(table: dict[str, dict[int, float]], clean: float) -> tuple[float, fl
 
 
 def _corruption_suite(predict: Callable, loader: Any, task: str, device: torch.device, new_metric: Callable,
-                      key: str, clean: float, quick: bool, progress: bool, say: Callable[[str], None]
+                      key: str, clean: float, quick: bool, progress: bool, say: Callable[[str], None],
+                      names: Sequence[str] | None = None, draws: int = 0, clean_draws: Sequence[float] = ()
                       ) -> dict[str, Any]:
-    """The headline metric per corruption and severity, and mPC / rPC (all, the 15 of COCO-C, weather)."""
+    """The headline metric per corruption and severity, and mPC / rPC (all, the 15 of COCO-C, weather),
+    with bootstrap intervals from ``draws`` resamples: each cell's, and mPC's and rPC's from the per-draw
+    cells and the clean metric's draws ``clean_draws`` (the same images drawn, so rPC's ratio is paired)."""
     from zir.augment import corruptions as C
     from zir.engine.evaluate import evaluate_predict
 
-    names, severities = (C.QUICK, (3,)) if quick else (C.CORRUPTIONS, (1, 2, 3, 4, 5))
+    chosen, severities = (C.QUICK, (3,)) if quick else (C.CORRUPTIONS, (1, 2, 3, 4, 5))
+    names = list(chosen if names is None else names)
     table: dict[str, dict[int, float]] = {}
+    cell_draws: dict[str, dict[int, list[float]]] = {}
     for name in names:
-        table[name] = {}
+        table[name], cell_draws[name] = {}, {}
         for sev in severities:
             say(f"corruption {name} severity {sev}")
-            values, _ = evaluate_predict(corrupted(predict, name, sev), loader, new_metric(), task, device,
-                                         progress=progress)
+            rec = _Recorder()
+            evaluate_predict(corrupted(predict, name, sev), loader, rec, task, device, progress=progress)
+            values, metric = _compute_metric(new_metric, rec)
             table[name][sev] = values.get(key, math.nan)
-    out: dict[str, Any] = {"metric": key, "clean": clean, "severities": list(severities), "table": table}
+            cell_draws[name][sev] = bootstrap_draws(rec.predictions, rec.targets, new_metric, [key], n=draws,
+                                                    metric=metric)[key]
+    out: dict[str, Any] = {"metric": key, "clean": clean, "severities": list(severities), "table": table,
+                           "draws": draws,
+                           "table_ci": {n: {s: percentile_interval(v) for s, v in sev.items()}
+                                        for n, sev in cell_draws.items()}}
     for group, members in (("all", names), ("benchmark15", C.BENCHMARK), ("weather", C.WEATHER)):
         sub = {n: table[n] for n in members if n in table}
         if sub:
             mpc, rpc = mpc_rpc(sub, clean)
-            out[group] = {"mPC": mpc, "rPC": rpc, "corruptions": len(sub)}
+            # draw j: mPC and rPC of every cell's draw j against the clean metric's draw j
+            per_draw = [mpc_rpc({n: {s: cell_draws[n][s][j] for s in sev} for n, sev in sub.items()}, clean_draws[j])
+                        for j in range(min(draws, len(clean_draws)))]
+            out[group] = {"mPC": mpc, "rPC": rpc, "corruptions": len(sub),
+                          "mPC_ci": percentile_interval([d[0] for d in per_draw]),
+                          "rPC_ci": percentile_interval([d[1] for d in per_draw])}
     return out
 
 
@@ -331,16 +537,25 @@ def _iou_types(task: str) -> tuple[str, ...]:
 
 
 def _compute(new_metric: Callable[[], Any], rec: _Recorder) -> dict[str, float]:
+    return _compute_metric(new_metric, rec)[0]
+
+
+def _compute_metric(new_metric: Callable[[], Any], rec: _Recorder) -> tuple[dict[str, float], Any]:
+    """The metric's numbers on the recorded predictions, and the metric (the bootstrap reuses it)."""
     metric = new_metric()
     if rec.predictions:
         metric.update(rec.predictions, rec.targets)
-    return metric.compute()
+    return metric.compute(), (metric if rec.predictions else None)
 
 
 def _detection_bins(rec: _Recorder, bin_of: list[torch.Tensor], bins: Sequence[tuple[str, float, float]],
-                    new_metric: Callable[[], Any], score: float, bootstrap: int) -> list[dict[str, Any]]:
-    """:func:`slices.detection_bins` with a bootstrap interval on each bin's recall."""
-    results = slices.detection_bins(rec.predictions, rec.targets, bin_of, bins, new_metric, score)
+                    new_metric: Callable[[], Any], score: float, bootstrap: int, draws: int = 0
+                    ) -> list[dict[str, Any]]:
+    """:func:`slices.detection_bins` with a bootstrap interval on each bin's recall (``bootstrap`` draws)
+    and AP / AP50 (the first ``draws`` of the same draws)."""
+    metrics: list[tuple[int, Any, list[Any]]] = []
+    results = slices.detection_bins(rec.predictions, rec.targets, bin_of, bins, new_metric, score,
+                                    metrics_out=metrics if draws else None)
     found = slices.recall_at(rec.predictions, rec.targets, score)
     out = []
     for k, r in enumerate(results):
@@ -349,11 +564,16 @@ def _detection_bins(rec: _Recorder, bin_of: list[torch.Tensor], bins: Sequence[t
         entry["ci"] = {f"recall@{score:g}": bootstrap_ratio([float((f & c).sum()) for f, c in zip(found, counted)],
                                                             [float(c.sum()) for c in counted], n=bootstrap)}
         out.append(entry)
+    for k, metric, binned in metrics:
+        ap_keys = [key for key in out[k]["metrics"] if key.endswith(("/AP", "/AP50"))]
+        for key, values in bootstrap_draws(rec.predictions, binned, new_metric, ap_keys, n=draws,
+                                           metric=metric).items():
+            out[k]["ci"][key] = percentile_interval(values)
     return out
 
 
 def _draw_worst(errors: Sequence[Any], rec: _Recorder, dataset: Any, classes: list[str], score: float,
-                out_dir: Path, n: int = 3) -> dict[str, list[str]]:
+                out_dir: Path, n: int = 3, prefix: str = "") -> dict[str, list[str]]:
     """Per error type, the ``n`` images with the most such errors drawn: ground truth in white, then the
     detections in error (for misses: the detections with ``score >= score``). Returns ``{kind: [png names]}``."""
     from PIL import Image
@@ -384,7 +604,7 @@ def _draw_worst(errors: Sequence[Any], rec: _Recorder, dataset: Any, classes: li
             # the detections in error, whatever their score (TIDE counts them all); for misses, what was found
             keep = torch.tensor(dets, dtype=torch.long) if dets else (pred.scores >= score).nonzero().flatten()
             pred = type(pred)(pred.boxes[keep] * k, pred.scores[keep], pred.labels[keep], None)
-            name = f"worst/{kind}_{i:04d}.png"
+            name = f"worst/{prefix}{kind}_{i:04d}.png"
             Image.fromarray(draw_prediction(big, pred, classes).permute(1, 2, 0).numpy()).save(out_dir / name)
             out[kind].append(name)
     return out
@@ -464,6 +684,13 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
                     [[k, fmt(v, result["clean_ci"].get(k))] for k, v in result["clean"].items()])]
     if result["notes"]:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in result["notes"]) + "</ul>")
+    pan = result.get("panoptic")
+    if pan:
+        parts.append("<h2>Panoptic quality by thing / stuff</h2>")
+        parts.append(_table(["classes", "PQ", "SQ", "RQ"], [[g, *(fmt(pan[g][k]) for k in ("PQ", "SQ", "RQ"))]
+                                                           for g in ("things", "stuff")]))
+        parts.append("<p>Thing classes by relative segment size (segments outside the bin ignored):</p>")
+        parts.append(_bins_table(pan["by_size"]))
     parts.append("<h2>1. Distance: object size</h2>")
     size = result.get("size")
     if size and "coco" in size:
@@ -497,12 +724,16 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
     if corr:
         parts.append("<h2>3. Transformations: corruptions</h2>")
         parts.append(f"<p>{html.escape(corr['metric'])} per corruption and severity (clean: {fmt(corr['clean'])}). "
-                     "mPC: mean over corruptions and severities; rPC = mPC / clean (COCO-C).</p>")
+                     "mPC: mean over corruptions and severities; rPC = mPC / clean (COCO-C). Intervals: "
+                     f"bootstrap 95% over the first {corr.get('draws', 0)} draws (the same images drawn for every "
+                     "cell and the clean metric, so mPC's and rPC's are paired).</p>")
         parts.append(_table(["set", "corruptions", "mPC", "rPC"],
-                            [[g, str(corr[g]["corruptions"]), fmt(corr[g]["mPC"]), fmt(corr[g]["rPC"])]
+                            [[g, str(corr[g]["corruptions"]), fmt(corr[g]["mPC"], corr[g].get("mPC_ci")),
+                              fmt(corr[g]["rPC"], corr[g].get("rPC_ci"))]
                              for g in ("all", "benchmark15", "weather") if g in corr]))
+        cis = corr.get("table_ci", {})
         parts.append(_table(["corruption", *(f"severity {s}" for s in corr["severities"])],
-                            [[n, *(fmt(v.get(s, v.get(str(s)))) for s in corr["severities"])]
+                            [[n, *(fmt(v.get(s, v.get(str(s))), _by_sev(cis.get(n, {}), s)) for s in corr["severities"])]
                              for n, v in corr["table"].items()]))
         parts.append(_img(plots.plot_heatmap(corr["table"], corr["severities"], corr["metric"],
                                              out_dir / "corruptions.png")))
@@ -527,16 +758,20 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
             parts.append(_img(plots.plot_nms(crowd["nms_sweep"], rkey, out_dir / "nms_sweep.png")))
     else:
         parts.append("<p>n/a for this task (see the notes).</p>")
-    td = result.get("tide")
-    if td:
-        parts.append("<h2>4. Detection errors (TIDE)</h2>")
-        parts.append(f"<p>{html.escape(td['metric'])} = {fmt(td['AP'])} (pycocotools' number). Each row: how many "
-                     "errors of the type, and the AP50 fixing them all would add (dAP).</p>")
-        parts.append(_table(["error", "count", "dAP"], [[k, str(td["counts"][k]), fmt(td["dAP"][k])]
+    for tide_key, title in (("tide", "4. Detection errors (TIDE, boxes)"), ("tide_segm", "4. TIDE (masks)")):
+        td = result.get(tide_key)
+        if not td:
+            continue
+        parts.append(f"<h2>{title}</h2>")
+        parts.append(f"<p>{html.escape(td['metric'])} = {fmt(td['AP'], td.get('AP_ci'))} (pycocotools' number). Each "
+                     "row: how many errors of the type, and the AP50 fixing them all would add (dAP; interval: "
+                     "paired bootstrap).</p>")
+        dap_ci = td.get("dAP_ci", {})
+        parts.append(_table(["error", "count", "dAP"], [[k, str(td["counts"][k]), fmt(td["dAP"][k], dap_ci.get(k))]
                                                          for k in td["counts"]]))
-        for title, split in (("by relative object size", td["by_size"]), ("by crowding", td["by_crowding"])):
+        for split_title, split in (("by relative object size", td["by_size"]), ("by crowding", td["by_crowding"])):
             kinds = list(next(iter(split.values())).keys()) if split else []
-            parts.append(f"<p>dAP {title} (errors that concern an object):</p>")
+            parts.append(f"<p>dAP {split_title} (errors that concern an object):</p>")
             parts.append(_table(["bin", *kinds], [[b, *(fmt(v[k]) for k in kinds)] for b, v in split.items()]))
         for kind, names in td["worst"].items():
             if names:
@@ -550,6 +785,11 @@ def write_html(result: dict[str, Any], out_dir: Path) -> Path:
     out = out_dir / "report.html"
     out.write_text(page)
     return out
+
+
+def _by_sev(cells: dict[Any, Any], severity: int) -> Any:
+    """A severity's entry of a dict keyed by int (in memory) or str (read back from JSON)."""
+    return cells.get(severity, cells.get(str(severity)))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

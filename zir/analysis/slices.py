@@ -154,13 +154,16 @@ class BinResult:
 
 def detection_bins(predictions: Sequence[DetectionPrediction], targets: Sequence[Target],
                    bin_of: Sequence[Tensor], bins: Sequence[tuple[str, float, float]],
-                   make_metric: Callable[[], Any], score: float) -> list[BinResult]:
+                   make_metric: Callable[[], Any], score: float,
+                   metrics_out: list[tuple[int, Any, list[Target]]] | None = None) -> list[BinResult]:
     """AP (the evaluator's numbers, objects outside the bin ignored; module docstring) and recall at
     ``score`` of the objects of each bin.
 
     Args:
         bin_of: per image, int64 ``(N,)`` the bin of each object (``-1``: in none).
         make_metric: a fresh :class:`~zir.metrics.coco.CocoEvaluator` of the run's classes and iou types.
+        metrics_out: if given, gets ``(bin, its evaluator, its targets)`` for each bin with objects (the
+            bootstrap resamples them).
     """
     found = recall_at(predictions, targets, score)
     out = []
@@ -171,7 +174,10 @@ def detection_bins(predictions: Sequence[DetectionPrediction], targets: Sequence
             out.append(BinResult(name, 0, {}))
             continue
         metric = make_metric()
-        metric.update(list(predictions), [ignore_outside(t, c) for t, c in zip(targets, counted)])
+        binned = [ignore_outside(t, c) for t, c in zip(targets, counted)]
+        metric.update(list(predictions), binned)
+        if metrics_out is not None:
+            metrics_out.append((k, metric, binned))
         values = {k2: v for k2, v in metric.compute().items() if k2.endswith(("/AP", "/AP50"))}
         values[f"recall@{score:g}"] = sum(int((f & c).sum()) for f, c in zip(found, counted)) / n
         out.append(BinResult(name, n, values))

@@ -73,8 +73,6 @@ def train_transform(task: str, image_size: int, preset: str, crop: int = 0,
     ``image_size``, taken from the image as it was read. Squashing the image to ``image_size`` first (as
     evaluation does) would make a crop of a quarter of it a 2x upsampled, blurred view, and distort the
     aspect twice."""
-    if preset == "auto":  # not settled by the trainer: data built to evaluate a run, whose preset is unused
-        preset = "none"
     if task == "classify" and preset != "none":
         from zir.augment import build_augment
 

@@ -53,6 +53,18 @@ class Predictor:
 
     __call__ = predict
 
+    def predict_sliced(self, images: ImageLike | Sequence[ImageLike], size: int, overlap: float = 0.2,
+                       **settings: Any) -> list[Prediction]:
+        """Detections on overlapping ``size`` px tiles of each image, merged (SAHI, for small objects in
+        large images); ``settings`` are the other fields of :class:`~zir.engine.sliced.Slicing`
+        (``full``, ``merge``, ``metric``, ``threshold``, ``conf``, ``batch_size``)."""
+        from zir.engine.sliced import Slicing, predict_sliced
+
+        slicing = Slicing(size=size, overlap=overlap, **settings)
+        items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+        return [predict_sliced(self, to_float_image(x) if not isinstance(x, torch.Tensor) else x, slicing)
+                for x in items]
+
 
 def _is_single(x: Any) -> bool:
     return isinstance(x, (str, Path, Image.Image, np.ndarray)) or (isinstance(x, torch.Tensor) and x.ndim == 3)

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from zir import __version__
-from zir.config import RunConfig, load_config, settle_augment
+from zir.config import RunConfig, load_config
 from zir.engine import budget as timing
 from zir.engine import distributed as dist
 from zir.engine.checkpoint import (
@@ -214,7 +214,7 @@ def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
     if run_dir is None:
         run_dir = Path(dist.broadcast_object(make_run_dir(cfg) if dist.is_main() else None))  # type: ignore[arg-type]
 
-    cfg = settle_augment(with_synth_task(cfg))  # data.augment=auto: the model's preset, saved as such
+    cfg = with_synth_task(cfg)
     data = build_datasets(cfg.data, seed=t.seed)
     if cfg.task and cfg.task != data.task:
         raise ConfigError(f"task={cfg.task} but {cfg.data.path} is a {data.task} dataset")

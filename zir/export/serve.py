@@ -6,7 +6,7 @@
 * ``GET /health``: ``{"status": "ok", ...}``; ``GET /``: a page to pick an image and see the predictions
   drawn on it; ``GET /openapi.json`` and ``/docs``: FastAPI's schema and its page.
 
-Bad input never costs a 500: an empty, oversized or undecodable upload (the content is decoded, the name
+Bad input never costs a 500: an empty, oversized, undecodable or tiny (under ``min_side`` pixels a side) upload (the content is decoded, the name
 and content type are not trusted), or one with more than ``max_pixels`` pixels (read from the header
 before decoding, so decompression bombs are refused unread), gets a 4xx with ``{"error": "..."}``.
 Inference runs in a worker thread, off the event loop, so a slow image blocks neither ``/health`` nor
@@ -27,6 +27,7 @@ from zir.data.contract import DetectionPrediction, SemanticPrediction
 
 MAX_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000
+MIN_SIDE = 16  # as `zir data synth`: a smaller image holds nothing a model sees once it is resized up
 
 
 class BadUpload(Exception):
@@ -37,7 +38,8 @@ class BadUpload(Exception):
         self.status = status
 
 
-def decode_upload(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def decode_upload(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+                  min_side: int = MIN_SIDE) -> torch.Tensor:
     """The bytes of an uploaded image -> uint8 ``(3, H, W)`` RGB, or :class:`BadUpload`."""
     if not data:
         raise BadUpload(400, "the upload is empty; send an image file in the multipart field 'file'")
@@ -49,10 +51,16 @@ def decode_upload(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX
             if w * h > max_pixels:
                 raise BadUpload(413, f"the image has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; "
                                      "send a smaller image")
+            if min(w, h) < min_side:
+                raise BadUpload(400, f"the image is {w}x{h} pixels, smaller than {min_side} pixels a side; "
+                                     "send a larger image")
             arr = np.asarray(im.convert("RGB"))
     except BadUpload:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:  # PIL's own bound (2 * Image.MAX_IMAGE_PIXELS), met on opening
+        raise BadUpload(413, f"the image has more pixels than the limit of {max_pixels} ({e}); send a smaller "
+                             "image") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise BadUpload(400, f"the upload is not an image zir can decode ({type(e).__name__}: {e}); send a "
                              "PNG, JPEG, BMP or WebP file") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -79,7 +87,8 @@ def to_json(pred: Any, classes: list[str], size: tuple[int, int]) -> dict[str, A
     return out
 
 
-def create_app(predictor: Any, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Any:
+def create_app(predictor: Any, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+               min_side: int = MIN_SIDE) -> Any:
     """The FastAPI app serving ``predictor`` (a :class:`~zir.engine.predictor.Predictor` or
     :class:`~zir.export.runtime.OnnxPredictor`)."""
     from fastapi import FastAPI, File, Request, UploadFile
@@ -106,7 +115,7 @@ def create_app(predictor: Any, max_bytes: int = MAX_BYTES, max_pixels: int = MAX
     @app.post("/predict")
     async def predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI's idiom)
         data = await file.read(max_bytes + 1)
-        image = await run_in_threadpool(decode_upload, data, max_bytes, max_pixels)
+        image = await run_in_threadpool(decode_upload, data, max_bytes, max_pixels, min_side)
         pred = (await run_in_threadpool(predictor.predict, image))[0]
         return to_json(pred, predictor.classes, tuple(image.shape[-2:]))
 

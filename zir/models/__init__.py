@@ -28,11 +28,6 @@ def by_gradient(cfg: Any) -> Fitting:
     return "gradient"
 
 
-def no_augment(cfg: Any) -> str:
-    """``ModelSpec.augment`` of most models: ``data.augment=auto`` means ``none``."""
-    return "none"
-
-
 def in_closed_form(cfg: Any) -> Fitting:
     """``ModelSpec.fitting`` of a model solved from cached features (:class:`~zir.models.base.FitsInClosedForm`)."""
     return "closed_form"
@@ -53,8 +48,6 @@ class ModelSpec:
             so README commands and old runs' ``config.yaml`` keep working.
         renames: old parameter-name prefix -> new prefix (``"mask_head.": "heads.mask."``), applied when
             weights written by an older zir are loaded (``zir.engine.checkpoint.load_weights``).
-        augment: the augmentation preset ``data.augment=auto`` (the default) means for a model config,
-            chosen by measurement (``zir.config.settle_augment``).
     """
 
     task: str
@@ -65,7 +58,6 @@ class ModelSpec:
     aliases: Mapping[str, str] = field(default_factory=dict)
     renames: Mapping[str, str] = field(default_factory=dict)
     stages: int = 0
-    augment: Callable[[Any], str] = no_augment
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -73,10 +65,10 @@ MODELS: dict[str, ModelSpec] = {
                          "small ConvNet: conv-BN-ReLU-pool blocks, linear head, softmax + cross-entropy"),
     "classifier": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
                             "timm backbone + linear head; transfer=scratch|features|finetune, backbone=NAME",
-                            fitting=classifier.fitting, augment=classifier.recommended_augment),
+                            fitting=classifier.fitting),
     "efficientnet_lite0": ModelSpec("classify", classifier.ClassifierConfig, classifier.build,
                                     "classifier on EfficientNet-Lite0 with ImageNet weights (offline)",
-                                    fitting=classifier.fitting, augment=classifier.recommended_augment),
+                                    fitting=classifier.fitting),
     "yolo_v1": ModelSpec("detect", yolo_v1.YoloV1Config, yolo_v1.build,
                          "YOLO v1: S x S grid, B boxes + C class probabilities per cell, sum-squared loss",
                          stages=1),

@@ -193,26 +193,3 @@ def test_label_smoothing_matches_the_hand_computed_target():
     with pytest.raises(ConfigError, match="label_smoothing"):
         tiny("scratch", pretrained="none", label_smoothing=1.0)
 
-
-def test_augment_auto_is_the_models_recommendation_and_is_saved():
-    """``augment=auto`` (the default) becomes ``standard`` for an ImageNet-pretrained fine-tune and ``none``
-    from scratch, for cached features and for other models; an explicit preset is kept."""
-    from zir.config import settle_augment
-
-    def settled(*overrides: str) -> str:
-        return settle_augment(load_config(overrides=list(overrides))).data.augment
-
-    assert load_config(overrides=["model=efficientnet_lite0"]).data.augment == "auto"
-    assert settled("model=efficientnet_lite0") == "standard"  # transfer=finetune, pretrained=imagenet
-    assert settled("model=efficientnet_lite0", "transfer=features") == "none"
-    assert settled("model=classifier", "transfer=finetune", "pretrained=none") == "none"
-    assert settled("model=efficientnet_lite0", "transfer=scratch") == "none"
-    assert settled("model=faster_rcnn") == settled("model=convnet") == "none"
-    assert settled("model=efficientnet_lite0", "augment=light") == "light"
-
-
-def test_a_trained_run_saves_the_settled_preset(tmp_path):
-    result = train(load_config(overrides=["model=efficientnet_lite0", "transfer=finetune", "data=synth:classify",
-                                          "synth_n=8", "image_size=32", "epochs=1", "batch_size=4", "threads=1",
-                                          f"project={tmp_path}"]), progress=False)
-    assert load_config(result.run_dir / "config.yaml").data.augment == "standard"

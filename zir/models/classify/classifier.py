@@ -356,13 +356,5 @@ def fitting(cfg: ClassifierConfig) -> Fitting:
     return "features" if cfg.transfer == "features" else "gradient"
 
 
-def recommended_augment(cfg: ClassifierConfig) -> str:
-    """``data.augment=auto``: ``standard`` (random resized crops of the image as read, flips, colour) when
-    a pretrained backbone is fine-tuned, since on a few hundred photos its training loss otherwise falls to
-    nothing within a few epochs (README, "Defaults of the transfer modes"); ``none`` from scratch and for
-    cached features (where ``views`` brings augmentation in)."""
-    return "standard" if cfg.transfer == "finetune" and cfg.pretrained != "none" else "none"
-
-
 def build(cfg: ClassifierConfig) -> Classifier:
     return Classifier(cfg)

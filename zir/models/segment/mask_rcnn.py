@@ -4,7 +4,7 @@ The two-stage detector of ``zir.models.detect.faster_rcnn`` (backbone, FPN, RPN,
 one extra head, parallel to the box head, that predicts one ``M x M`` binary mask per class for each RoI
 (section 3); this file holds only that head, its loss, its config and ``build()``::
 
-    features (FPN P3-P5), RoIs -> RoI Align 14 x 14 -> 4 x (3x3 conv, ReLU) -> 2x2 stride-2 deconv, ReLU
+    features (FPN P3-P5), RoIs -> RoI Align (or pool: mask_head.roi_op) 14 x 14 -> 4 x (3x3 conv, ReLU) -> 2x2 stride-2 deconv, ReLU
                                -> 1x1 conv -> (R, K, 28, 28) mask logits            (Figure 4, right)
 
 * Training: the mask loss ``L_mask`` is the average per-pixel sigmoid binary cross-entropy of the
@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zir.data.contract import DetectionPrediction, Target
+from zir.errors import ConfigError
 from zir.models.detect import faster_rcnn
 from zir.models.detect.faster_rcnn import ExtraHead, FasterRCNN, FasterRCNNConfig, Frame
-from zir.models.detect.roi_heads import Detections, RoIPooler, SampledRoIs
+from zir.models.detect.roi_heads import ROI_OPS, Detections, RoIPooler, SampledRoIs
 from zir.models.detect.structures import GroundTruth
 from zir.models.detect.transform import boxes_to_input
 from zir.ops import roi_align
@@ -44,11 +45,15 @@ class MaskHeadConfig:
         roi_size: RoI Align grid of the mask head (14).
         mask_size: side ``M`` of the predicted masks (28 = twice ``roi_size``: one 2x deconvolution).
         channels: width of the mask head's convolutions (256 in the paper; 64 is much cheaper on a CPU).
+        roi_op: how the mask head crops its RoI features: ``align`` (RoI Align, the paper's) or ``pool``
+            (RoI max pooling, Fast R-CNN's quantised grid), to measure the paper's Table 2c claim
+            (``benchmarks/roi_ops.py``); independent of the box head's ``roi_heads.op``.
     """
 
     roi_size: int = 14
     mask_size: int = 28
     channels: int = 64
+    roi_op: str = "align"
 
 
 @dataclass
@@ -65,6 +70,7 @@ FLAT_KEYS: dict[str, str] = {
     "mask_roi_size": "mask_head.roi_size",
     "mask_size": "mask_head.mask_size",
     "mask_channels": "mask_head.channels",
+    "mask_roi_op": "mask_head.roi_op",
 }
 
 
@@ -89,7 +95,10 @@ class MaskHead(ExtraHead):
     def __init__(self, in_channels: int, strides: Sequence[int], cfg: MaskHeadConfig, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.pooler = RoIPooler(strides, "align", cfg.roi_size)
+        if cfg.roi_op not in ROI_OPS:
+            raise ConfigError(f"mask_head.roi_op (mask_roi_op) must be one of {', '.join(ROI_OPS)}, "
+                              f"got {cfg.roi_op!r}")
+        self.pooler = RoIPooler(strides, cfg.roi_op, cfg.roi_size)
         layers: list[nn.Module] = []
         for i in range(4):
             layers += [nn.Conv2d(in_channels if i == 0 else cfg.channels, cfg.channels, 3, padding=1),
