@@ -4,11 +4,13 @@ PyTorch bf16 autocast and onnxruntime, on the CPU, every model that has a deploy
 one input size. Each time is the median of ``--repeats`` calls after one warm-up call, pre- and
 post-processing included (uint8 images in, results in the input's pixels out, as a caller gets them).
 
-    PYTHONPATH=$PWD python benchmarks/export_speed.py --size 320 --threads 1 [--models yolo_v1,fcn]
+    PYTHONPATH=$PWD python benchmarks/export_speed.py --size 320 --threads 1 [--models yolo_v1,fcn] [--yolov8n]
 
-Ultralytics YOLOv8n's own ONNX export, the issue's reference, needs its weights downloaded (not possible
-offline here): run ``yolo export model=yolov8n.pt format=onnx imgsz=320`` where it can be, and time it
-with ``--onnx PATH`` (a graph taking float ``(B, 3, S, S)``).
+``--yolov8n`` adds Ultralytics YOLOv8n's own ONNX export at the same input size, built from ``yolov8n.yaml``
+(no download: random weights; latency does not depend on them), twice: the plain export (float
+``(B, 3, S, S)`` in, raw ``(B, 84, N)`` out: no resize, no normalisation, no NMS) and ``nms=True`` (NMS in the
+graph). ``--onnx PATH`` times any other ONNX file taking float ``(B, 3, S, S)``. Rows are written to
+``--out`` after each model, so a run stopped early keeps what it measured.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +31,11 @@ from zir.export.graphs import graph_for
 from zir.models import build_model
 
 MODELS = {"yolo_v1": {"pretrained": "none"}, "fcn": {"pretrained": "none"}, "unet": {},
-          "convnet": {}, "classifier": {"pretrained": "none"}}
+          "convnet": {}, "classifier": {"pretrained": "none"}, "anchor_free": {"pretrained": "none"},
+          "faster_rcnn": {"pretrained": "none"}, "mask_rcnn": {"pretrained": "none"},
+          "panoptic_fpn": {"pretrained": "none", "thing_classes": (True,) * 3 + (False,) * 3},
+          "sliding_window": {}, "overfeat": {}}
+CLASSES = {"panoptic_fpn": 6}  # 3 thing and 3 stuff classes; the others 3 classes
 
 
 def clock(fn, repeats: int) -> float:
@@ -47,6 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--yolov8n", action="store_true", help="also time Ultralytics YOLOv8n's own ONNX exports")
     ap.add_argument("--onnx", help="also time this ONNX file (float (B, 3, S, S) input), e.g. YOLOv8n's export")
     ap.add_argument("--out", default="benchmarks/results/export_speed.json")
     args = ap.parse_args()
@@ -55,10 +63,24 @@ def main() -> None:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
-    rows = []
+    rows: list[dict] = []
+    onnx_files = [(Path(args.onnx).name, args.onnx)] if args.onnx else []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.yolov8n:
+            onnx_files += yolov8n_exports(args.size, Path(tmp))
+        for label, path in onnx_files:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            row = {"model": label, "size": args.size}
+            for batch in (1, 8):
+                x = torch.rand(batch, 3, args.size, args.size).numpy()
+                t = clock(lambda: session.run(None, {name: x}), args.repeats)  # noqa: B023
+                row[f"onnxruntime_b{batch}"] = round(1000 * t / batch, 1) if batch == 1 else round(batch / t, 1)
+            save(args, rows, row)
+
     for name in args.models.split(","):
         torch.manual_seed(0)
-        model = build_model(name, 3, args.size, MODELS[name]).eval()
+        model = build_model(name, CLASSES.get(name, 3), args.size, MODELS[name]).eval()
         graph = graph_for(model)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -83,21 +105,37 @@ def main() -> None:
             for label, fn in (("torch_fp32", fp32), ("torch_bf16", bf16), ("onnxruntime", onnx)):
                 t = clock(fn, args.repeats)
                 row[f"{label}_b{batch}"] = round(1000 * t / batch, 1) if batch == 1 else round(batch / t, 1)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    if args.onnx:
-        session = ort.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        row = {"model": Path(args.onnx).name, "size": args.size}
-        for batch in (1, 8):
-            x = torch.rand(batch, 3, args.size, args.size).numpy()
-            t = clock(lambda: session.run(None, {name: x}), args.repeats)  # noqa: B023
-            row[f"onnxruntime_b{batch}"] = round(1000 * t / batch, 1) if batch == 1 else round(batch / t, 1)
-        rows.append(row)
-        print(json.dumps(row))
+        save(args, rows, row)
+
+
+def save(args: argparse.Namespace, rows: list[dict], row: dict) -> None:
+    """Print a row (with the 1-minute load average at its end) and rewrite the results file with it."""
+    row["load_average"] = round(os.getloadavg()[0], 2)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "load_average": os.getloadavg()[0],
+    Path(args.out).write_text(json.dumps({"threads": args.threads, "command": " ".join(sys.argv),
                                           "rows": rows}, indent=1))
+
+
+def yolov8n_exports(size: int, folder: Path) -> list[tuple[str, Path]]:
+    """Ultralytics' own ONNX exports of YOLOv8n (from ``yolov8n.yaml``, random weights) at ``size``: the
+    plain one and ``nms=True``, dynamic batch; ``[(label, path)]``."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    out = []
+    for label, nms in (("yolov8n (ultralytics onnx, no NMS)", False), ("yolov8n (ultralytics onnx, nms=True)", True)):
+        cwd = os.getcwd()
+        os.chdir(folder)  # ultralytics writes the file beside the model's yaml name, in the working folder
+        try:
+            path = YOLO("yolov8n.yaml").export(format="onnx", imgsz=size, dynamic=True, simplify=False, nms=nms)
+        finally:
+            os.chdir(cwd)
+        target = folder / f"yolov8n_nms{int(nms)}.onnx"
+        Path(folder / path).rename(target)
+        out.append((label, target))
+    return out
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ The sidecar ``<file>.json`` names the inputs, the outputs and the classes (:func
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,8 @@ def to_onnx(model: Any, out: str | Path, graph: torch.nn.Module | None = None) -
 def example_input(model: Any) -> tuple[torch.Tensor, tuple[dict[int, Any]]]:
     """An example uint8 batch for tracing and the dynamic dimensions of ``images``: batch 1..1024, sides from
     the smallest the graph handles (U-Net's mirrored context must fit in the image) to :data:`MAX_SIDE`."""
+    from zir.export.graphs import MAX_BATCH
+
     size = model.cfg.image_size
     low = 32
     if hasattr(model, "context"):  # U-Net: one reflection of `context + stride` pixels
@@ -91,7 +94,7 @@ def example_input(model: Any) -> tuple[torch.Tensor, tuple[dict[int, Any]]]:
     # distinct sides and a batch > 1, so that the tracer cannot take any of them for a constant
     h, w = max(low + 3, size * 3 // 4 + 1), max(low + 5, size + 3)
     example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
-    dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=low, max=MAX_SIDE),
+    dims = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH), 2: torch.export.Dim("height", min=low, max=MAX_SIDE),
             3: torch.export.Dim("width", min=low, max=MAX_SIDE)}
     return example, (dims,)
 
@@ -105,9 +108,21 @@ def sidecar(predictor: Any, format: str) -> dict[str, Any]:
             "image_size": model.cfg.image_size,
             "inputs": {"images": ["uint8", ["batch", 3, "height", "width"],
                                   f"RGB 0-255, one size per batch, sides {low}..{MAX_SIDE}"]},
-            "outputs": OUTPUTS[kind]}
+            "outputs": dict(OUTPUTS[kind])}
     if kind == "detect":
-        meta["max_detections"] = int(model.cfg.max_detections)
+        cfg = model.cfg  # the name differs by family: max_detections, detections_per_img, roi_heads'
+        meta["max_detections"] = int(getattr(cfg, "max_detections", None) or getattr(cfg, "detections_per_img", None)
+                                     or cfg.roi_heads.detections_per_img)
+    if predictor.task in ("instance", "panoptic"):  # the two-stage graphs (zir.export.two_stage)
+        meta["outputs"]["masks"] = ["uint8", ["detections", "height", "width"],
+                                    "0/1 mask of every detection in input pixels, image by image (counts[0] rows "
+                                    "of image 0, then image 1's, ...), best first"]
+    if predictor.task == "panoptic":
+        head = model.heads["semantic"]
+        meta["outputs"]["semantic"] = ["int64", ["batch", "height", "width"],
+                                       "the semantic branch's data-set class of every pixel, -1 = a thing"]
+        meta["stuff_ids"] = head.stuff_ids.tolist()
+        meta["merge"] = dataclasses.asdict(head.merge)  # the panoptic merge runs on the outputs, after the graph
     return meta
 
 

@@ -11,6 +11,8 @@ What it returns, by task (the sidecar JSON lists the same):
   best first, the rest zeros (``K`` = the model's ``max_detections``). The whole batch goes through one
   NMS (boxes of different images never suppress each other), so every image of a batch is filtered,
   whatever the batch size.
+* instance (Mask R-CNN): the detector's outputs and ``masks`` uint8 ``(D, H, W)``, one per detection, image
+  by image; panoptic (Panoptic FPN): those and ``semantic`` int64 ``(B, H, W)`` (``zir.export.two_stage``).
 
 These wrappers are the export-only code (house style 14): they re-state a model's ``predict`` with
 symbolic sizes (``torch.sym_max``, integer arithmetic, ``torch.cond`` for the resize's antialias choice)
@@ -31,6 +33,8 @@ from torchvision.ops import nms
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
 from zir.ops.coder import decode_yolo_v1
+
+MAX_BATCH = 1024  # the largest batch an exported graph takes (its dynamic batch dimension's bound)
 
 # --------------------------------------------------------------------------------------------------
 # Sizes with symbolic integers (the same numbers as zir.models.detect.transform's, traced, not constants)
@@ -258,7 +262,7 @@ class AnchorFreeGraph(nn.Module):
         kept = nms(cand + (group * (S + 1))[:, None], sc, cfg.nms_iou)
         cand, sc, label, image = cand[kept], sc[kept], label[kept], image[kept]
         K = cfg.max_detections
-        rank, counts = _rank_in_image(image, Bn)
+        rank, counts = rank_in_image(image, Bn)
         take = rank < K
         slot = image[take] * K + rank[take]
         det = cand[take]
@@ -270,7 +274,7 @@ class AnchorFreeGraph(nn.Module):
         return out_boxes.view(Bn, K, 4), out_scores.view(Bn, K), out_labels.view(Bn, K), counts.clamp(max=K)
 
 
-def _rank_in_image(image: Tensor, B: Any) -> tuple[Tensor, Tensor]:
+def rank_in_image(image: Tensor, B: Any) -> tuple[Tensor, Tensor]:
     """For items in order, each one's rank among the items of its image (``image (M,)`` int64 in
     ``[0, B)``): ``(rank (M,), count per image (B,))``."""
     same = (image[:, None] == torch.arange(B, device=image.device)[None]).long()  # (M, B)
@@ -299,11 +303,20 @@ def graph_for(model: ZirModel) -> nn.Module:
         return YoloV1Graph(model).eval()
     if type(model).__name__ == "AnchorFree":
         return AnchorFreeGraph(model).eval()
+    if type(model).__name__ == "FasterRCNN":  # and Mask R-CNN, Panoptic FPN: the same class with heads
+        from zir.export.two_stage import TwoStageGraph
+
+        return TwoStageGraph(model).eval()
+    if type(model).__name__ in ("SlidingWindow", "OverFeat"):
+        from zir.export.windows import OverFeatGraph, SlidingWindowGraph
+
+        return (SlidingWindowGraph if type(model).__name__ == "SlidingWindow" else OverFeatGraph)(model).eval()
     name = type(model).__name__
     if name in ("RCNN", "FastRCNN"):
         raise ConfigError(f"{name} cannot be exported to a graph: its proposals come from OpenCV's selective "
                           "search, which no ONNX runtime has; use `zir predict` (PyTorch), or train "
                           "faster_rcnn, whose RPN proposals are tensors")
     raise ConfigError(f"export of {name} ({model.task}) into one graph is not implemented yet; the graphs that "
-                      "exist: convnet, classifier, efficientnet_lite0, fcn, unet, yolo_v1, anchor_free. Use `zir predict` "
+                      "exist: convnet, classifier, efficientnet_lite0, fcn, unet, yolo_v1, anchor_free, faster_rcnn, "
+                      "mask_rcnn, panoptic_fpn, sliding_window, overfeat. Use `zir predict` "
                       "(PyTorch) for this run")

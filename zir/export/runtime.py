@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zir.data.contract import ClassPrediction, DetectionPrediction, Prediction, SemanticPrediction
+from zir.data.contract import ClassPrediction, Prediction, SemanticPrediction
 from zir.engine.predictor import ImageLike, Predictor, _is_single, find_weights, to_float_image
 from zir.errors import ZirError
 
@@ -99,12 +99,19 @@ class OnnxPredictor(Predictor):
         """uint8 ``(B, 3, H, W)`` -> one prediction per image."""
         names = [o.name for o in self.session.get_outputs()]
         result = dict(zip(names, (torch.from_numpy(a) for a in self.session.run(None, {"images": batch}))))
+        if "counts" in result:  # detectors; with masks (Mask R-CNN) and a semantic map (Panoptic FPN)
+            from zir.export.two_stage import merge_outputs, split_instances
+
+            preds = split_instances(result["boxes"], result["scores"], result["labels"], result["counts"],
+                                    result.get("masks"))
+            if "semantic" not in result:
+                return preds
+            from zir.models.segment.panoptic_fpn import MergeConfig
+
+            stuff, merge = torch.tensor(self.meta["stuff_ids"], dtype=torch.int64), MergeConfig(**self.meta["merge"])
+            return [merge_outputs(p, m, stuff, merge) for p, m in zip(preds, result["semantic"])]
         if "semantic" in result:
             return [SemanticPrediction(semantic=m) for m in result["semantic"]]
-        if "counts" in result:
-            return [DetectionPrediction(boxes=b[:n], scores=s[:n], labels=lab[:n])
-                    for b, s, lab, n in zip(result["boxes"], result["scores"], result["labels"],
-                                            result["counts"].tolist())]
         return [ClassPrediction(scores=s, label=int(lab)) for s, lab in zip(result["scores"], result["labels"])]
 
 
