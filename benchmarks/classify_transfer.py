@@ -34,7 +34,12 @@ given) beside a plain timm + torchvision reference recipe (:func:`timm_reference
 (:func:`build_raccoon_hard`, raccoon crops against background crops of the same framing)::
 
     .venv/bin/python benchmarks/classify_transfer.py --side-by-side --clothing ../shared/data/clothing_small
-        --raccoon-hard ../shared/data/raccoon --photo-size 224 --minutes 5 --threads 1
+        --raccoon-hard ../shared/data/raccoon --photo-size 224 --minutes 5 --threads 1 [--clock cpu]
+
+``--clock cpu`` makes ``time=`` (through ``zir.engine.budget.clock``, the one clock it reads) and the timm
+loop count the process's CPU seconds: on a shared machine each recipe then gets the work of its minutes
+on a free core. ``--zir-extra KEY=VALUE,...`` adds a zir row with more settings (``mode=features`` for a
+features row); ``--no-zir-default`` and ``--no-timm`` leave rows out.
 
     .venv/bin/python benchmarks/classify_transfer.py [--raccoon /path/to/raccoon] [--data PATH]
         [--synth-n 200] [--image-size 64] [--epochs 8] [--feature-epochs 50] [--amp bf16]
