@@ -3,8 +3,8 @@ tiny YOLO v1, started with uvicorn on 127.0.0.1 (a free port), once per test mod
 
 from __future__ import annotations
 
+import socket
 import threading
-import time
 
 import pytest
 import torch
@@ -63,15 +63,12 @@ def server(predictor):
     from zir.export.serve import create_app
 
     app = create_app(predictor, max_bytes=200_000, max_pixels=1_000_000)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
+    # The socket is bound and listening before uvicorn starts: a request sent before it accepts waits in
+    # the socket's backlog, so nothing has to poll for the server to come up.
+    sock = socket.create_server(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    for _ in range(200):  # polls until uvicorn has bound its socket (a bound on the wait, not a timing)
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start within 10 s"
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", predictor
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", predictor
     srv.should_exit = True
     thread.join(10)
