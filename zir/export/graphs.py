@@ -72,6 +72,20 @@ def to_unit(images: Tensor) -> Tensor:
 # Post-processing shared by the detectors
 
 
+def working_frame(images: Tensor, model: ZirModel) -> tuple[Tensor, Any, Any]:
+    """uint8 ``(B, 3, H, W)`` -> the detectors' working frame, as their ``predict`` makes it: resized so the
+    longer side is at most ``model.cfg.image_size`` (``working_hw``), normalised with the model's statistics.
+
+    Returns:
+        ``(x (B, 3, h, w) float, h, w)`` with ``h, w`` symbolic when traced."""
+    from zir.models.detect.transform import normalize
+
+    S = model.cfg.image_size
+    H, W = images.shape[-2:]
+    h, w = working_hw(H, W, S)
+    return normalize(resize_to(to_unit(images), h, w, torch.sym_max(H, W) > S), model.mean, model.std), h, w
+
+
 def batched_detections(boxes: Tensor, scores: Tensor, score_thresh: float, nms_iou: float,
                        max_detections: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Threshold, per-image per-class NMS and the best ``max_detections`` per image, for a whole batch.
@@ -234,14 +248,13 @@ class AnchorFreeGraph(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from zir.models.detect.anchor_free import decode_ltrb, dfl_expectation
-        from zir.models.detect.transform import SIZE_DIVISIBLE, normalize
+        from zir.models.detect.transform import SIZE_DIVISIBLE
 
         m, cfg = self.model, self.model.cfg
         S = cfg.image_size
         Bn = images.shape[0]
         H, W = images.shape[-2:]
-        h, w = working_hw(H, W, S)
-        x = normalize(resize_to(to_unit(images), h, w, torch.sym_max(H, W) > S), m.mean, m.std)
+        x, h, w = working_frame(images, m)
         x = F.pad(x, (0, (-w) % SIZE_DIVISIBLE, 0, (-h) % SIZE_DIVISIBLE))
         cls, box, points, strides = m.raw(x)
         scores = cls.float().sigmoid()  # (B, A, C)

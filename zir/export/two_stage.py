@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from zir.errors import ConfigError
-from zir.export.graphs import MAX_BATCH, clip_to, rank_in_image, resize_to, to_unit, working_hw
+from zir.export.graphs import MAX_BATCH, clip_to, rank_in_image, working_frame
 from zir.models.base import ZirModel
 
 
@@ -132,14 +132,13 @@ class TwoStageGraph(nn.Module):
             + (("semantic",) if self.has_semantic else ())
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        from zir.models.detect.transform import SIZE_DIVISIBLE, normalize
+        from zir.models.detect.transform import SIZE_DIVISIBLE
 
         m = self.model
         S = m.cfg.image_size
         Bn = images.shape[0]
         H, W = images.shape[-2:]
-        h, w = working_hw(H, W, S)
-        x = normalize(resize_to(to_unit(images), h, w, torch.sym_max(H, W) > S), m.mean, m.std)
+        x, h, w = working_frame(images, m)
         x = F.pad(x, (0, (-w) % SIZE_DIVISIBLE, 0, (-h) % SIZE_DIVISIBLE))
         features = m.features(x)
         proposals, image = self.proposals(features, Bn, h, w, S)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from zir.errors import ConfigError
-from zir.export.graphs import clip_to, resize_to, to_unit, working_hw
+from zir.export.graphs import clip_to, resize_to, to_unit, working_frame, working_hw
 from zir.export.two_stage import to_input, to_slots
 from zir.models.base import ZirModel
 
@@ -76,14 +76,12 @@ class SlidingWindowGraph(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from zir.models.detect.sliding_window import crop_windows
-        from zir.models.detect.transform import normalize
 
         m, cfg = self.model, self.model.cfg
         S = cfg.image_size
         Bn = images.shape[0]
         H, W = images.shape[-2:]
-        h, w = working_hw(H, W, S)
-        work = normalize(resize_to(to_unit(images), h, w, torch.sym_max(H, W) > S), m.mean, m.std)
+        work, h, w = working_frame(images, m)
         windows = []  # pyramid_windows: each scale's windows in the working frame's pixels
         for s in cfg.scales:
             hs, ws = scaled_side(h, s), scaled_side(w, s)
