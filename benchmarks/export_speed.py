@@ -7,10 +7,16 @@ post-processing included (uint8 images in, results in the input's pixels out, as
     PYTHONPATH=$PWD python benchmarks/export_speed.py --size 320 --threads 1 [--models yolo_v1,fcn] [--yolov8n]
 
 ``--yolov8n`` adds Ultralytics YOLOv8n's own ONNX export at the same input size, built from ``yolov8n.yaml``
-(no download: random weights; latency does not depend on them), twice: the plain export (float
-``(B, 3, S, S)`` in, raw ``(B, 84, N)`` out: no resize, no normalisation, no NMS) and ``nms=True`` (NMS in the
-graph). ``--onnx PATH`` times any other ONNX file taking float ``(B, 3, S, S)``. Rows are written to
-``--out`` after each model, so a run stopped early keeps what it measured.
+(no download: random weights; latency does not depend on them), with Ultralytics' default settings
+(``simplify=True``: onnxslim), twice: the plain export (float ``(B, 3, S, S)`` in, raw ``(B, 84, N)`` out: no
+resize, no normalisation, no NMS) and ``nms=True`` (NMS in the graph). ``--onnx PATH`` times any other ONNX
+file taking float ``(B, 3, S, S)``. ``--set MODEL.KEY=VALUE`` changes a model's setting (e.g.
+``anchor_free.head=light``; ``MODEL@LABEL.KEY=VALUE`` adds a second row of the same model, labelled).
+Rows are written to ``--out`` after each model, so a run stopped early keeps what it measured.
+
+At the end, every onnxruntime session (zir's graphs and the ONNX files) is timed once more **interleaved**:
+``--repeats`` rounds, each calling every session once at batch 1 (then at batch 8), so that a change of the
+machine's load reaches all of them alike; the medians are the ``interleaved`` rows, the fair comparison.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,14 +63,18 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--yolov8n", action="store_true", help="also time Ultralytics YOLOv8n's own ONNX exports")
     ap.add_argument("--onnx", help="also time this ONNX file (float (B, 3, S, S) input), e.g. YOLOv8n's export")
+    ap.add_argument("--set", nargs="*", default=[], metavar="MODEL[@LABEL].KEY=VALUE",
+                    help="change a model's setting; with @LABEL, an extra row of that model")
     ap.add_argument("--out", default="benchmarks/results/export_speed.json")
     args = ap.parse_args()
+    variants = model_variants(args.models.split(","), args.set)
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     rows: list[dict] = []
+    sessions: dict[str, tuple[Any, str, str]] = {}  # label -> (session, input name, "uint8" | "float")
     onnx_files = [(Path(args.onnx).name, args.onnx)] if args.onnx else []
     with tempfile.TemporaryDirectory() as tmp:
         if args.yolov8n:
@@ -71,6 +82,7 @@ def main() -> None:
         for label, path in onnx_files:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
+            sessions[label] = (session, name, "float")
             row = {"model": label, "size": args.size}
             for batch in (1, 8):
                 x = torch.rand(batch, 3, args.size, args.size).numpy()
@@ -78,16 +90,17 @@ def main() -> None:
                 row[f"onnxruntime_b{batch}"] = round(1000 * t / batch, 1) if batch == 1 else round(batch / t, 1)
             save(args, rows, row)
 
-    for name in args.models.split(","):
+    for label, name, settings in variants:
         torch.manual_seed(0)
-        model = build_model(name, CLASSES.get(name, 3), args.size, MODELS[name]).eval()
+        model = build_model(name, CLASSES.get(name, 3), args.size, {**MODELS[name], **settings}).eval()
         graph = graph_for(model)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             path = to_onnx(model, Path(tmp) / "m.onnx", graph)
             export_s = time.perf_counter() - start
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        row = {"model": name, "size": args.size, "export_s": round(export_s, 1)}
+        sessions[label] = (session, "images", "uint8")
+        row = {"model": label, "size": args.size, "export_s": round(export_s, 1)}
         for batch in (1, 8):
             x = torch.randint(0, 256, (batch, 3, args.size, args.size), dtype=torch.uint8)
 
@@ -106,6 +119,53 @@ def main() -> None:
                 t = clock(fn, args.repeats)
                 row[f"{label}_b{batch}"] = round(1000 * t / batch, 1) if batch == 1 else round(batch / t, 1)
         save(args, rows, row)
+    if len(sessions) > 1:
+        for row in interleaved(sessions, args.size, args.repeats):
+            save(args, rows, row)
+
+
+def model_variants(models: list[str], settings: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``[(row label, model name, settings)]``: each model of ``--models`` with its ``--set MODEL.KEY=VALUE``
+    settings, plus one row per ``MODEL@LABEL`` named in ``--set`` (the model's settings and the label's)."""
+    import yaml
+
+    plain: dict[str, dict[str, Any]] = {m: {} for m in models}
+    extra: dict[str, tuple[str, dict[str, Any]]] = {}
+    for item in settings:
+        target, _, value = item.partition("=")
+        who, _, key = target.rpartition(".")
+        model, _, label = who.partition("@")
+        if not key or not value or model not in MODELS:
+            raise SystemExit(f"--set expects MODEL[@LABEL].KEY=VALUE with MODEL one of {', '.join(MODELS)}, got {item!r}")
+        if label:
+            extra.setdefault(label, (model, {}))[1][key] = yaml.safe_load(value)
+        else:
+            plain.setdefault(model, {})[key] = yaml.safe_load(value)
+    out = [(m + "".join(f" {k}={v}" for k, v in s.items()), m, s) for m, s in plain.items()]
+    for label, (model, s) in extra.items():
+        out.append((f"{model} {label}", model, {**plain.get(model, {}), **s}))
+    return out
+
+
+def interleaved(sessions: dict[str, tuple[Any, str, str]], size: int, repeats: int) -> list[dict]:
+    """onnxruntime's ms per image at batch 1 and images/s at batch 8 of every session, timed in rounds that
+    call each session once (after one warm-up call each): the same load for all. Rows labelled
+    ``interleaved``."""
+    times: dict[tuple[str, int], list[float]] = {}
+    for batch in (1, 8):
+        feeds = {label: {name: (torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8) if kind == "uint8"
+                                else torch.rand(batch, 3, size, size)).numpy()}
+                 for label, (_, name, kind) in sessions.items()}
+        for label, (session, _, _) in sessions.items():
+            session.run(None, feeds[label])
+        for _ in range(repeats):
+            for label, (session, _, _) in sessions.items():
+                start = time.perf_counter()
+                session.run(None, feeds[label])
+                times.setdefault((label, batch), []).append(time.perf_counter() - start)
+    return [{"model": label, "size": size, "interleaved": True,
+             "onnxruntime_b1": round(1000 * statistics.median(times[label, 1]), 1),
+             "onnxruntime_b8": round(8 / statistics.median(times[label, 8]), 1)} for label in sessions]
 
 
 def save(args: argparse.Namespace, rows: list[dict], row: dict) -> None:
@@ -129,7 +189,7 @@ def yolov8n_exports(size: int, folder: Path) -> list[tuple[str, Path]]:
         cwd = os.getcwd()
         os.chdir(folder)  # ultralytics writes the file beside the model's yaml name, in the working folder
         try:
-            path = YOLO("yolov8n.yaml").export(format="onnx", imgsz=size, dynamic=True, simplify=False, nms=nms)
+            path = YOLO("yolov8n.yaml").export(format="onnx", imgsz=size, dynamic=True, nms=nms)
         finally:
             os.chdir(cwd)
         target = folder / f"yolov8n_nms{int(nms)}.onnx"

@@ -59,3 +59,8 @@ def test_ltrb_coding_by_hand_and_round_trip():
 def test_dfl_expectation_is_the_mean_distance():
     logits = torch.tensor([[0.5, 0.25, 0.25], [1.0, 1e-9, 1e-9]]).log()
     torch.testing.assert_close(dfl_expectation(logits), torch.tensor([0.75, 0.0]), atol=1e-6, rtol=0)
+    # any leading shape (the head's (B, A, 4, R + 1)), and none at all
+    many = torch.randn(2, 5, 4, 16)
+    want = (many.softmax(-1) * torch.arange(16.0)).sum(-1)
+    torch.testing.assert_close(dfl_expectation(many), want)
+    assert dfl_expectation(torch.zeros(0, 4, 16)).shape == (0, 4)

@@ -159,6 +159,38 @@ def test_postprocess_keeps_the_best_box_per_class_and_threshold():
 def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="cls_loss"):
         AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", cls_loss="focal"))
+    with pytest.raises(ConfigError, match="head must be one of dense, light, depthwise"):
+        AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", head="separable"))
+
+
+@pytest.mark.parametrize("kind", ["light", "depthwise"])
+def test_light_heads_are_depthwise_separable_and_fold(kind: str):
+    """``light`` makes the classification branch's 3x3 layers depthwise-separable (YOLOv10), ``depthwise`` both
+    branches' (PP-PicoDet); each layer's multiply-adds drop to ``9 d + d^2`` from ``9 d^2`` per point, the
+    outputs keep their shapes, the model trains, and predict's folded copy still computes the model."""
+    d = 16
+    dense, light = tiny(neck_channels=d, head_convs=2), tiny(neck_channels=d, head_convs=2, head=kind)
+
+    def per_point(branch: torch.nn.Module) -> int:  # multiply-adds per point of a branch's conv layers
+        return sum(m.weight.numel() for m in branch.modules() if isinstance(m, torch.nn.Conv2d))
+
+    for name in ("cls", "box"):
+        separable = kind == "depthwise" or name == "cls"
+        want = 2 * (9 * d + d * d) if separable else 2 * 9 * d * d
+        got = per_point(getattr(light.head, name)[0][:-1])
+        assert got == want and (got < per_point(getattr(dense.head, name)[0][:-1])) == separable
+    x = torch.rand(2, 3, 64, 64)
+    for a, b in zip(dense.eval()(x), light.eval()(x)):
+        assert a.shape == b.shape
+    light.train()
+    losses = light.loss(x, [target([[8, 8, 40, 40]], [0]), target([], [])])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in light.parameters() if p.grad is not None)
+    randomise_norms(light)
+    light.eval()
+    with torch.no_grad():
+        for want, got in zip(light.raw(x)[:2], light.raw(x, light.inference_net())[:2]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_varifocal_trains_too():

@@ -65,6 +65,10 @@ class AnchorFreeConfig:
     frozen_blocks: with pretrained weights, the stem and this many of the backbone's blocks are frozen.
     neck_channels: width of the FPN/PAN levels and of the head's branches (YOLOv8n: 64).
     head_convs: 3x3 conv-BN-SiLU layers in each branch of the decoupled head (YOLOv8: 2).
+    head: how those layers are built: ``dense`` (YOLOv8: full 3x3 convolutions in both branches), ``light``
+        (YOLOv10 section 4.2 / YOLO11: the classification branch's layers depthwise-separable, a 3x3 depthwise
+        and a 1x1 pointwise conv each; the box branch dense) or ``depthwise`` (PP-PicoDet, NanoDet-Plus: both
+        branches depthwise-separable). The head is a quarter of the network's multiply-adds at ``dense``.
     reg_max: ``R``: each box side is a distribution over the distances ``0..R`` in units of the level's
         stride (YOLOv8: 15, i.e. 16 bins); sides longer than ``R`` strides are out of reach.
     topk, alpha, beta: the task-aligned assigner's positives per object and exponents of ``s^alpha u^beta``
@@ -86,6 +90,7 @@ class AnchorFreeConfig:
     frozen_blocks: int = 2
     neck_channels: int = 64
     head_convs: int = 2
+    head: str = "dense"
     reg_max: int = 15
     topk: int = 10
     alpha: float = 0.5
@@ -101,6 +106,7 @@ class AnchorFreeConfig:
 
 
 CLS_LOSSES = ("bce", "varifocal")
+HEADS = ("dense", "light", "depthwise")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,6 +116,14 @@ CLS_LOSSES = ("bce", "varifocal")
 def conv_bn_silu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     """3x3 conv -> BatchNorm -> SiLU, YOLOv8's ``Conv``."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU(inplace=True))
+
+
+def separable_bn_silu(c_in: int, c_out: int) -> nn.Sequential:
+    """3x3 depthwise conv -> BN -> SiLU, then 1x1 conv -> BN -> SiLU (MobileNet's depthwise-separable layer;
+    YOLOv10's light classification head): about ``9 / c_out + 1 / 9`` of a dense 3x3 conv's multiply-adds."""
+    return nn.Sequential(nn.Sequential(nn.Conv2d(c_in, c_in, 3, 1, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
+                                       nn.SiLU(inplace=True)),
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU(inplace=True)))
 
 
 class PAN(nn.Module):
@@ -147,12 +161,14 @@ class DecoupledHead(nn.Module):
     """
 
     def __init__(self, d: int, num_classes: int, reg_max: int, convs: int, strides: Sequence[int],
-                 image_size: int) -> None:
+                 image_size: int, kind: str = "dense") -> None:
         super().__init__()
         self.C, self.bins = num_classes, reg_max + 1
-        self.cls = nn.ModuleList(nn.Sequential(*[conv_bn_silu(d, d) for _ in range(convs)], nn.Conv2d(d, num_classes, 1))
+        cls_layer = conv_bn_silu if kind == "dense" else separable_bn_silu
+        box_layer = separable_bn_silu if kind == "depthwise" else conv_bn_silu
+        self.cls = nn.ModuleList(nn.Sequential(*[cls_layer(d, d) for _ in range(convs)], nn.Conv2d(d, num_classes, 1))
                                  for _ in strides)
-        self.box = nn.ModuleList(nn.Sequential(*[conv_bn_silu(d, d) for _ in range(convs)], nn.Conv2d(d, 4 * self.bins, 1))
+        self.box = nn.ModuleList(nn.Sequential(*[box_layer(d, d) for _ in range(convs)], nn.Conv2d(d, 4 * self.bins, 1))
                                  for _ in strides)
         for cls, box, s in zip(self.cls, self.box, strides):
             # YOLOv8's prior: about 5 objects per image spread over the level's (image_size / s)^2 points, so the
@@ -183,6 +199,8 @@ class AnchorFree(ZirModel):
         super().__init__()
         if cfg.cls_loss not in CLS_LOSSES:
             raise ConfigError(f"anchor_free cls_loss must be one of {', '.join(CLS_LOSSES)}, got {cfg.cls_loss!r}")
+        if cfg.head not in HEADS:
+            raise ConfigError(f"anchor_free head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
         if len(cfg.backbone_levels) < 2:
             raise ConfigError(f"anchor_free backbone_levels needs at least two levels, got {cfg.backbone_levels}")
         self.cfg = cfg
@@ -194,7 +212,7 @@ class AnchorFree(ZirModel):
         self.set_normalization(self.backbone.mean, self.backbone.std)
         self.neck = PAN(self.backbone.channels, self.backbone.strides, cfg.neck_channels)
         self.head = DecoupledHead(cfg.neck_channels, cfg.num_classes, cfg.reg_max, cfg.head_convs,
-                                  self.backbone.strides, cfg.image_size)
+                                  self.backbone.strides, cfg.image_size, cfg.head)
         self.dropped_boxes = 0  # boxes under a pixel dropped by ``loss`` so far (also warned about)
         # predict's folded copy of the network and the parameter versions it was made from (not a submodule:
         # it stays out of state_dict and is rebuilt when a weight changes)
