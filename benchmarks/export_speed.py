@@ -66,8 +66,15 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="MODEL[@LABEL].KEY=VALUE",
                     help="change a model's setting; with @LABEL, an extra row of that model")
     ap.add_argument("--out", default="benchmarks/results/export_speed.json")
+    ap.add_argument("--macs", action="store_true",
+                    help="only print each model's multiply-adds at --size (whole and per top-level part), no timing")
     args = ap.parse_args()
     variants = model_variants(args.models.split(","), args.set)
+    if args.macs:
+        for label, name, settings in variants:
+            print(label, multiply_adds(build_model(name, CLASSES.get(name, 3), args.size, {**MODELS[name], **settings}).eval(),
+                                       args.size))
+        return
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
 
@@ -122,6 +129,23 @@ def main() -> None:
     if len(sessions) > 1:
         for row in interleaved(sessions, args.size, args.repeats):
             save(args, rows, row)
+
+
+def multiply_adds(model: torch.nn.Module, size: int) -> dict[str, float]:
+    """G multiply-adds of ``model``'s forward on one ``(1, 3, size, size)`` image: ``total`` and per top-level
+    child module (e.g. backbone, neck, head), counted by ``torch.utils.flop_counter`` (a multiply-add is 2 flops)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, size, size))
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    out = {"total": round(counter.get_total_flops() / 2e9, 3)}
+    for child, _ in model.named_children():
+        key = f"{root}.{child}"
+        if key in counts:
+            out[child] = round(sum(counts[key].values()) / 2e9, 3)
+    return out
 
 
 def model_variants(models: list[str], settings: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
