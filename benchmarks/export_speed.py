@@ -66,10 +66,18 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="MODEL[@LABEL].KEY=VALUE",
                     help="change a model's setting; with @LABEL, an extra row of that model")
     ap.add_argument("--out", default="benchmarks/results/export_speed.json")
+    ap.add_argument("--profile", action="store_true",
+                    help="only print onnxruntime's ms per operator type at batch 1 (its profiler), no timing table")
     ap.add_argument("--macs", action="store_true",
                     help="only print each model's multiply-adds at --size (whole and per top-level part), no timing")
     args = ap.parse_args()
     variants = model_variants(args.models.split(","), args.set)
+    if args.profile:
+        for label, name, settings in variants:
+            model = build_model(name, CLASSES.get(name, 3), args.size, {**MODELS[name], **settings}).eval()
+            with tempfile.TemporaryDirectory() as tmp:
+                print(label, op_times(to_onnx(model, Path(tmp) / "m.onnx"), args.size, args.threads, args.repeats))
+        return
     if args.macs:
         for label, name, settings in variants:
             print(label, multiply_adds(build_model(name, CLASSES.get(name, 3), args.size, {**MODELS[name], **settings}).eval(),
@@ -129,6 +137,32 @@ def main() -> None:
     if len(sessions) > 1:
         for row in interleaved(sessions, args.size, args.repeats):
             save(args, rows, row)
+
+
+def op_times(path: Path, size: int, threads: int, repeats: int) -> dict[str, float]:
+    """onnxruntime's own profile of the graph at ``path`` on a uint8 ``(1, 3, size, size)`` batch: mean ms per
+    call spent in each operator type (the ten largest) over ``repeats`` calls after a warm-up, and ``wall``."""
+    import json as json_
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = {"images": torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8).numpy()}
+    start = time.perf_counter()
+    for _ in range(repeats + 1):
+        session.run(None, x)
+    wall = (time.perf_counter() - start) / (repeats + 1)
+    totals: Counter[str] = Counter()
+    for event in json_.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    calls = repeats + 1
+    return {"wall": round(1000 * wall, 1), **{op: round(us / calls / 1000, 2) for op, us in totals.most_common(10)}}
 
 
 def multiply_adds(model: torch.nn.Module, size: int) -> dict[str, float]:
