@@ -1,7 +1,7 @@
 """Speed of the exported graphs: ms per image at batch 1 and images/s at batch 8, for PyTorch fp32,
 PyTorch bf16 autocast and onnxruntime, on the CPU, every model that has a deployment graph
 (``zir.export.graphs``), at its default architecture (random weights: speed does not depend on them) and
-one input size. Each time is the median of ``--repeats`` calls after one warm-up call, pre- and
+one input size (``--backends`` picks some of the three). Each time is the median of ``--repeats`` calls after one warm-up call, pre- and
 post-processing included (uint8 images in, results in the input's pixels out, as a caller gets them).
 
     PYTHONPATH=$PWD python benchmarks/export_speed.py --size 320 --threads 1 [--models yolo_v1,fcn] [--yolov8n]
@@ -42,6 +42,7 @@ MODELS = {"yolo_v1": {"pretrained": "none"}, "fcn": {"pretrained": "none"}, "une
           "faster_rcnn": {"pretrained": "none"}, "mask_rcnn": {"pretrained": "none"},
           "panoptic_fpn": {"pretrained": "none", "thing_classes": (True,) * 3 + (False,) * 3},
           "sliding_window": {}, "overfeat": {}}
+BACKENDS = ("torch_fp32", "torch_bf16", "onnxruntime")
 CLASSES = {"panoptic_fpn": 6}  # 3 thing and 3 stuff classes; the others 3 classes
 
 
@@ -65,12 +66,18 @@ def main() -> None:
     ap.add_argument("--onnx", help="also time this ONNX file (float (B, 3, S, S) input), e.g. YOLOv8n's export")
     ap.add_argument("--set", nargs="*", default=[], metavar="MODEL[@LABEL].KEY=VALUE",
                     help="change a model's setting; with @LABEL, an extra row of that model")
+    ap.add_argument("--backends", default=",".join(BACKENDS),
+                    help="which of torch_fp32, torch_bf16, onnxruntime to time (sliding_window in PyTorch takes "
+                         "minutes per call)")
     ap.add_argument("--out", default="benchmarks/results/export_speed.json")
     ap.add_argument("--profile", action="store_true",
                     help="only print onnxruntime's ms per operator type at batch 1 (its profiler), no timing table")
     ap.add_argument("--macs", action="store_true",
                     help="only print each model's multiply-adds at --size (whole and per top-level part), no timing")
     args = ap.parse_args()
+    backends = args.backends.split(",")
+    if not backends or set(backends) - set(BACKENDS):
+        raise SystemExit(f"--backends takes some of {', '.join(BACKENDS)}, got {args.backends!r}")
     variants = model_variants(args.models.split(","), args.set)
     if args.profile:
         for label, name, settings in variants:
@@ -131,6 +138,8 @@ def main() -> None:
                 session.run(None, {"images": x.numpy()})
 
             for label, fn in (("torch_fp32", fp32), ("torch_bf16", bf16), ("onnxruntime", onnx)):
+                if label not in backends:
+                    continue
                 t = clock(fn, args.repeats)
                 row[f"{label}_b{batch}"] = round(1000 * t / batch, 1) if batch == 1 else round(batch / t, 1)
         save(args, rows, row)

@@ -111,6 +111,10 @@ class TrainConfig:
             after every optimizer step, its decay warmed up from 0 to this value) and evaluate and save
             the average instead of the raw weights (0 = off). Gradient fitting only: ``transfer=features``
             and closed-form models ignore it.
+        channels_last: keep the model's 4-D weights in channels-last (NHWC) memory, as timm's
+            ``--channels-last``: the convolutions then take oneDNN's NHWC kernels, which on this project's
+            CPU train EfficientNet-Lite0 detectors about a quarter faster per step (README, "anchor_free on
+            raccoon"); the same function, to float rounding. Gradient fitting only.
     """
 
     epochs: int = 10
@@ -130,6 +134,7 @@ class TrainConfig:
     eval_every: int = 1
     threads: int = 0
     ema_decay: float = 0.0
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,27 @@ def test_ema_off_by_default_and_it_never_changes_the_raw_training(tmp_path):
     assert plain_w.keys() == raw.keys() and all(torch.equal(plain_w[k], raw[k]) for k in raw)
 
 
+def test_channels_last_trains_in_nhwc_and_learns_the_same_weights(tmp_path):
+    """train.channels_last=true keeps the 4-D weights NHWC while training (the optimizer's moments, saved in
+    last_state.pt, have their parameters' memory format) and learns what the NCHW run learns, to float
+    rounding; the saved weights are ordinary contiguous tensors."""
+    plain = train(tiny(tmp_path, "nchw"), progress=False).run_dir
+    nhwc = train(tiny(tmp_path, "nhwc", "channels_last=true"), progress=False).run_dir
+
+    def moments(run: Path) -> list[torch.Tensor]:
+        state = torch.load(run / "weights" / "last_state.pt", weights_only=True)["optimizer"]["state"]
+        return [s["exp_avg"] for s in state.values() if s["exp_avg"].dim() == 4]
+
+    assert moments(plain) and all(m.is_contiguous() for m in moments(plain))
+    assert all(m.is_contiguous(memory_format=torch.channels_last) for m in moments(nhwc))
+    assert not all(m.is_contiguous() for m in moments(nhwc))
+    a, b = weights(plain), weights(nhwc)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k].is_contiguous()
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(CheckpointError, match="not a zir run folder"):
         train(load_config(), resume=tmp_path)
