@@ -2,7 +2,8 @@
 
 The exported graph is the model's deployment graph (:mod:`zir.export.graphs`): uint8 RGB images
 ``(B, 3, H, W)`` in, results in the input's pixels out, pre- and post-processing inside, ``B``, ``H`` and
-``W`` dynamic. Formats:
+``W`` dynamic; R-CNN's and Fast R-CNN's graphs also take selective search's boxes, ``proposals (N, 5)``
+(:mod:`zir.export.selective`). Formats:
 
 * ``onnx``: ``torch.onnx.export(dynamo=True)``, standard operators only (NMS is ONNX's
   ``NonMaxSuppression``), for onnxruntime (:mod:`zir.export.runtime`, ``zir predict --backend onnx``).
@@ -36,6 +37,7 @@ OUTPUTS = {
                "counts": ["int64", ["batch"], "detections of each image (its first counts[b] rows)"]},
 }
 MAX_SIDE = 8192
+MAX_PROPOSALS = 1 << 20  # the proposals input's bound (selective search keeps 2000 per image by default)
 
 
 def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) -> Path:
@@ -53,12 +55,13 @@ def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) 
     weights = find_weights(run)
     check_writable(out or weights.parent, "file" if out else "folder")
     out = Path(out) if out else weights.with_name("model" + SUFFIX[format])
-    example, dynamic = example_input(predictor.model)
+    args, dynamic = example_args(predictor.model, graph)
+    example = args[0]
     with torch.no_grad():
         if format == "onnx":
             to_onnx(predictor.model, out, graph)
         elif format == "pt2":
-            torch.export.save(torch.export.export(graph, (example,), dynamic_shapes=dynamic), str(out))
+            torch.export.save(torch.export.export(graph, args, dynamic_shapes=dynamic), str(out))
         else:
             if predictor.task != "classify":
                 raise ConfigError(f"torchscript export takes classifiers only (this run is {predictor.task}): "
@@ -72,14 +75,30 @@ def to_onnx(model: Any, out: str | Path, graph: torch.nn.Module | None = None) -
     """Write ``model``'s deployment graph (or ``graph``) as ONNX to ``out``."""
     from zir.export.graphs import graph_for
 
+    from zir.export.selective import roi_pool_onnx
+
     _check_onnx()
     graph = graph if graph is not None else graph_for(model)
-    example, dynamic = example_input(model)
+    args, dynamic = example_args(model, graph)
     with torch.no_grad():
-        torch.onnx.export(graph, (example,), str(out), dynamo=True, dynamic_shapes=dynamic,
-                          input_names=["images"], output_names=list(graph.outputs), verbose=False,
-                          external_data=False)  # one file: the weights inside, nothing to lose beside it
+        torch.onnx.export(graph, args, str(out), dynamo=True, dynamic_shapes=dynamic,
+                          input_names=list(getattr(graph, "inputs", ("images",))), output_names=list(graph.outputs),
+                          verbose=False, external_data=False,  # one file: the weights inside, nothing to lose
+                          custom_translation_table={torch.ops.torchvision.roi_pool.default: roi_pool_onnx})
     return Path(out)
+
+
+def example_args(model: Any, graph: torch.nn.Module) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, Any], ...]]:
+    """The graph's example inputs and their dynamic dimensions: ``images`` (:func:`example_input`), and for the
+    graphs on selective search proposals (``zir.export.selective``) ``proposals (N, 5)``, three boxes inside
+    each example image, ``N`` dynamic from 0."""
+    example, dynamic = example_input(model)
+    if "proposals" not in getattr(graph, "inputs", ()):
+        return (example,), dynamic
+    B, H, W = example.shape[0], example.shape[-2], example.shape[-1]
+    boxes = torch.tensor([[0.0, 0.0, W / 2, H / 2], [W / 4, H / 4, W - 1.0, H - 1.0], [1.0, 2.0, W / 3, H - 3.0]])
+    proposals = torch.cat([torch.cat([torch.full((3, 1), float(b)), boxes], dim=1) for b in range(B)])
+    return (example, proposals), (*dynamic, {0: torch.export.Dim("proposals", min=0, max=MAX_PROPOSALS)})
 
 
 def example_input(model: Any) -> tuple[torch.Tensor, tuple[dict[int, Any]]]:
@@ -87,7 +106,7 @@ def example_input(model: Any) -> tuple[torch.Tensor, tuple[dict[int, Any]]]:
     the smallest the graph handles (U-Net's mirrored context must fit in the image) to :data:`MAX_SIDE`."""
     from zir.export.graphs import MAX_BATCH
 
-    size = model.cfg.image_size
+    size = getattr(model.cfg, "image_size", None) or 128  # R-CNN has none: it crops from the input itself
     low = 32
     if hasattr(model, "context"):  # U-Net: one reflection of `context + stride` pixels
         low = max(low, model.context + model.stride + 1)
@@ -105,7 +124,7 @@ def sidecar(predictor: Any, format: str) -> dict[str, Any]:
     kind = {"instance": "detect", "panoptic": "detect"}.get(predictor.task, predictor.task)
     low = example_input(model)[1][0][2].min
     meta = {"format": format, "task": predictor.task, "model": predictor.config.model, "classes": predictor.classes,
-            "image_size": model.cfg.image_size,
+            "image_size": getattr(model.cfg, "image_size", None),
             "inputs": {"images": ["uint8", ["batch", 3, "height", "width"],
                                   f"RGB 0-255, one size per batch, sides {low}..{MAX_SIDE}"]},
             "outputs": dict(OUTPUTS[kind])}
@@ -113,6 +132,13 @@ def sidecar(predictor: Any, format: str) -> dict[str, Any]:
         cfg = model.cfg  # the name differs by family: max_detections, detections_per_img, roi_heads'
         meta["max_detections"] = int(getattr(cfg, "max_detections", None) or getattr(cfg, "detections_per_img", None)
                                      or cfg.roi_heads.detections_per_img)
+    search = getattr(model, "search", None)
+    if search is not None:  # R-CNN, Fast R-CNN: the caller runs selective search (zir.export.selective)
+        meta["inputs"]["proposals"] = ["float32", ["proposals", 5],
+                                       "[image index, x1, y1, x2, y2] in input pixels: selective search's boxes of "
+                                       "each image, made with the settings in 'selective_search' "
+                                       "(zir.models.detect.proposals.SelectiveSearch)"]
+        meta["selective_search"] = dataclasses.asdict(search)
     if predictor.task in ("instance", "panoptic"):  # the two-stage graphs (zir.export.two_stage)
         meta["outputs"]["masks"] = ["uint8", ["detections", "height", "width"],
                                     "0/1 mask of every detection in input pixels, image by image (counts[0] rows "

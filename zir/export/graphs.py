@@ -325,11 +325,11 @@ def graph_for(model: ZirModel) -> nn.Module:
 
         return (SlidingWindowGraph if type(model).__name__ == "SlidingWindow" else OverFeatGraph)(model).eval()
     name = type(model).__name__
-    if name in ("RCNN", "FastRCNN"):
-        raise ConfigError(f"{name} cannot be exported to a graph: its proposals come from OpenCV's selective "
-                          "search, which no ONNX runtime has; use `zir predict` (PyTorch), or train "
-                          "faster_rcnn, whose RPN proposals are tensors")
+    if name in ("RCNN", "FastRCNN"):  # on selective search proposals, a second input
+        from zir.export.selective import FastRCNNGraph, RCNNGraph
+
+        return (RCNNGraph if name == "RCNN" else FastRCNNGraph)(model).eval()
     raise ConfigError(f"export of {name} ({model.task}) into one graph is not implemented yet; the graphs that "
                       "exist: convnet, classifier, efficientnet_lite0, fcn, unet, yolo_v1, anchor_free, faster_rcnn, "
-                      "mask_rcnn, panoptic_fpn, sliding_window, overfeat. Use `zir predict` "
+                      "mask_rcnn, panoptic_fpn, sliding_window, overfeat, rcnn, fast_rcnn. Use `zir predict` "
                       "(PyTorch) for this run")

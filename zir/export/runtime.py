@@ -70,7 +70,18 @@ class OnnxPredictor(Predictor):
                            "with `zir export RUN --format onnx`") from None
         got_in = [(i.name, i.type) for i in self.session.get_inputs()]
         got_out = [o.name for o in self.session.get_outputs()]
-        if got_in != [("images", "tensor(uint8)")] or got_out != outputs:
+        want_in = [("images", "tensor(uint8)")] + ([("proposals", "tensor(float)")]
+                                                   if "proposals" in self.meta.get("inputs", {}) else [])
+        self.search = None  # R-CNN and Fast R-CNN: selective search before the graph (zir.export.selective)
+        if len(want_in) > 1:
+            from zir.models.detect.proposals import SelectiveSearch
+
+            try:
+                self.search = SelectiveSearch(**self.meta["selective_search"])
+            except (KeyError, TypeError) as e:
+                raise ZirError(f"{side}: its graph takes proposals but the sidecar has no valid 'selective_search' "
+                               f"settings ({e}); export again with `zir export RUN --format onnx`") from None
+        if got_in != want_in or got_out != outputs:
             raise ZirError(f"{self.path}: this graph takes {got_in} and returns {got_out}, but its sidecar "
                            f"{side.name} describes a {self.task} model returning {outputs}: the file belongs to "
                            "another model or task; export the run again with `zir export RUN --format onnx`")
@@ -98,7 +109,12 @@ class OnnxPredictor(Predictor):
     def run(self, batch: np.ndarray) -> list[Prediction]:
         """uint8 ``(B, 3, H, W)`` -> one prediction per image."""
         names = [o.name for o in self.session.get_outputs()]
-        result = dict(zip(names, (torch.from_numpy(a) for a in self.session.run(None, {"images": batch}))))
+        feeds = {"images": batch}
+        if self.search is not None:
+            from zir.export.selective import proposals_input
+
+            feeds["proposals"] = proposals_input(self.search, batch)
+        result = dict(zip(names, (torch.from_numpy(a) for a in self.session.run(None, feeds))))
         if "counts" in result:  # detectors; with masks (Mask R-CNN) and a semantic map (Panoptic FPN)
             from zir.export.two_stage import merge_outputs, split_instances
 

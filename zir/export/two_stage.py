@@ -85,6 +85,32 @@ def pool(pooler: nn.Module, features: list[Tensor], rois: Tensor) -> Tensor:
     return out
 
 
+def detect_rois(heads: nn.Module, features: list[Tensor], proposals: Tensor, image: Tensor, h: Any, w: Any,
+                S: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``RoIHeads.detect`` + ``postprocess`` on every image's RoIs at once (``heads``: the model's
+    ``roi_heads``; ``proposals (R, 4)`` in the ``(h, w)`` working frame, ``image (R,)`` their image index;
+    ``S``: more than any working-frame side): the detections in the working frame, best first over the
+    batch: ``boxes (D, 4)``, ``scores``, ``labels`` (instance classes), ``image``."""
+    from zir.ops.boxes import remove_small_boxes
+
+    rois = torch.cat([image[:, None].to(proposals.dtype), proposals], dim=1)
+    class_logits, box_deltas = heads.predictor(heads.box_head(pool(heads.pooler, features, rois)))
+    scores = class_logits.float().softmax(dim=1)[:, 1:]  # (R, C): the background column dropped
+    C = scores.shape[1]
+    det = heads.coder.decode(box_deltas.float().reshape(-1, C, 4), proposals)  # (R, C, 4)
+    det = clip_to(det, h, w).reshape(-1, 4)
+    label = torch.arange(C, device=det.device)[None].expand(scores.shape[0], -1).reshape(-1)
+    det_image = image[:, None].expand(-1, C).reshape(-1)
+    flat = scores.reshape(-1)
+    keep = (flat > heads.score_thresh).nonzero().squeeze(1)
+    det, flat, label, det_image = det[keep], flat[keep], label[keep], det_image[keep]
+    keep = remove_small_boxes(det, 1e-2)
+    det, flat, label, det_image = det[keep], flat[keep], label[keep], det_image[keep]
+    group = (det_image * C + label).to(det.dtype)
+    kept = nms(det + (group * (S + 1))[:, None], flat, heads.nms_iou)  # per image and class, best first
+    return det[kept], flat[kept], label[kept], det_image[kept]
+
+
 def paste_masks(masks: Tensor, boxes: Tensor, H: Any, W: Any) -> Tensor:
     """``zir.ops.masks.paste_masks_in_image`` without its Python loop: ``masks (D, M, M')`` probabilities,
     ``boxes (D, 4)`` input pixels -> ``(D, H, W)`` probabilities, 0 outside the pixels each box touches.
@@ -145,7 +171,7 @@ class TwoStageGraph(nn.Module):
         x = F.pad(x, (0, (-w) % SIZE_DIVISIBLE, 0, (-h) % SIZE_DIVISIBLE))
         features = m.features(x)
         proposals, image = self.proposals(features, Bn, h, w, S)
-        det, score, label, image = self.detect(features, proposals, image, Bn, h, w, S)
+        det, score, label, image = detect_rois(m.roi_heads, features, proposals, image, h, w, S)
         K = m.roi_heads.detections_per_img
         boxes = to_input(det, H, W, h, w)
         labels = label if m.thing_ids is None else m.thing_ids[label]  # instance classes -> data-set classes
@@ -196,31 +222,6 @@ class TwoStageGraph(nn.Module):
         # a bound for the exporter: NMS's output size has none, and R * classes below would overflow int64
         torch._check(keep.shape[0] <= MAX_BATCH * post_n)
         return cand[keep], image[keep]
-
-    def detect(self, features: list[Tensor], proposals: Tensor, image: Tensor, Bn: Any, h: Any, w: Any,
-               S: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``RoIHeads.detect`` + ``postprocess`` on every image's RoIs at once: the detections in the working
-        frame, best first over the batch: ``boxes (D, 4)``, ``scores``, ``labels`` (instance classes),
-        ``image``."""
-        from zir.ops.boxes import remove_small_boxes
-
-        heads = self.model.roi_heads
-        rois = torch.cat([image[:, None].to(proposals.dtype), proposals], dim=1)
-        class_logits, box_deltas = heads.predictor(heads.box_head(pool(heads.pooler, features, rois)))
-        scores = class_logits.float().softmax(dim=1)[:, 1:]  # (R, C): the background column dropped
-        C = scores.shape[1]
-        det = heads.coder.decode(box_deltas.float().reshape(-1, C, 4), proposals)  # (R, C, 4)
-        det = clip_to(det, h, w).reshape(-1, 4)
-        label = torch.arange(C, device=det.device)[None].expand(scores.shape[0], -1).reshape(-1)
-        det_image = image[:, None].expand(-1, C).reshape(-1)
-        flat = scores.reshape(-1)
-        keep = (flat > heads.score_thresh).nonzero().squeeze(1)
-        det, flat, label, det_image = det[keep], flat[keep], label[keep], det_image[keep]
-        keep = remove_small_boxes(det, 1e-2)
-        det, flat, label, det_image = det[keep], flat[keep], label[keep], det_image[keep]
-        group = (det_image * C + label).to(det.dtype)
-        kept = nms(det + (group * (S + 1))[:, None], flat, heads.nms_iou)  # per image and class, best first
-        return det[kept], flat[kept], label[kept], det_image[kept]
 
     def masks(self, features: list[Tensor], det: Tensor, image: Tensor, label: Tensor, boxes: Tensor,
               H: Any, W: Any) -> Tensor:
