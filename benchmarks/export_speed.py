@@ -41,7 +41,8 @@ MODELS = {"yolo_v1": {"pretrained": "none"}, "fcn": {"pretrained": "none"}, "une
           "convnet": {}, "classifier": {"pretrained": "none"}, "anchor_free": {"pretrained": "none"},
           "faster_rcnn": {"pretrained": "none"}, "mask_rcnn": {"pretrained": "none"},
           "panoptic_fpn": {"pretrained": "none", "thing_classes": (True,) * 3 + (False,) * 3},
-          "sliding_window": {}, "overfeat": {}}
+          "sliding_window": {}, "overfeat": {}, "rcnn": {"pretrained": "none"}, "fast_rcnn": {"pretrained": "none"}}
+PROPOSALS = 2000  # per image for the graphs on selective search's boxes (its default max_proposals)
 BACKENDS = ("torch_fp32", "torch_bf16", "onnxruntime")
 CLASSES = {"panoptic_fpn": 6}  # 3 thing and 3 stuff classes; the others 3 classes
 
@@ -121,21 +122,23 @@ def main() -> None:
             path = to_onnx(model, Path(tmp) / "m.onnx", graph)
             export_s = time.perf_counter() - start
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        sessions[label] = (session, "images", "uint8")
+        kind = "proposals" if "proposals" in getattr(graph, "inputs", ()) else "uint8"
+        sessions[label] = (session, "images", kind)
         row = {"model": label, "size": args.size, "export_s": round(export_s, 1)}
         for batch in (1, 8):
-            x = torch.randint(0, 256, (batch, 3, args.size, args.size), dtype=torch.uint8)
+            feeds = make_feeds(kind, "images", batch, args.size)
+            x = tuple(torch.from_numpy(v) for v in feeds.values())
 
             def fp32(graph=graph, x=x):
                 with torch.no_grad():
-                    graph(x)
+                    graph(*x)
 
             def bf16(graph=graph, x=x):
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                    graph(x)
+                    graph(*x)
 
-            def onnx(session=session, x=x):
-                session.run(None, {"images": x.numpy()})
+            def onnx(session=session, feeds=feeds):
+                session.run(None, feeds)
 
             for label, fn in (("torch_fp32", fp32), ("torch_bf16", bf16), ("onnxruntime", onnx)):
                 if label not in backends:
@@ -220,9 +223,7 @@ def interleaved(sessions: dict[str, tuple[Any, str, str]], size: int, repeats: i
     ``interleaved``."""
     times: dict[tuple[str, int], list[float]] = {}
     for batch in (1, 8):
-        feeds = {label: {name: (torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8) if kind == "uint8"
-                                else torch.rand(batch, 3, size, size)).numpy()}
-                 for label, (_, name, kind) in sessions.items()}
+        feeds = {label: make_feeds(kind, name, batch, size) for label, (_, name, kind) in sessions.items()}
         for label, (session, _, _) in sessions.items():
             session.run(None, feeds[label])
         for _ in range(repeats):
@@ -233,6 +234,22 @@ def interleaved(sessions: dict[str, tuple[Any, str, str]], size: int, repeats: i
     return [{"model": label, "size": size, "interleaved": True,
              "onnxruntime_b1": round(1000 * statistics.median(times[label, 1]), 1),
              "onnxruntime_b8": round(8 / statistics.median(times[label, 8]), 1)} for label in sessions]
+
+
+def make_feeds(kind: str, name: str, batch: int, size: int) -> dict[str, Any]:
+    """One call's inputs: ``float`` (B, 3, S, S) in [0, 1] (an outside ONNX file), ``uint8`` images (zir's
+    graphs), or ``proposals``: uint8 images and :data:`PROPOSALS` random boxes per image (R-CNN's and Fast
+    R-CNN's graphs; selective search itself runs before the graph and is not timed here)."""
+    if kind == "float":
+        return {name: torch.rand(batch, 3, size, size).numpy()}
+    feeds = {name: torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).numpy()}
+    if kind == "proposals":
+        g = torch.Generator().manual_seed(0)
+        xy = torch.rand(batch * PROPOSALS, 2, generator=g) * size * 0.75
+        wh = 8 + torch.rand(batch * PROPOSALS, 2, generator=g) * size / 2
+        image = torch.arange(batch).repeat_interleave(PROPOSALS)[:, None].float()
+        feeds["proposals"] = torch.cat([image, xy, (xy + wh).clamp(max=size)], dim=1).numpy()
+    return feeds
 
 
 def save(args: argparse.Namespace, rows: list[dict], row: dict) -> None:

@@ -112,9 +112,9 @@ class TrainConfig:
             the average instead of the raw weights (0 = off). Gradient fitting only: ``transfer=features``
             and closed-form models ignore it.
         channels_last: keep the model's 4-D weights in channels-last (NHWC) memory, as timm's
-            ``--channels-last``: the convolutions then take oneDNN's NHWC kernels, which on this project's
-            CPU train EfficientNet-Lite0 detectors about a quarter faster per step (README, "anchor_free on
-            raccoon"); the same function, to float rounding. Gradient fitting only.
+            ``--channels-last``: the convolutions then take oneDNN's NHWC kernels; on this project's CPU the
+            anchor-free detector fits 38-40 epochs into the 15 CPU minutes that held 29-31 (README, "anchor_free
+            on raccoon"). The same function, to float rounding. Gradient fitting only.
     """
 
     epochs: int = 10

@@ -74,7 +74,6 @@ def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) 
 def to_onnx(model: Any, out: str | Path, graph: torch.nn.Module | None = None) -> Path:
     """Write ``model``'s deployment graph (or ``graph``) as ONNX to ``out``."""
     from zir.export.graphs import graph_for
-
     from zir.export.selective import roi_pool_onnx
 
     _check_onnx()
