@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--backends", default=",".join(BACKENDS),
                     help="which of torch_fp32, torch_bf16, onnxruntime to time (sliding_window in PyTorch takes "
                          "minutes per call)")
+    ap.add_argument("--batches", default="1,8", type=lambda v: tuple(int(b) for b in v.split(",")),
+                    help="batch sizes to time (R-CNN's graph at batch 8 with 2000 proposals per image needs more "
+                         "than 24 GB: --batches 1)")
     ap.add_argument("--out", default="benchmarks/results/export_speed.json")
     ap.add_argument("--profile", action="store_true",
                     help="only print onnxruntime's ms per operator type at batch 1 (its profiler), no timing table")
@@ -107,7 +110,7 @@ def main() -> None:
             name = session.get_inputs()[0].name
             sessions[label] = (session, name, "float")
             row = {"model": label, "size": args.size}
-            for batch in (1, 8):
+            for batch in args.batches:
                 x = torch.rand(batch, 3, args.size, args.size).numpy()
                 t = clock(lambda: session.run(None, {name: x}), args.repeats)  # noqa: B023
                 row[f"onnxruntime_b{batch}"] = round(1000 * t / batch, 1) if batch == 1 else round(batch / t, 1)
@@ -125,7 +128,7 @@ def main() -> None:
         kind = "proposals" if "proposals" in getattr(graph, "inputs", ()) else "uint8"
         sessions[label] = (session, "images", kind)
         row = {"model": label, "size": args.size, "export_s": round(export_s, 1)}
-        for batch in (1, 8):
+        for batch in args.batches:
             feeds = make_feeds(kind, "images", batch, args.size)
             x = tuple(torch.from_numpy(v) for v in feeds.values())
 
@@ -147,7 +150,7 @@ def main() -> None:
                 row[f"{label}_b{batch}"] = round(1000 * t / batch, 1) if batch == 1 else round(batch / t, 1)
         save(args, rows, row)
     if len(sessions) > 1:
-        for row in interleaved(sessions, args.size, args.repeats):
+        for row in interleaved(sessions, args.size, args.repeats, args.batches):
             save(args, rows, row)
 
 
@@ -217,12 +220,13 @@ def model_variants(models: list[str], settings: list[str]) -> list[tuple[str, st
     return out
 
 
-def interleaved(sessions: dict[str, tuple[Any, str, str]], size: int, repeats: int) -> list[dict]:
+def interleaved(sessions: dict[str, tuple[Any, str, str]], size: int, repeats: int,
+                batches: tuple[int, ...] = (1, 8)) -> list[dict]:
     """onnxruntime's ms per image at batch 1 and images/s at batch 8 of every session, timed in rounds that
     call each session once (after one warm-up call each): the same load for all. Rows labelled
     ``interleaved``."""
     times: dict[tuple[str, int], list[float]] = {}
-    for batch in (1, 8):
+    for batch in batches:
         feeds = {label: make_feeds(kind, name, batch, size) for label, (_, name, kind) in sessions.items()}
         for label, (session, _, _) in sessions.items():
             session.run(None, feeds[label])
@@ -232,8 +236,8 @@ def interleaved(sessions: dict[str, tuple[Any, str, str]], size: int, repeats: i
                 session.run(None, feeds[label])
                 times.setdefault((label, batch), []).append(time.perf_counter() - start)
     return [{"model": label, "size": size, "interleaved": True,
-             "onnxruntime_b1": round(1000 * statistics.median(times[label, 1]), 1),
-             "onnxruntime_b8": round(8 / statistics.median(times[label, 8]), 1)} for label in sessions]
+             **{f"onnxruntime_b{b}": round(1000 * statistics.median(times[label, b]), 1) if b == 1
+                else round(b / statistics.median(times[label, b]), 1) for b in batches}} for label in sessions]
 
 
 def make_feeds(kind: str, name: str, batch: int, size: int) -> dict[str, Any]:
