@@ -36,6 +36,7 @@ from torchvision.ops import nms, roi_align
 
 from zir.export.graphs import clip_to, to_unit, working_frame
 from zir.export.two_stage import detect_rois, to_input, to_slots
+from zir.export.windows import scale_xy
 from zir.models.base import ZirModel
 
 
@@ -55,9 +56,8 @@ def split_proposals(proposals: Tensor) -> tuple[Tensor, Tensor]:
     return proposals[:, 0].long(), proposals[:, 1:]
 
 
-class RCNNGraph(nn.Module):
-    """``RCNN.predict`` on given proposals, for a batch of one size (R-CNN has no working frame: crops
-    come from the input itself)."""
+class ProposalGraph(nn.Module):
+    """A detector's graph on given proposals: inputs ``images`` and ``proposals``, every detector's outputs."""
 
     inputs = ("images", "proposals")
     outputs = ("boxes", "scores", "labels", "counts")
@@ -65,6 +65,11 @@ class RCNNGraph(nn.Module):
     def __init__(self, model: ZirModel) -> None:
         super().__init__()
         self.model = model
+
+
+class RCNNGraph(ProposalGraph):
+    """``RCNN.predict`` on given proposals, for a batch of one size (R-CNN has no working frame: crops
+    come from the input itself)."""
 
     def forward(self, images: Tensor, proposals: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from zir.models.detect.transform import normalize
@@ -92,15 +97,8 @@ class RCNNGraph(nn.Module):
         return to_slots(det, score, label, image[n], Bn, cfg.detections_per_img)[:4]
 
 
-class FastRCNNGraph(nn.Module):
+class FastRCNNGraph(ProposalGraph):
     """``FastRCNN.predict`` on given proposals: the working frame, the backbone's one map, the RoI heads."""
-
-    inputs = ("images", "proposals")
-    outputs = ("boxes", "scores", "labels", "counts")
-
-    def __init__(self, model: ZirModel) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, images: Tensor, proposals: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from zir.models.detect.transform import SIZE_DIVISIBLE
@@ -111,8 +109,7 @@ class FastRCNNGraph(nn.Module):
         x, h, w = working_frame(images, m)
         x = F.pad(x, (0, (-w) % SIZE_DIVISIBLE, 0, (-h) % SIZE_DIVISIBLE))
         image, boxes = split_proposals(proposals)
-        sx, sy = w / W, h / H  # boxes_to_working
-        boxes = torch.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, boxes[:, 2] * sx, boxes[:, 3] * sy], dim=1)
+        boxes = scale_xy(boxes, w / W, h / H)  # boxes_to_working
         det, score, label, image = detect_rois(m.roi_heads, m.backbone(x), boxes, image, h, w, m.cfg.image_size)
         return to_slots(to_input(det, H, W, h, w), score, label, image, Bn, m.roi_heads.detections_per_img)[:4]
 
