@@ -293,9 +293,14 @@ def test_onnx_predictor_runs_selective_search_first(name, exported):
     meta = sidecar(predictor, "onnx")
     assert meta["selective_search"]["size"] == TINY[name]["ss_size"] != 256  # the run's, not the default
     assert list(meta["inputs"]) == ["images", "proposals"]
+    assert meta.get("max_batch") == (1 if name == "rcnn" else None)  # R-CNN's crops: one image per call
     Path(f"{path}.json").write_text(json.dumps(meta))
     images = _images((3, 50, 70), 5)
-    got = OnnxPredictor(path).predict(list(images))
+    onnx, calls = OnnxPredictor(path), []
+    real = onnx.run
+    onnx.run = lambda batch: (calls.append(len(batch)), real(batch))[1]
+    got = onnx.predict(list(images))
+    assert calls == ([1, 1, 1] if name == "rcnn" else [3])  # the sidecar's max_batch is honoured
     assert sum(len(g.boxes) for g in got) > 0
     _check(model, "detect", [torch.stack([torch.nn.functional.pad(g.boxes, (0, 0, 0, 100 - len(g.boxes)))
                                           for g in got]),

@@ -138,6 +138,8 @@ def sidecar(predictor: Any, format: str) -> dict[str, Any]:
                                        "each image, made with the settings in 'selective_search' "
                                        "(zir.models.detect.proposals.SelectiveSearch)"]
         meta["selective_search"] = dataclasses.asdict(search)
+        if type(model).__name__ == "RCNN":  # every crop of a call goes through the CNN at once: ~0.6 GB each
+            meta["max_batch"] = 1  # images per call that OnnxPredictor sends
     if predictor.task in ("instance", "panoptic"):  # the two-stage graphs (zir.export.two_stage)
         meta["outputs"]["masks"] = ["uint8", ["detections", "height", "width"],
                                     "0/1 mask of every detection in input pixels, image by image (counts[0] rows "

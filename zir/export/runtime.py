@@ -91,6 +91,7 @@ class OnnxPredictor(Predictor):
 
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16) -> list[Prediction]:
         """As :meth:`Predictor.predict`: one prediction per image, in its own pixels."""
+        batch_size = min(batch_size, int(self.meta.get("max_batch") or batch_size))  # R-CNN: one image a call
         items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
         arrays = [_to_uint8(x) for x in items]
         out: list[Prediction | None] = [None] * len(arrays)
