@@ -111,10 +111,12 @@ class TrainConfig:
             after every optimizer step, its decay warmed up from 0 to this value) and evaluate and save
             the average instead of the raw weights (0 = off). Gradient fitting only: ``transfer=features``
             and closed-form models ignore it.
-        channels_last: keep the model's 4-D weights in channels-last (NHWC) memory, as timm's
-            ``--channels-last``: the convolutions then take oneDNN's NHWC kernels; on this project's CPU the
-            anchor-free detector fits 38-40 epochs into the 15 CPU minutes that held 29-31 (README, "anchor_free
-            on raccoon"). The same function, to float rounding. Gradient fitting only.
+        channels_last: keep the model's 4-D weights in channels-last (NHWC) memory while training, as timm's
+            ``--channels-last``: the convolutions then take oneDNN's NHWC kernels; the same function, to float
+            rounding. Unset (``null``): the model's choice (``ZirModel.trains_channels_last``): on for the
+            classifier's ``transfer=finetune`` (two epochs of clothing_small in 5 CPU minutes instead of
+            one), off elsewhere. The anchor-free detector fits 38-40 epochs into 15 CPU minutes instead of
+            29-31 with it (README, "anchor_free on raccoon"). Gradient fitting only.
     """
 
     epochs: int = 10
@@ -134,7 +136,7 @@ class TrainConfig:
     eval_every: int = 1
     threads: int = 0
     ema_decay: float = 0.0
-    channels_last: bool = False
+    channels_last: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"model_args.{key}: {_FROM_DATA_HELP[key]}")
     # The model's own builder checks its settings (nested ones too); the class count is a placeholder.
     cfg.model_config(num_classes=1)
+    if cfg.train.channels_last not in (None, True, False):
+        raise ConfigError(f"train.channels_last must be true, false or null (the model's choice), got "
+                          f"{cfg.train.channels_last!r}")
     check_ranges(cfg)
 
 

@@ -187,6 +187,28 @@ def test_channels_last_trains_in_nhwc_and_learns_the_same_weights(tmp_path):
     for k in a:
         assert b[k].is_contiguous()
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+    with pytest.raises(ConfigError, match="channels_last must be true, false or null"):
+        tiny(tmp_path, "bad", "channels_last=maybe")
+
+
+@pytest.mark.parametrize(("transfer", "setting", "nhwc"), [
+    ("finetune", None, True), ("finetune", "false", False), ("scratch", None, False), ("scratch", "true", True)])
+def test_channels_last_unset_is_the_models_choice(tmp_path, monkeypatch, transfer, setting, nhwc):
+    """Unset, train.channels_last is the model's ``trains_channels_last``: the classifier fine-tunes NHWC and
+    trains from scratch NCHW; an explicit setting wins either way."""
+    import zir.engine.trainer as trainer
+
+    seen = []
+    real = trainer.build_optimizer
+    monkeypatch.setattr(trainer, "build_optimizer", lambda model, cfg: (seen.append(model), real(model, cfg))[1])
+    extra = [] if setting is None else [f"channels_last={setting}"]
+    cfg = load_config(overrides=["model=classifier", "data=synth:classify", "synth_n=16", "image_size=32",
+                                 "batch_size=8", "epochs=1", "threads=1", f"project={tmp_path}", "name=c",
+                                 f"transfer={transfer}", "pretrained=none", "backbone=resnet10t", *extra])
+    assert cfg.train.channels_last == (None if setting is None else setting == "true")
+    train(cfg, progress=False)
+    convs = [p for p in seen[0].parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs) == nhwc
 
 
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -226,11 +226,12 @@ def setup(cfg: RunConfig, run_dir: Path | None, progress: bool) -> Run:
     spec = get_spec(cfg.model)
     model_cfg = cfg.model_config(len(data.classes))
     model = spec.build(model_cfg).to(device)
-    if t.channels_last:  # 4-D weights NHWC; inputs follow the weights' format in each convolution
-        model = model.to(memory_format=torch.channels_last)
     if data.task != model.task:
         raise ConfigError(f"model {cfg.model!r} is for {model.task}, but {cfg.data.path} is a {data.task} dataset")
     fitting = spec.fitting(model_cfg)
+    # 4-D weights NHWC (inputs follow the weights' format in each convolution); unset: the model's choice
+    if (t.channels_last if t.channels_last is not None else model.trains_channels_last) and fitting == "gradient":
+        model = model.to(memory_format=torch.channels_last)
     key = cache_key(cfg, model_cfg, train=len(data.train), val=len(data.val))
     fit = model
     if fitting == "features":  # the backbone runs once, the head trains on its cached features

@@ -42,6 +42,12 @@ class ZirModel(nn.Module):
     #: panoptic models: per class, True for a thing and False for stuff (the metric needs it); else None.
     thing_classes: list[bool] | None = None
 
+    @property
+    def trains_channels_last(self) -> bool:
+        """The model's choice for ``train.channels_last`` when the run leaves it unset: train with NHWC weights.
+        Off unless a model measured that it pays (the classifier when fine-tuning)."""
+        return False
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

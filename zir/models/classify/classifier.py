@@ -123,6 +123,13 @@ class Classifier(ZirModel):
         self.backbone_frozen = False
         self.set_epoch(0)
 
+    @property
+    def trains_channels_last(self) -> bool:
+        """Fine-tuning trains with NHWC weights unless ``train.channels_last`` says otherwise: oneDNN's NHWC
+        kernels fit two epochs of clothing_small into 5 CPU minutes instead of one (validation 0.6862 ->
+        0.8035, README "Side by side with a plain timm reference")."""
+        return self.cfg.transfer == "finetune"
+
     # ---- transfer modes -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Freeze or unfreeze the backbone for ``epoch`` (0-based); derived from the epoch alone, so a
