@@ -307,6 +307,9 @@ def test_onnx_predictor_runs_selective_search_first(name, exported):
                              torch.stack([torch.nn.functional.pad(g.scores, (0, 100 - len(g.scores))) for g in got]),
                              torch.stack([torch.nn.functional.pad(g.labels, (0, 100 - len(g.labels))) for g in got]),
                              torch.tensor([len(g.boxes) for g in got])], images)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    empty = session.run(None, {"images": images.numpy(), "proposals": torch.zeros(0, 5).numpy()})
+    assert empty[3].tolist() == [0, 0, 0] and not empty[0].any()  # no proposal at all: nothing, no error
     del meta["selective_search"]
     Path(f"{path}.json").write_text(json.dumps(meta))
     with pytest.raises(ZirError, match="no valid 'selective_search' settings"):
