@@ -155,7 +155,7 @@ def main() -> None:
 
 
 def op_times(path: Path, size: int, threads: int, repeats: int) -> dict[str, float]:
-    """onnxruntime's own profile of the graph at ``path`` on a uint8 ``(1, 3, size, size)`` batch: mean ms per
+    """onnxruntime's own profile of the graph at ``path`` on one uint8 image (:func:`make_feeds`): mean ms per
     call spent in each operator type (the ten largest) over ``repeats`` calls after a warm-up, and ``wall``."""
     import json as json_
     from collections import Counter
@@ -167,7 +167,7 @@ def op_times(path: Path, size: int, threads: int, repeats: int) -> dict[str, flo
     options.enable_profiling = True
     options.profile_file_prefix = str(path.with_suffix(""))
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = {"images": torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8).numpy()}
+    x = make_feeds("proposals" if len(session.get_inputs()) > 1 else "uint8", "images", 1, size)
     start = time.perf_counter()
     for _ in range(repeats + 1):
         session.run(None, x)

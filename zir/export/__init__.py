@@ -55,18 +55,17 @@ def export(run: str | Path, format: str = "pt2", out: str | Path | None = None) 
     weights = find_weights(run)
     check_writable(out or weights.parent, "file" if out else "folder")
     out = Path(out) if out else weights.with_name("model" + SUFFIX[format])
-    args, dynamic = example_args(predictor.model, graph)
-    example = args[0]
     with torch.no_grad():
         if format == "onnx":
             to_onnx(predictor.model, out, graph)
         elif format == "pt2":
+            args, dynamic = example_args(predictor.model, graph)
             torch.export.save(torch.export.export(graph, args, dynamic_shapes=dynamic), str(out))
         else:
             if predictor.task != "classify":
                 raise ConfigError(f"torchscript export takes classifiers only (this run is {predictor.task}): "
                                   "tracing would fix the image size; use --format onnx or pt2")
-            torch.jit.trace(graph, example).save(str(out))
+            torch.jit.trace(graph, example_input(predictor.model)[0]).save(str(out))
     Path(f"{out}.json").write_text(json.dumps(sidecar(predictor, format), indent=1))
     return out
 
@@ -119,6 +118,8 @@ def example_input(model: Any) -> tuple[torch.Tensor, tuple[dict[int, Any]]]:
 
 def sidecar(predictor: Any, format: str) -> dict[str, Any]:
     """What a caller needs beside the graph: the task, classes, input and outputs."""
+    from zir.export.graphs import graph_for
+
     model = predictor.model
     kind = {"instance": "detect", "panoptic": "detect"}.get(predictor.task, predictor.task)
     low = example_input(model)[1][0][2].min
@@ -131,15 +132,15 @@ def sidecar(predictor: Any, format: str) -> dict[str, Any]:
         cfg = model.cfg  # the name differs by family: max_detections, detections_per_img, roi_heads'
         meta["max_detections"] = int(getattr(cfg, "max_detections", None) or getattr(cfg, "detections_per_img", None)
                                      or cfg.roi_heads.detections_per_img)
-    search = getattr(model, "search", None)
-    if search is not None:  # R-CNN, Fast R-CNN: the caller runs selective search (zir.export.selective)
+    graph = graph_for(model)  # a wrapper: building it costs nothing
+    if "proposals" in getattr(graph, "inputs", ()):  # R-CNN, Fast R-CNN: the caller runs selective search
         meta["inputs"]["proposals"] = ["float32", ["proposals", 5],
                                        "[image index, x1, y1, x2, y2] in input pixels: selective search's boxes of "
                                        "each image, made with the settings in 'selective_search' "
                                        "(zir.models.detect.proposals.SelectiveSearch)"]
-        meta["selective_search"] = dataclasses.asdict(search)
-        if type(model).__name__ == "RCNN":  # every crop of a call goes through the CNN at once: ~0.6 GB each
-            meta["max_batch"] = 1  # images per call that OnnxPredictor sends
+        meta["selective_search"] = dataclasses.asdict(model.search)
+    if getattr(graph, "max_batch", None):
+        meta["max_batch"] = graph.max_batch  # images per call that OnnxPredictor sends
     if predictor.task in ("instance", "panoptic"):  # the two-stage graphs (zir.export.two_stage)
         meta["outputs"]["masks"] = ["uint8", ["detections", "height", "width"],
                                     "0/1 mask of every detection in input pixels, image by image (counts[0] rows "

@@ -19,9 +19,10 @@ them; the caller runs the search first (:func:`proposals_input`, which ``zir.exp
 
 Outputs are every detector's: ``boxes``, ``scores``, ``labels``, ``counts``.
 
-R-CNN's graph classifies every crop in one batch (``predict`` takes ``chunk`` crops at a time): its memory
-grows with proposals x images, about 0.6 GB per 2000 proposals at ``crop_size=96``; feed it an image at a
-time.
+R-CNN's graph classifies every crop of a call in one batch (``predict`` takes ``chunk`` crops at a time): its
+memory grows with proposals x images (8 images of 2000 proposals went past 24 GB in
+``benchmarks/export_speed.py``), so its ``max_batch`` is 1: the sidecar says so and ``OnnxPredictor`` sends
+one image per call.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class ProposalGraph(nn.Module):
 
     inputs = ("images", "proposals")
     outputs = ("boxes", "scores", "labels", "counts")
+    max_batch: int | None = None  # images per call a runtime should send (None: any)
 
     def __init__(self, model: ZirModel) -> None:
         super().__init__()
@@ -70,6 +72,8 @@ class ProposalGraph(nn.Module):
 class RCNNGraph(ProposalGraph):
     """``RCNN.predict`` on given proposals, for a batch of one size (R-CNN has no working frame: crops
     come from the input itself)."""
+
+    max_batch = 1  # every crop of a call goes through the CNN at once
 
     def forward(self, images: Tensor, proposals: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from zir.models.detect.transform import normalize
