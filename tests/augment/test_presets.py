@@ -111,3 +111,47 @@ def test_preview_from_image_file_with_boxes(tmp_path):
     Image.fromarray(torch.randint(0, 256, (60, 80, 3), dtype=torch.uint8).numpy()).save(path)
     out = preview(path, tmp_path / "out" / "grid.png", boxes=[[10, 10, 40, 30]])
     assert out.is_file()
+
+
+def _outline(row: torch.Tensor, lo: int, hi: int) -> tuple[float, float]:
+    """Sub-pixel extent of the bright bar in a 1-D profile in [0, 1] (dark around it), looked for in
+    ``[lo, hi)``: where the profile crosses one half, linearly interpolated between pixel centres
+    (``i + 0.5``); a resampled edge is a symmetric ramp, so its half-way point stays where the edge was."""
+    lit = (row[lo:hi] >= 0.5).nonzero().flatten() + lo
+    first, last = int(lit.min()), int(lit.max())
+    left = first - 0.5 + (0.5 - float(row[first - 1])) / float(row[first] - row[first - 1])
+    right = last + 0.5 + (float(row[last]) - 0.5) / float(row[last] - row[last + 1])
+    return left, right
+
+
+@pytest.mark.parametrize("steps", ["none", "light", "standard geometry"])
+def test_boxes_outline_the_pixels_they_came_from(steps):
+    """A white rectangle on black sent through the detection pipeline: its box, as transformed, matches the
+    rectangle's pixels in the output image to a fraction of a pixel per side (the letterbox's resize, flip,
+    zoom and shift move boxes and pixels alike; a half-pixel or flip-width slip would show as a bias)."""
+    from zir.augment.geometric import Letterbox, RandomHorizontalFlip, RandomScaleTranslate
+
+    S, (H, W), rect = 320, (417, 650), (180, 117, 452, 308)
+    tf = (v2.Compose([Letterbox(S), RandomHorizontalFlip(0.5), RandomScaleTranslate(0.5, 0.1, p=1.0)])
+          if steps == "standard geometry" else build_augment(steps, "detect", S))
+    torch.manual_seed(0)
+    errors = []
+    for _ in range(60):
+        image = torch.zeros(3, H, W, dtype=torch.uint8)
+        image[:, rect[1]: rect[3], rect[0]: rect[2]] = 255
+        boxes = tv_tensors.BoundingBoxes(torch.tensor([rect], dtype=torch.float32), format="XYXY", canvas_size=(H, W))
+        out, target = tf(tv_tensors.Image(image), {"boxes": boxes, "labels": torch.tensor([1])})
+        if len(target["boxes"]) != 1:
+            continue
+        x1, y1, x2, y2 = target["boxes"][0].tolist()
+        if min(x1, y1) < 3 or max(x2, y2) > S - 3:  # cut by the canvas: the pixels end at the border
+            continue
+        grey = out[0].float() / 255
+        grey = grey / grey[int((y1 + y2) / 2), int((x1 + x2) / 2)]  # HSV may dim the white
+        left, right = _outline(grey[int((y1 + y2) / 2)], int(x1) - 3, int(x2) + 4)
+        top, bottom = _outline(grey[:, int((x1 + x2) / 2)], int(y1) - 3, int(y2) + 4)
+        errors.append([x1 - left, y1 - top, x2 - right, y2 - bottom])
+    errors = torch.tensor(errors)
+    assert len(errors) >= 20
+    assert errors.mean(0).abs().max() < 0.35, errors.mean(0)  # no bias on any side
+    assert errors.abs().max() < 1.5, errors.abs().max(0).values  # resampling blurs an edge by at most a pixel
