@@ -39,13 +39,15 @@ def test_features_mode_caches_once_trains_and_saves_the_whole_model(tmp_path, mo
                    on_end=[partial(write_report, progress=False)])
     run = result.run_dir
 
-    # The backbone ran once per batch of train (40 / 16 -> 3 batches) and validation (8 -> 1); the head is
-    # solved to convergence in one epoch (epochs=3 is not used), its L2 strength cross-validated.
-    assert per_epoch == [4] and result.epochs_done == 1
+    # The backbone ran once per batch of train (40 / 16 -> 3 batches) and twice for validation's (8 -> 1):
+    # the images and their mirrors (features mode's tta=2); the head is solved to convergence in one epoch
+    # (epochs=3 is not used), its L2 strength cross-validated.
+    assert per_epoch == [5] and result.epochs_done == 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["train/grad_norm"] < 1e-5 and rows[0]["train/folds"] == 5 and rows[0]["train/l2"] > 0
     cache = load_file(str(run / "features.safetensors"))
     assert cache["train_features"].shape == (40, 1280) and cache["val_features"].shape == (8, 1280)
+    assert cache["val_mirrored"].shape == (8, 1280) and not torch.equal(cache["val_mirrored"], cache["val_features"])
 
     # The checkpoint is backbone + head; the backbone is exactly the pretrained one (BatchNorm statistics
     # included: it stayed in eval mode), and the head is trained.
@@ -74,13 +76,14 @@ def test_features_mode_caches_once_trains_and_saves_the_whole_model(tmp_path, mo
                                                run / "features.safetensors", key, progress=False)
     assert calls["n"] == before
     batch = next(iter(val_loader))
-    assert torch.equal(batch.images, cache["val_features"][:8]) and len(batch.targets) == 8
+    assert torch.equal(batch.images, torch.stack([cache["val_features"], cache["val_mirrored"]], 1)[:8])
+    assert len(batch.targets) == 8
     assert sum(len(b.targets) for b in train_loader) == 40
     # ... and other settings compute the features again (the file is overwritten for them).
     other = cache_key(saved_cfg, model_config(saved_cfg.model, 4, 64, {**saved_cfg.model_args, "pretrained": "none"}),
                       train=40, val=8)
     feature_loaders(model, data, saved_cfg, torch.device("cpu"), run / "features.safetensors", other, progress=False)
-    assert calls["n"] == before + 4
+    assert calls["n"] == before + 5
 
 
 def test_resume_in_features_mode_reads_the_cache_and_is_exact(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ features that do not change while the model trains, so they are computed once pe
   ``views`` > 1, ``views - 1`` augmented views of each training image (the ``data.augment`` preset, or
   ``standard`` when that is ``none``), computed once: augmentation without running the backbone every
   epoch. ``train_groups`` says which training image each row comes from (cross-validation folds keep an
-  image's views together).
+  image's views together). With the classifier's ``tta=2`` the validation images' mirrored features are
+  cached too (``val_mirrored``), so the validation accuracy logged in training is the one ``predict`` gives.
 * ``closed_form`` (R-CNN): ``model.training_features`` of every training image (its regions' CNN
   features and labels), from which ``model.fit_features`` solves the model (:func:`fit_closed_form`).
   With data augmentation, each image's cached rows are those of the one augmented view seen when the
@@ -98,39 +99,49 @@ def gather(items: Iterable[T], extract: Callable[[T], dict[str, Tensor] | None],
 
 
 class FeatureDataset(Dataset):
-    """Cached features: item ``i`` is ``{"features": (F,) float32, "label": int}``; ``groups[i]`` is the
-    image row ``i`` comes from (several rows per image with augmented views)."""
+    """Cached features: item ``i`` is ``{"features": (F,) float32, "label": int}``, or with ``mirrored``
+    (the features of each image's left-right mirror, for the model's ``tta=2``) ``"features"`` of shape
+    ``(2, F)``: the image's and its mirror's. ``groups[i]`` is the image row ``i`` comes from (several rows
+    per image with augmented views)."""
 
-    def __init__(self, features: Tensor, labels: Tensor, groups: Tensor | None = None) -> None:
-        self.features, self.labels = features, labels
+    def __init__(self, features: Tensor, labels: Tensor, groups: Tensor | None = None,
+                 mirrored: Tensor | None = None) -> None:
+        self.features, self.labels, self.mirrored = features, labels, mirrored
         self.groups = torch.arange(len(labels)) if groups is None else groups
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"features": self.features[i], "label": int(self.labels[i])}
+        f = self.features[i] if self.mirrored is None else torch.stack([self.features[i], self.mirrored[i]])
+        return {"features": f, "label": int(self.labels[i])}
 
 
 def collate_features(samples: list[dict[str, Any]]) -> Batch:
-    """A :class:`Batch` whose ``images`` are features ``(B, F)``; targets keep the labels."""
+    """A :class:`Batch` whose ``images`` are features ``(B, F)`` (``(B, 2, F)`` with mirrored views);
+    targets keep the labels."""
     features = torch.stack([s["features"] for s in samples])
     return Batch(features, [Target(label=s["label"]) for s in samples])
 
 
 @torch.no_grad()
 def extract_features(model: TrainsOnFeatures, dataset: Dataset, cfg: RunConfig, device: torch.device,
-                     progress: bool = True, desc: str = "features") -> dict[str, Tensor]:
+                     progress: bool = True, desc: str = "features", mirror: bool = False) -> dict[str, Tensor]:
     """Run ``model.features`` once over ``dataset``: ``{"features" (N, F) float32, "labels" (N,) int64}``
-    on the CPU (``{}`` for no images). Samples dropped by ``data.skip_bad`` are left out."""
+    on the CPU (``{}`` for no images), with ``mirror`` also ``"mirrored" (N, F)``, the features of each
+    image flipped left-right (as the classifier's ``tta=2`` sees it). Samples dropped by ``data.skip_bad``
+    are left out."""
     loader = build_loader(dataset, cfg.data, train=False, seed=cfg.train.seed)
 
     def extract(batch: Batch) -> dict[str, Tensor] | None:
         if not batch.targets:
             return None
+        images = batch.images.to(device)
         with autocast(device, cfg.train.amp):
-            features = model.features(batch.images.to(device)).float()  # (B, F)
-        return {"features": features, "labels": torch.as_tensor([int(t.label) for t in batch.targets])}
+            out = {"features": model.features(images).float()}  # (B, F)
+            if mirror:
+                out["mirrored"] = model.features(images.flip(-1)).float()
+        return {**out, "labels": torch.as_tensor([int(t.label) for t in batch.targets])}
 
     return gather(loader, extract, desc, progress)
 
@@ -146,6 +157,7 @@ def feature_loaders(model: ZirModel, data: DataBundle, cfg: RunConfig, device: t
     """
 
     views = int(getattr(getattr(model, "cfg", None), "views", 1))
+    mirror = getattr(getattr(model, "cfg", None), "tta", 1) == 2  # validation as predict sees it: with the mirror
 
     def compute() -> dict[str, Tensor]:
         if cfg.data.augment != "none" and views == 1 and progress:
@@ -169,16 +181,17 @@ def feature_loaders(model: ZirModel, data: DataBundle, cfg: RunConfig, device: t
                 rows["groups"] = torch.arange(len(rows["labels"]))  # image index; the same in every view
             train_rows.append(rows)
         parts = {"train": {name: torch.cat([r[name] for r in train_rows]) for name in train_rows[0]},
-                 "val": extract_features(extractor, data.val, cfg, device, progress, "features (val)")}
+                 "val": extract_features(extractor, data.val, cfg, device, progress, "features (val)", mirror)}
         model.train(was_training)
         empty = {"features": torch.zeros(0, 0), "labels": torch.zeros(0, dtype=torch.int64),
-                 "groups": torch.zeros(0, dtype=torch.int64)}
-        return {f"{split}_{name}": rows.get(name, empty[name]) for split, rows in parts.items() for name in empty
-                if not (split == "val" and name == "groups")}
+                 "groups": torch.zeros(0, dtype=torch.int64), "mirrored": torch.zeros(0, 0)}
+        names = {"train": ("features", "labels", "groups"),
+                 "val": ("features", "labels", "mirrored") if mirror else ("features", "labels")}
+        return {f"{split}_{name}": rows.get(name, empty[name]) for split, rows in parts.items() for name in names[split]}
 
     tensors = feature_cache(cache, key, compute, write=rank == 0)
     train_set = FeatureDataset(tensors["train_features"], tensors["train_labels"], tensors.get("train_groups"))
-    val_set = FeatureDataset(tensors["val_features"], tensors["val_labels"])
+    val_set = FeatureDataset(tensors["val_features"], tensors["val_labels"], mirrored=tensors.get("val_mirrored"))
     B = cfg.data.batch_size
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
     drop_last = len(sampler) % B == 1  # a batch of one: as build_loader (it would break a BatchNorm head)

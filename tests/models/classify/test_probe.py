@@ -127,3 +127,18 @@ def test_flip_tta_averages_the_image_and_its_mirror():
     assert not torch.allclose(got, torch.stack([p.scores for p in plain.predict(images)]), atol=1e-4)
     with pytest.raises(ConfigError, match="tta must be 1"):
         ClassifierConfig(tta=4)
+
+
+def test_features_mode_defaults_to_flip_tta_and_its_cached_head_scores_as_predict():
+    assert ClassifierConfig(transfer="features").tta == 2 and ClassifierConfig(transfer="finetune").tta == 1
+    assert ClassifierConfig(transfer="features", tta=1).tta == 1
+    torch.manual_seed(0)
+    model = Classifier(ClassifierConfig(num_classes=3, image_size=32, pretrained="none", transfer="features")).eval()
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():  # what the feature cache holds for validation: (B, 2, F), the images and their mirrors
+        cached = torch.stack([model.features(images), model.features(images.flip(-1))], 1)
+    expected = torch.stack([p.scores for p in model.predict(images)])
+    got = torch.stack([p.scores for p in model.head_on_features().predict(cached)])
+    assert torch.allclose(got, expected, atol=1e-6)
+    plain = torch.stack([p.scores for p in model.head_on_features().predict(cached[:, 0])])
+    assert not torch.allclose(plain, expected, atol=1e-4)

@@ -63,9 +63,10 @@ class ClassifierConfig:
         augmented views of it (the ``data.augment`` preset, ``standard`` when that is ``none``).
     folds: ``features``: k of the k-fold cross-validation that picks the head's L2 strength (fewer when
         there are fewer training images; views of one image stay in one fold).
-    tta: test-time augmentation of ``predict`` (and so of evaluation on images): 1 = none, 2 = the mean
-        of the softmax of the image and of its left-right mirror (photographs are upright, so only the
-        flip that keeps them natural).
+    tta: test-time augmentation of ``predict`` (and so of evaluation on images and of the exported graph):
+        1 = none, 2 = the mean of the softmax of the image and of its left-right mirror (photographs are
+        upright, so only the flip that keeps them natural). Unset: 2 for ``features`` (measured: README
+        "Defaults of the transfer modes"), 1 for the other modes.
     label_smoothing: gradient training (``scratch``, ``finetune``): the target puts ``1 - e`` on the
         label and spreads ``e`` evenly over all classes (Szegedy et al. 2016, "Rethinking the Inception
         architecture", section 7), which keeps the logits of a small training set from growing without
@@ -82,7 +83,7 @@ class ClassifierConfig:
     dropout: float = 0.2
     views: int = 1
     folds: int = 5
-    tta: int = 1
+    tta: int | None = None
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
@@ -95,6 +96,8 @@ class ClassifierConfig:
             raise ConfigError(f"views={self.views} belongs to transfer=features (augmented views of each image "
                               f"cached once); transfer={self.transfer} sees new augmented images every epoch: "
                               "remove views and set augment=standard")
+        if self.tta is None:  # the mode's default
+            self.tta = 2 if self.transfer == "features" else 1
         if self.tta not in (1, 2):
             raise ConfigError(f"tta must be 1 (none) or 2 (the image and its left-right mirror), got {self.tta}")
         if not 0 <= self.label_smoothing < 1:
@@ -237,6 +240,12 @@ class HeadOnFeatures(ZirModel):
 
     @torch.no_grad()
     def predict(self, features: Tensor) -> list[ClassPrediction]:  # type: ignore[override]
+        """Features ``(B, F)``, or ``(B, 2, F)`` of each image and its mirror (``tta=2``: the mean of the two
+        softmaxes, as :meth:`Classifier.predict`)."""
+        if features.ndim == 3:
+            probs = self.model.classify(features.flatten(0, 1)).float().softmax(1).unflatten(0, features.shape[:2])
+            probs = probs.mean(1)  # (B, C)
+            return [ClassPrediction(scores=p, label=int(p.argmax())) for p in probs]
         return to_predictions(self.model.classify(features))
 
 
