@@ -39,7 +39,8 @@ given) beside a plain timm + torchvision reference recipe (:func:`timm_reference
 ``--clock cpu`` makes ``time=`` (through ``zir.engine.budget.clock``, the one clock it reads) and the timm
 loop count the process's CPU seconds: on a shared machine each recipe then gets the work of its minutes
 on a free core. ``--zir-extra KEY=VALUE,...`` adds a zir row with more settings (``mode=features`` for a
-features row); ``--no-zir-default`` and ``--no-timm`` leave rows out.
+features row); ``--no-zir-default`` and ``--no-timm`` leave rows out; ``--other-tta`` adds, under each zir
+row, its trained weights evaluated with flip TTA switched the other way (``tta=1`` <-> ``tta=2``).
 
     .venv/bin/python benchmarks/classify_transfer.py [--raccoon /path/to/raccoon] [--data PATH]
         [--synth-n 200] [--image-size 64] [--epochs 8] [--feature-epochs 50] [--amp bf16]
@@ -156,10 +157,11 @@ def build_raccoon_hard(raccoon: Path, out: Path, seed: int = 0) -> dict[str, dic
 
 
 def zir_default(mode: str, data: dict, minutes: float, size: int, threads: int, project: str,
-                extra: dict | None = None) -> dict:
+                extra: dict | None = None, other_tta: bool = False) -> dict:
     """zir's default command for ``transfer=mode`` (the README's): only the data, size, budget and threads
     are given (and ``extra`` settings, to measure a candidate default); ``test`` is scored once at the end
-    by ``zir.evaluate``."""
+    by ``zir.evaluate``; with ``other_tta`` the trained weights are also evaluated with the other flip-TTA
+    setting (``zir.evaluate(run, tta=...)``: the same model, so only the test-time views differ)."""
     t0, c0 = time.time(), budget_clock.clock()
     budget = {"time": minutes} if mode == "finetune" else {}
     tag = "-".join(f"{k}{v}" for k, v in (extra or {}).items())
@@ -172,6 +174,13 @@ def zir_default(mode: str, data: dict, minutes: float, size: int, threads: int, 
            "clock_s": budget_clock.clock() - c0, "l2": rows[-1].get("train/l2")}
     if data.get("test"):
         out["test"] = zir.evaluate(result.run_dir, data=data["test"], progress=False)["accuracy"]
+    if other_tta:  # the same weights with flip TTA switched the other way (1 <-> 2)
+        tta = 3 - zir.load(result.run_dir).model.cfg.tta
+        out["other_tta"] = {"tta": tta, "val": zir.evaluate(result.run_dir, data=data["val"], progress=False,
+                                                            tta=tta)["accuracy"]}
+        if data.get("test"):
+            out["other_tta"]["test"] = zir.evaluate(result.run_dir, data=data["test"], progress=False,
+                                                    tta=tta)["accuracy"]
     return out
 
 
@@ -264,7 +273,8 @@ def side_by_side(datasets: list[dict], args: argparse.Namespace, project: str) -
             for who, extra in rows:
                 if who == "zir":
                     extra = {k: yaml.safe_load(v) for k, v in extra.items()}
-                    r = zir_default(mode, data, args.minutes, args.photo_size, args.threads, project, extra)
+                    r = zir_default(mode, data, args.minutes, args.photo_size, args.threads, project, extra,
+                                    args.other_tta)
                     name = f"zir `transfer={mode}" + (f" time={args.minutes:g}" if mode == "finetune" else "")
                     name += "".join(f" {k}={v}" for k, v in extra.items()) + "`"
                     if r.get("l2") is not None:
@@ -275,6 +285,11 @@ def side_by_side(datasets: list[dict], args: argparse.Namespace, project: str) -
                 test = f"{r['test']:.4f}" if "test" in r else "-"
                 print(f"| {name} | {mode} | {r['epochs']} | {r['val']:.4f} | {test} | {r['clock_s']:.0f} | "
                       f"{r['wall_s']:.0f} |", flush=True)
+                if "other_tta" in r:
+                    o = r["other_tta"]
+                    test = f"{o['test']:.4f}" if "test" in o else "-"
+                    print(f"| the same weights with `tta={o['tta']}` | {mode} | - | {o['val']:.4f} | {test} | - | - |",
+                          flush=True)
 
 
 def run(data: dict, mode: str, augment: str, args: argparse.Namespace, project: str) -> dict:
@@ -320,6 +335,8 @@ def main() -> None:
     p.add_argument("--no-zir-default", dest="zir_default", action="store_false",
                    help="--side-by-side: leave out zir's default-command rows (only --zir-extra rows)")
     p.add_argument("--no-timm", dest="timm", action="store_false", help="--side-by-side: leave out the timm rows")
+    p.add_argument("--other-tta", action="store_true",
+                   help="--side-by-side: also evaluate each zir run's weights with flip TTA switched the other way")
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="what time= and the timm budget count: wall-clock seconds, or the process's CPU seconds "
                         "(with 1 thread and no loader workers, what a quiet core would take; for a shared machine)")

@@ -134,6 +134,8 @@ def test_settings_errors_name_the_key_and_the_fix(trained, tmp_path, capsys):
     assert "data.image_size" in capsys.readouterr().err
     assert main(["eval", str(run), "epochs=3"]) == 2  # eval changes the data, never the model or training
     assert "evaluate takes data settings" in capsys.readouterr().err
+    assert main(["eval", str(run), "tta=2"]) == 2  # the one model setting eval takes, where the model has it
+    assert "convnet has no tta setting" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing was started
 
 

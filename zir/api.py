@@ -49,12 +49,13 @@ def train(config: str | Path | RunConfig | None = None, *, resume: str | Path | 
     return _train(cfg, on_end=report, progress=progress)
 
 
-def evaluate(run: str | Path, progress: bool = True, **data_settings: Any) -> dict[str, float]:
-    """Evaluate a trained run on its validation data, or on ``data=PATH`` (any readable format)."""
+def evaluate(run: str | Path, progress: bool = True, tta: int | None = None, **data_settings: Any) -> dict[str, float]:
+    """Evaluate a trained run on its validation data, or on ``data=PATH`` (any readable format); ``tta=N``
+    with the model's test-time augmentation set to N views instead of the run's (classifiers: 1 or 2)."""
     from zir.engine.data import build_loader
     from zir.engine.evaluate import evaluate as _evaluate
 
-    predictor = load(run)
+    predictor = load(run, tta=tta)
     cfg, bundle = run_data(predictor, run, data_settings, "evaluate")
     loader = build_loader(bundle.val, cfg.data, train=False, seed=cfg.train.seed)
     metrics, _ = _evaluate(predictor.model, loader, bundle.task, bundle.classes, predictor.device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,18 @@ def find_weights(path: str | Path, prefer: str = "best") -> Path:
                           "pass a run folder made by `zir train` or a .safetensors file")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+def load(path: str | Path, device: str | torch.device = "cpu", tta: int | None = None) -> Predictor:
     """Load a trained run (``runs/NAME``) or weights file; it needs nothing else. A model name that is
-    not a path (``efficientnet_lite0``) gives that ImageNet classifier with its offline weights."""
+    not a path (``efficientnet_lite0``) gives that ImageNet classifier with its offline weights.
+
+    ``tta``: the model's test-time augmentation instead of the run's (the classifier's and the semantic
+    segmenters' ``tta`` setting: views averaged by ``predict``); the weights are the same."""
     if not Path(path).exists() and "/" not in str(path) and not str(path).endswith(".safetensors"):
         from zir.models.classify.imagenet import IMAGENET_SIZE, imagenet_classes, imagenet_classifier
 
         model = imagenet_classifier(str(path))  # ConfigError for a name without offline weights
+        if tta is not None:
+            model.cfg = dataclasses.replace(model.cfg, tta=tta)  # checked by the config
         cfg = RunConfig(model="classifier", model_args={"backbone": str(path), "pretrained": "imagenet"},
                         data=DataConfig(image_size=IMAGENET_SIZE))
         return Predictor(model, imagenet_classes(), cfg, device)
@@ -117,6 +123,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
         cfg = RunConfig.from_dict(meta["config"])
     except ConfigError as e:
         raise ConfigError(f"{weights}: the run's stored config does not load: {e}") from None
+    if tta is not None:
+        if "tta" not in model_keys(cfg.model):
+            raise ConfigError(f"{cfg.model} has no tta setting (test-time augmentation is a setting of the "
+                              "classifiers and of unet / fcn); leave tta out")
+        cfg = cfg.override({"model_args.tta": tta})  # checked when the model is built
     # The checkpoint's weights replace pretrained ones anyway: skip loading ImageNet's.
     build_cfg = cfg.override({"model_args.pretrained": "none"}) if "pretrained" in model_keys(cfg.model) else cfg
     model = get_spec(cfg.model).build(build_cfg.model_config(len(meta["classes"])))
