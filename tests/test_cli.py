@@ -56,6 +56,28 @@ def test_predict_draws_and_writes_json(trained, tmp_path):
     assert Image.open(jsons[0].with_suffix(".png")).size[0] >= 32
 
 
+def test_predict_and_load_take_tta(trained, tmp_path, capsys):
+    """``--tta N`` (and ``zir.load(..., tta=N)``) score the same weights with other test-time views; a model
+    without the setting, a bad view count and the onnx backend say so."""
+    _, data, run = trained
+    images = sorted((data / "star").glob("*.png"))[:2]
+    flip = zir.load("efficientnet_lite0", tta=2)
+    plain = zir.load("efficientnet_lite0")
+    assert flip.model.cfg.tta == 2 and plain.model.cfg.tta == 1
+    x = torch.rand(3, 40, 56)
+    expected = (plain.model.predict(x)[0].scores + plain.model.predict(x.flip(-1))[0].scores) / 2
+    torch.testing.assert_close(flip.predict(x)[0].scores, expected, atol=1e-5, rtol=0)
+    assert main(["predict", "efficientnet_lite0", *map(str, images), "--tta", "2", "--out", str(tmp_path / "p")]) == 0
+    assert len(list((tmp_path / "p").rglob("*.json"))) == 2
+    assert main(["predict", "efficientnet_lite0", str(images[0]), "--tta", "3", "--out", str(tmp_path / "q")]) == 2
+    assert "tta must be 1" in capsys.readouterr().err
+    assert main(["predict", str(run), str(images[0]), "--tta", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "convnet has no tta setting" in capsys.readouterr().err
+    assert main(["predict", str(run), str(images[0]), "--tta", "2", "--backend", "onnx", "--out",
+                 str(tmp_path / "s")]) == 2
+    assert "--tta applies to the torch backend" in capsys.readouterr().err
+
+
 def test_python_api_load_predicts_paths_pil_arrays_tensors(trained):
     _, data, run = trained
     model = zir.load(run)

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace files in --out that zir did not write (by default zir refuses)")
     pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                     help="onnx: run MODEL's exported graph (zir export MODEL --format onnx, or a .onnx file) with onnxruntime")
+    pr.add_argument("--tta", type=int, default=None, metavar="N",
+                    help="test-time views instead of the run's (classifiers: 1 or 2 = with the left-right mirror; "
+                         "unet / fcn: 1, 2, 4 or 8); torch backend")
     sl = pr.add_argument_group("sliced prediction (SAHI): small objects in large images, detection and instance")
     sl.add_argument("--slice", type=int, metavar="SIZE", help="predict on overlapping SIZE px tiles (e.g. the "
                                                               "model's image_size) and merge their detections")
@@ -254,7 +257,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.backend == "onnx":
         from zir.export.runtime import OnnxPredictor
 
+        if args.tta is not None:
+            raise ConfigError("--tta applies to the torch backend; an exported graph keeps the tta it was exported "
+                              "with (export a run trained or loaded with that tta)")
         model = OnnxPredictor(args.model)
+    elif args.tta is not None:
+        from zir.api import load
+
+        model = load(args.model, tta=args.tta)
     out = predict_to_folder(model, args.inputs, args.out, conf=args.conf, skip_bad=args.skip_bad,
                             exist_ok=args.exist_ok, batch_size=args.batch_size, slicing=slicing)
     print(f"wrote predictions to {out}")
