@@ -222,9 +222,9 @@ def model_variants(models: list[str], settings: list[str]) -> list[tuple[str, st
 
 def interleaved(sessions: dict[str, tuple[Any, str, str]], size: int, repeats: int,
                 batches: tuple[int, ...] = (1, 8)) -> list[dict]:
-    """onnxruntime's ms per image at batch 1 and images/s at batch 8 of every session, timed in rounds that
-    call each session once (after one warm-up call each): the same load for all. Rows labelled
-    ``interleaved``."""
+    """onnxruntime's ms per image at batch 1 and images/s at each larger batch of ``batches`` for every session,
+    timed in rounds that call each session once (after one warm-up call each): the same load for all. Rows
+    labelled ``interleaved``."""
     times: dict[tuple[str, int], list[float]] = {}
     for batch in batches:
         feeds = {label: make_feeds(kind, name, batch, size) for label, (_, name, kind) in sessions.items()}

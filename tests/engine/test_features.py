@@ -64,11 +64,11 @@ def test_features_mode_caches_once_trains_and_saves_the_whole_model(tmp_path, mo
     assert report_metrics["accuracy"] == result.best_metrics["accuracy"]
     # zir.evaluate(run, tta=1) scores the same weights without the mirror: the cached head on the plain
     # validation features is its oracle.
-    head = zir.load(run).model.head_on_features()
+    predictor = zir.load(run)
+    head = predictor.model.head_on_features()
     plain = torch.stack([p.scores.argmax() for p in head.predict(cache["val_features"])])
     expected = (plain == cache["val_labels"]).float().mean().item()
     assert zir.evaluate(run, progress=False, tta=1)["accuracy"] == pytest.approx(expected)
-    predictor = zir.load(run)
     pred = predictor.predict(torch.rand(3, 100, 80))[0]
     assert pred.scores.shape == (4,) and predictor.classes == ["circle", "square", "triangle", "star"]
 

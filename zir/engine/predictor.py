@@ -125,8 +125,11 @@ def load(path: str | Path, device: str | torch.device = "cpu", tta: int | None =
         raise ConfigError(f"{weights}: the run's stored config does not load: {e}") from None
     if tta is not None:
         if "tta" not in model_keys(cfg.model):
-            raise ConfigError(f"{cfg.model} has no tta setting (test-time augmentation is a setting of the "
-                              "classifiers and of unet / fcn); leave tta out")
+            from zir.models import MODELS
+
+            having = sorted(name for name in MODELS if "tta" in model_keys(name))
+            raise ConfigError(f"{cfg.model} has no tta setting (test-time augmentation is a setting of "
+                              f"{', '.join(having)}); leave tta out")
         cfg = cfg.override({"model_args.tta": tta})  # checked when the model is built
     # The checkpoint's weights replace pretrained ones anyway: skip loading ImageNet's.
     build_cfg = cfg.override({"model_args.pretrained": "none"}) if "pretrained" in model_keys(cfg.model) else cfg

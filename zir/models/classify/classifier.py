@@ -218,8 +218,7 @@ class Classifier(ZirModel):
         else:
             batch = torch.cat([resize(im.unsqueeze(0), (S, S), antialias=True) for im in batch])
         if self.cfg.tta == 2:  # mean of the two views' probabilities, (B, C)
-            probs = (self(batch).float().softmax(1) + self(batch.flip(-1)).float().softmax(1)) / 2
-            return [ClassPrediction(scores=p, label=int(p.argmax())) for p in probs]
+            return from_probabilities((self(batch).float().softmax(1) + self(batch.flip(-1)).float().softmax(1)) / 2)
         return to_predictions(self(batch))
 
 
@@ -244,8 +243,7 @@ class HeadOnFeatures(ZirModel):
         softmaxes, as :meth:`Classifier.predict`)."""
         if features.ndim == 3:
             probs = self.model.classify(features.flatten(0, 1)).float().softmax(1).unflatten(0, features.shape[:2])
-            probs = probs.mean(1)  # (B, C)
-            return [ClassPrediction(scores=p, label=int(p.argmax())) for p in probs]
+            return from_probabilities(probs.mean(1))
         return to_predictions(self.model.classify(features))
 
 
@@ -361,7 +359,12 @@ def cross_entropy(logits: Tensor, targets: list[Target], label_smoothing: float 
 
 
 def to_predictions(logits: Tensor) -> list[ClassPrediction]:
-    probs = logits.float().softmax(dim=1)  # (B, C)
+    """Logits ``(B, C)`` -> one prediction each (softmax scores)."""
+    return from_probabilities(logits.float().softmax(dim=1))
+
+
+def from_probabilities(probs: Tensor) -> list[ClassPrediction]:
+    """Class probabilities ``(B, C)`` (e.g. a mean over test-time views) -> one prediction each."""
     return [ClassPrediction(scores=p, label=int(p.argmax())) for p in probs]
 
 
