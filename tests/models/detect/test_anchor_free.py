@@ -161,22 +161,27 @@ def test_bad_settings_are_refused():
         AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", cls_loss="focal"))
     with pytest.raises(ConfigError, match="head must be one of dense, light, depthwise"):
         AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", head="separable"))
+    for head, kernel in (("dense", 5), ("depthwise", 7)):
+        with pytest.raises(ConfigError, match="head_kernel must be 3 or 5"):
+            AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", head=head, head_kernel=kernel))
 
 
-@pytest.mark.parametrize("kind", ["light", "depthwise"])
-def test_light_heads_are_depthwise_separable_and_fold(kind: str):
+@pytest.mark.parametrize("kind, k", [("light", 3), ("depthwise", 3), ("depthwise", 5)])
+def test_light_heads_are_depthwise_separable_and_fold(kind: str, k: int):
     """``light`` makes the classification branch's 3x3 layers depthwise-separable (YOLOv10), ``depthwise`` both
-    branches' (PP-PicoDet); each layer's multiply-adds drop to ``9 d + d^2`` from ``9 d^2`` per point, the
-    outputs keep their shapes, the model trains, and predict's folded copy still computes the model."""
+    branches' (PP-PicoDet); each layer's multiply-adds drop to ``k^2 d + d^2`` from ``9 d^2`` per point
+    (``k``: ``head_kernel``), the outputs keep their shapes, the model trains, and predict's folded copy still
+    computes the model."""
     d = 16
-    dense, light = tiny(neck_channels=d, head_convs=2), tiny(neck_channels=d, head_convs=2, head=kind)
+    dense = tiny(neck_channels=d, head_convs=2)
+    light = tiny(neck_channels=d, head_convs=2, head=kind, head_kernel=k)
 
     def per_point(branch: torch.nn.Module) -> int:  # multiply-adds per point of a branch's conv layers
         return sum(m.weight.numel() for m in branch.modules() if isinstance(m, torch.nn.Conv2d))
 
     for name in ("cls", "box"):
         separable = kind == "depthwise" or name == "cls"
-        want = 2 * (9 * d + d * d) if separable else 2 * 9 * d * d
+        want = 2 * (k * k * d + d * d) if separable else 2 * 9 * d * d
         got = per_point(getattr(light.head, name)[0][:-1])
         assert got == want and (got < per_point(getattr(dense.head, name)[0][:-1])) == separable
     x = torch.rand(2, 3, 64, 64)

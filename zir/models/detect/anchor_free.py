@@ -29,6 +29,7 @@ working frame is dropped with a warning that counts them (it has no point inside
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -71,6 +72,8 @@ class AnchorFreeConfig:
         dense) or ``depthwise`` (both branches depthwise-separable, as PP-PicoDet's and NanoDet-Plus's heads;
         3x3 kernels here). At 320 px the head takes 0.32 G of the network's 1.18 G multiply-adds at ``dense``,
         0.18 G at ``light``, 0.05 G at ``depthwise`` (README: raccoon accuracy and onnxruntime speed of each).
+    head_kernel: the depthwise convolutions' kernel in the ``light`` and ``depthwise`` heads: 3, or 5 as
+        PP-PicoDet's and NanoDet-Plus's heads (a wider view of each point for a few more multiply-adds).
     reg_max: ``R``: each box side is a distribution over the distances ``0..R`` in units of the level's
         stride (YOLOv8: 15, i.e. 16 bins); sides longer than ``R`` strides are out of reach.
     topk, alpha, beta: the task-aligned assigner's positives per object and exponents of ``s^alpha u^beta``
@@ -93,6 +96,7 @@ class AnchorFreeConfig:
     neck_channels: int = 64
     head_convs: int = 2
     head: str = "dense"
+    head_kernel: int = 3
     reg_max: int = 15
     topk: int = 10
     alpha: float = 0.5
@@ -120,10 +124,11 @@ def conv_bn_silu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU(inplace=True))
 
 
-def separable_bn_silu(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 depthwise conv -> BN -> SiLU, then 1x1 conv -> BN -> SiLU (MobileNet's depthwise-separable layer;
-    YOLOv10's light classification head): about ``9 / c_out + 1 / 9`` of a dense 3x3 conv's multiply-adds."""
-    return nn.Sequential(nn.Sequential(nn.Conv2d(c_in, c_in, 3, 1, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
+def separable_bn_silu(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
+    """k x k depthwise conv -> BN -> SiLU, then 1x1 conv -> BN -> SiLU (MobileNet's depthwise-separable layer;
+    YOLOv10's light classification head): at ``k = 3`` about ``9 / c_out + 1 / 9`` of a dense 3x3 conv's
+    multiply-adds."""
+    return nn.Sequential(nn.Sequential(nn.Conv2d(c_in, c_in, k, 1, k // 2, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
                                        nn.SiLU(inplace=True)),
                          nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU(inplace=True)))
 
@@ -163,11 +168,12 @@ class DecoupledHead(nn.Module):
     """
 
     def __init__(self, d: int, num_classes: int, reg_max: int, convs: int, strides: Sequence[int],
-                 image_size: int, kind: str = "dense") -> None:
+                 image_size: int, kind: str = "dense", kernel: int = 3) -> None:
         super().__init__()
         self.C, self.bins = num_classes, reg_max + 1
-        cls_layer = conv_bn_silu if kind == "dense" else separable_bn_silu
-        box_layer = separable_bn_silu if kind == "depthwise" else conv_bn_silu
+        separable = functools.partial(separable_bn_silu, k=kernel)
+        cls_layer = conv_bn_silu if kind == "dense" else separable
+        box_layer = separable if kind == "depthwise" else conv_bn_silu
         self.cls = nn.ModuleList(nn.Sequential(*[cls_layer(d, d) for _ in range(convs)], nn.Conv2d(d, num_classes, 1))
                                  for _ in strides)
         self.box = nn.ModuleList(nn.Sequential(*[box_layer(d, d) for _ in range(convs)], nn.Conv2d(d, 4 * self.bins, 1))
@@ -203,6 +209,10 @@ class AnchorFree(ZirModel):
             raise ConfigError(f"anchor_free cls_loss must be one of {', '.join(CLS_LOSSES)}, got {cfg.cls_loss!r}")
         if cfg.head not in HEADS:
             raise ConfigError(f"anchor_free head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
+        if cfg.head_kernel not in (3, 5) or (cfg.head == "dense" and cfg.head_kernel != 3):
+            raise ConfigError(f"anchor_free head_kernel must be 3 or 5, and 5 only with head=light or head=depthwise "
+                              f"(the dense head's convolutions are 3x3), got head_kernel={cfg.head_kernel} with "
+                              f"head={cfg.head}")
         if len(cfg.backbone_levels) < 2:
             raise ConfigError(f"anchor_free backbone_levels needs at least two levels, got {cfg.backbone_levels}")
         self.cfg = cfg
@@ -214,7 +224,7 @@ class AnchorFree(ZirModel):
         self.set_normalization(self.backbone.mean, self.backbone.std)
         self.neck = PAN(self.backbone.channels, self.backbone.strides, cfg.neck_channels)
         self.head = DecoupledHead(cfg.neck_channels, cfg.num_classes, cfg.reg_max, cfg.head_convs,
-                                  self.backbone.strides, cfg.image_size, cfg.head)
+                                  self.backbone.strides, cfg.image_size, cfg.head, cfg.head_kernel)
         self.dropped_boxes = 0  # boxes under a pixel dropped by ``loss`` so far (also warned about)
         # predict's folded copy of the network and the parameter versions it was made from (not a submodule:
         # it stays out of state_dict and is rebuilt when a weight changes)
