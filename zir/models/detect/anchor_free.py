@@ -70,8 +70,9 @@ class AnchorFreeConfig:
         (YOLOv10's "lightweight classification head", Wang et al. 2024, as in YOLO11: the classification
         branch's layers depthwise-separable, a 3x3 depthwise and a 1x1 pointwise conv each; the box branch
         dense) or ``depthwise`` (both branches depthwise-separable, as PP-PicoDet's and NanoDet-Plus's heads;
-        3x3 kernels here). At 320 px the head takes 0.32 G of the network's 1.18 G multiply-adds at ``dense``,
-        0.18 G at ``light``, 0.05 G at ``depthwise`` (README: raccoon accuracy and onnxruntime speed of each).
+        3x3 depthwise kernels unless ``head_kernel``). At 320 px the head takes 0.32 G of the network's 1.18 G
+        multiply-adds at ``dense``, 0.18 G at ``light``, 0.05 G at ``depthwise`` (README: raccoon accuracy and
+        onnxruntime speed of each).
     head_kernel: the depthwise convolutions' kernel in the ``light`` and ``depthwise`` heads: 3, or 5 as
         PP-PicoDet's and NanoDet-Plus's heads (a wider view of each point for a few more multiply-adds).
     reg_max: ``R``: each box side is a distribution over the distances ``0..R`` in units of the level's
