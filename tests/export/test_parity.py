@@ -254,6 +254,24 @@ def test_onnx_matches_predict(name, exported):
 
 
 @pytest.mark.slow
+def test_anchor_free_box_voting_exports(tmp_path):
+    """``box_voting``: the ONNX graph's voted boxes are ``predict``'s (``weighted_merge``), batch by batch."""
+    model = _model("anchor_free", box_voting=3.0, nms_iou=0.5)
+    _confident(model)
+    session = ort.InferenceSession(str(to_onnx(model, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    plain = _model("anchor_free", nms_iou=0.5)
+    _confident(plain)
+    moved = 0
+    for k, shape in enumerate([(1, SIZE, SIZE), (4, SIZE, SIZE), (2, 50, 70)]):
+        images = _images(shape, k)
+        outputs = _run(session, images)
+        _check(model, "detect", outputs, images)
+        voted, nms_only = model.predict([im.float() / 255 for im in images]), plain.predict([im.float() / 255 for im in images])
+        moved += sum(int((v.boxes - n.boxes).abs().amax(1).gt(0.1).sum()) for v, n in zip(voted, nms_only))
+    assert moved, "box voting moved no box: the test's detections do not overlap"
+
+
+@pytest.mark.slow
 def test_onnx_predictor_merges_panoptic(exported):
     """``OnnxPredictor`` on Panoptic FPN's graph (the module's export, a sidecar written beside it): the
     merge after the graph gives ``predict``'s panoptic segments."""

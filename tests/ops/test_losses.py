@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torchvision.ops import complete_box_iou_loss
 
 from zir.ops.coder import decode_ltrb, dfl_expectation, encode_ltrb
-from zir.ops.losses import distribution_focal_loss, varifocal_loss
+from zir.ops.losses import distribution_focal_loss, power_complete_box_iou_loss, varifocal_loss
 
 
 def test_distribution_focal_loss_weights_the_two_neighbouring_bins():
@@ -64,3 +65,36 @@ def test_dfl_expectation_is_the_mean_distance():
     want = (many.softmax(-1) * torch.arange(16.0)).sum(-1)
     torch.testing.assert_close(dfl_expectation(many), want)
     assert dfl_expectation(torch.zeros(0, 4, 16)).shape == (0, 4)
+
+
+def test_power_ciou_by_hand():
+    # concentric squares 2x2 in 4x4: IoU 1/4, no centre distance, same aspect -> 1 - (1/4)^3
+    pred, target = torch.tensor([[1.0, 1, 3, 3]]), torch.tensor([[0.0, 0, 4, 4]])
+    torch.testing.assert_close(power_complete_box_iou_loss(pred, target, 3.0), torch.tensor([1 - 0.25**3]))
+    # 2x2 squares shifted by 1: IoU 2/6, centres 1 apart, enclosing 3x2 (c^2 = 13) -> 1 - (1/3)^3 + (1/13)^3
+    pred, target = torch.tensor([[0.0, 0, 2, 2]]), torch.tensor([[1.0, 0, 3, 2]])
+    torch.testing.assert_close(power_complete_box_iou_loss(pred, target, 3.0),
+                               torch.tensor([1 - (1 / 3) ** 3 + (1 / 13) ** 3]))
+    assert power_complete_box_iou_loss(target, target, 3.0).item() == 0
+
+
+def test_power_ciou_at_power_one_is_torchvisions_ciou():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(64, 2, generator=g) * 50
+    pred = torch.cat([xy, xy + 1 + torch.rand(64, 2, generator=g) * 30], 1)
+    target = torch.cat([xy + torch.randn(64, 2, generator=g) * 5, xy + 1 + torch.rand(64, 2, generator=g) * 30], 1)
+    target[:, 2:] = torch.maximum(target[:, 2:], target[:, :2] + 1)
+    torch.testing.assert_close(power_complete_box_iou_loss(pred, target, 1.0),
+                               complete_box_iou_loss(pred, target, reduction="none"), atol=1e-5, rtol=1e-5)
+
+
+def test_power_ciou_pushes_harder_on_well_overlapping_boxes():
+    # the gradient of the loss on a box's shift: power 3 gives a box at IoU ~0.9 more push than CIoU does,
+    # and a box at IoU ~0.2 less (Alpha-IoU's reweighting)
+    def push(shift: float, power: float) -> float:
+        s = torch.tensor(shift, requires_grad=True)
+        pred = torch.stack([s, torch.tensor(0.0), s + 10, torch.tensor(10.0)])[None]
+        power_complete_box_iou_loss(pred, torch.tensor([[0.0, 0, 10, 10]]), power).sum().backward()
+        return s.grad.abs().item()
+    assert push(0.5, 3.0) > 1.5 * push(0.5, 1.0)
+    assert push(7.0, 3.0) < 0.5 * push(7.0, 1.0)

@@ -32,6 +32,7 @@ from torchvision.ops import nms
 
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
+from zir.ops.boxes import iou
 from zir.ops.coder import decode_yolo_v1
 
 MAX_BATCH = 1024  # the largest batch an exported graph takes (its dynamic batch dimension's bound)
@@ -238,7 +239,8 @@ class AnchorFreeGraph(nn.Module):
     """The one-stage anchor-free detector: resize into the working frame, normalise, pad to the stride, the
     model's raw outputs decoded (as ``AnchorFree.predict``), boxes clipped to the working frame, then per
     image the best ``pre_nms_top_n`` (point, class) pairs above ``score_thresh``, per-class NMS over the
-    whole batch at once and the best ``max_detections``, boxes back to the input's pixels."""
+    whole batch at once and the best ``max_detections`` (with ``box_voting``, each the vote of the boxes
+    it suppressed: :func:`box_votes`), boxes back to the input's pixels."""
 
     outputs = ("boxes", "scores", "labels", "counts")
 
@@ -272,19 +274,37 @@ class AnchorFreeGraph(nn.Module):
         cand = boxes.reshape(-1, 4)[image * boxes.shape[1] + idx // C]
         group = (image * C + label).to(cand.dtype)
         # clipped to the working frame, whose sides are at most S: groups S + 1 apart never overlap
-        kept = nms(cand + (group * (S + 1))[:, None], sc, cfg.nms_iou)
-        cand, sc, label, image = cand[kept], sc[kept], label[kept], image[kept]
+        apart = cand + (group * (S + 1))[:, None]
+        kept = nms(apart, sc, cfg.nms_iou)
         K = cfg.max_detections
-        rank, counts = rank_in_image(image, Bn)
+        rank, counts = rank_in_image(image[kept], Bn)
         take = rank < K
-        slot = image[take] * K + rank[take]
-        det = cand[take]
+        slot = image[kept][take] * K + rank[take]
+        det = cand[kept][take]
+        if cfg.box_voting > 0:
+            det = box_votes(apart[kept][take], apart, cand, sc, cfg.nms_iou, cfg.box_voting, det)
+        sc, label = sc[kept], label[kept]
         det = clip_to(torch.stack([det[:, 0] * (W / w), det[:, 1] * (H / h), det[:, 2] * (W / w),
                                    det[:, 3] * (H / h)], dim=1), H, W)
         out_boxes = x.new_zeros(Bn * K, 4).index_put((slot,), det)
         out_scores = x.new_zeros(Bn * K).index_put((slot,), sc[take])
         out_labels = torch.zeros(Bn * K, dtype=torch.int64, device=x.device).index_put((slot,), label[take])
         return out_boxes.view(Bn, K, 4), out_scores.view(Bn, K), out_labels.view(Bn, K), counts.clamp(max=K)
+
+
+def box_votes(owners: Tensor, voters: Tensor, boxes: Tensor, scores: Tensor, iou_thresh: float, power: float,
+              fallback: Tensor) -> Tensor:
+    """``AnchorFree``'s box voting (``zir.ops.boxes.weighted_merge``) as plain operators: each of ``owners
+    (K, 4)`` (kept boxes, best first) becomes the ``scores^power``-weighted mean of ``boxes (M, 4)``, the
+    candidates whose ``voters (M, 4)`` (the same boxes, shifted apart by image and class) overlap it by more than
+    ``iou_thresh`` and no better-ranked owner; an owner no candidate votes for keeps ``fallback (K, 4)``.
+    ``owners`` may be the first ``K`` kept boxes of each image only: a candidate's first owner is always among
+    its image's first kept boxes."""
+    over = iou(owners, voters) > iou_thresh  # (K, M)
+    first = over & (over.long().cumsum(0) == 1)  # each candidate votes once, for its best owner
+    w = first.to(boxes.dtype) * scores.pow(power)[None]
+    total = w.sum(1, keepdim=True)
+    return torch.where(total > 0, (w @ boxes) / total.clamp(min=1e-12), fallback)
 
 
 def rank_in_image(image: Tensor, B: Any) -> tuple[Tensor, Tensor]:

@@ -10,6 +10,7 @@ from timm.layers import freeze_batch_norm_2d
 from zir.data.contract import Target
 from zir.errors import ConfigError
 from zir.models import build_model
+from zir.models.base import ZirModel
 from zir.models.detect.anchor_free import (
     FOLDABLE_NORMS,
     AnchorFree,
@@ -156,6 +157,23 @@ def test_postprocess_keeps_the_best_box_per_class_and_threshold():
     assert postprocess(scores, boxes, 0.05, 0.9, 1000, 100)[1].tolist() == pytest.approx([0.9, 0.8, 0.7, 0.1])
 
 
+@pytest.mark.parametrize("power", [1.0, 3.0])
+def test_box_voting_averages_what_each_kept_box_suppresses(power: float):
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.02, 0.03]])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1.0, 1, 10, 10], [50.0, 50, 60, 60]])
+    b, s, labels = postprocess(scores, boxes, 0.05, 0.5, 1000, 100, box_voting=power)
+    # the same detections as plain NMS, each box now the mean of its class's pair, weighted by score^power:
+    # class 0 (0.9, 0.8), class 1 (0.7, 0.1); box 2 is under the threshold and votes for nothing
+    torch.testing.assert_close(s, torch.tensor([0.9, 0.7]))
+    assert labels.tolist() == [0, 1]
+    for row, (w0, w1) in enumerate([(0.9, 0.8), (0.1, 0.7)]):
+        w0, w1 = w0**power, w1**power
+        torch.testing.assert_close(b[row], (w0 * boxes[0] + w1 * boxes[1]) / (w0 + w1))
+    # boxes that do not overlap enough are not averaged
+    torch.testing.assert_close(postprocess(scores, boxes, 0.05, 0.9, 1000, 100, box_voting=power)[0],
+                               boxes[[0, 1, 1, 0]])
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="cls_loss"):
         AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", cls_loss="focal"))
@@ -164,6 +182,12 @@ def test_bad_settings_are_refused():
     for head, kernel in (("dense", 5), ("depthwise", 7)):
         with pytest.raises(ConfigError, match="head_kernel must be 3 or 5"):
             AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", head=head, head_kernel=kernel))
+    with pytest.raises(ConfigError, match="backbone_lr is a fraction"):
+        AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", backbone_lr=0.0))
+    with pytest.raises(ConfigError, match="box_voting must be 0"):
+        AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", box_voting=-1.0))
+    with pytest.raises(ConfigError, match="iou_power must be at least 1"):
+        AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", iou_power=0.5))
 
 
 @pytest.mark.parametrize("kind, k", [("light", 3), ("depthwise", 3), ("depthwise", 5)])
@@ -202,6 +226,31 @@ def test_varifocal_trains_too():
     model = tiny(cls_loss="varifocal")
     losses = model.loss(torch.rand(1, 3, 64, 64), [target([[8, 8, 40, 40]], [0])])
     assert all(torch.isfinite(v) for v in losses.values()) and losses["cls"] > 0
+
+
+def test_backbone_lr_puts_the_backbone_in_its_own_groups():
+    model = tiny(backbone_lr=0.1)
+    groups = model.param_groups(1e-3, 5e-4)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each once
+    for g in groups:
+        inside = {id(p) in backbone for p in g["params"]}
+        assert len(inside) == 1  # a group is all backbone or all neck and head
+        assert g["lr"] == pytest.approx(1e-4 if inside == {True} else 1e-3)
+        assert g["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in g["params"]) else 5e-4)
+    assert not any(id(p) in backbone for p in groups[0]["params"])  # the logged group 0 is the head's
+    # at 1 the base model's two groups: runs saved before the setting resume
+    assert [len(g["params"]) for g in tiny().param_groups(1e-3, 5e-4)] == \
+        [len(g["params"]) for g in ZirModel.param_groups(tiny(), 1e-3, 5e-4)]
+
+
+def test_power_iou_loss_changes_only_the_box_term():
+    images, targets = torch.rand(1, 3, 64, 64), [target([[8, 8, 40, 40]], [0])]
+    ciou, power = tiny().loss(images, targets), tiny(iou_power=3.0).loss(images, targets)
+    assert torch.isfinite(power["box"]) and power["box"].item() != pytest.approx(ciou["box"].item(), rel=1e-3)
+    torch.testing.assert_close(power["cls"], ciou["cls"])
+    torch.testing.assert_close(power["dfl"], ciou["dfl"])
 
 
 def test_forward_exports_as_a_plain_graph():

@@ -34,6 +34,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from timm.layers import FrozenBatchNormAct2d, freeze_batch_norm_2d
@@ -48,9 +49,14 @@ from zir.models.base import ZirModel
 from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
 from zir.ops.assign import anchor_points, task_aligned_assign
-from zir.ops.boxes import Size, batched_nms, clip
+from zir.ops.boxes import Size, batched_nms, clip, weighted_merge
 from zir.ops.coder import decode_ltrb, dfl_expectation, encode_ltrb
-from zir.ops.losses import complete_box_iou_loss, distribution_focal_loss, varifocal_loss
+from zir.ops.losses import (
+    complete_box_iou_loss,
+    distribution_focal_loss,
+    power_complete_box_iou_loss,
+    varifocal_loss,
+)
 
 
 @dataclass
@@ -64,6 +70,8 @@ class AnchorFreeConfig:
         ``timm`` or ``none``.
     backbone_levels: timm ``out_indices`` of the three maps the neck takes (strides 8, 16, 32).
     frozen_blocks: with pretrained weights, the stem and this many of the backbone's blocks are frozen.
+    backbone_lr: the backbone's learning rate as a fraction of ``train.lr`` (the neck's and head's), as the
+        classifier's fine-tuning (1: one rate for all).
     neck_channels: width of the FPN/PAN levels and of the head's branches (YOLOv8n: 64).
     head_convs: 3x3 conv-BN-SiLU layers in each branch of the decoupled head (YOLOv8: 2).
     head: how those layers are built: ``dense`` (YOLOv8: full 3x3 convolutions in both branches), ``light``
@@ -80,9 +88,14 @@ class AnchorFreeConfig:
     topk, alpha, beta: the task-aligned assigner's positives per object and exponents of ``s^alpha u^beta``
         (YOLOv8: 10, 0.5, 6).
     cls_loss: ``bce`` (YOLOv8) or ``varifocal`` (VarifocalNet; PP-YOLOE) towards the aligned targets.
+    iou_power: the box loss is CIoU (1, YOLOv8) or Alpha-IoU's power CIoU with this power (3 as the paper:
+        more weight on boxes that already overlap well, for the high-IoU thresholds of mAP50-95).
     cls_weight, box_weight, dfl_weight: the loss terms' weights (YOLOv8: 0.5, 7.5, 1.5).
     score_thresh: class score below which detections are dropped (low for mAP evaluation).
     nms_iou: per-class NMS IoU threshold.
+    box_voting: 0: plain NMS; ``p > 0``: box voting (Gidaris and Komodakis 2015, as OverFeat's merging,
+        ``zir.ops.boxes.weighted_merge``): each kept box becomes the mean of the boxes it suppresses,
+        weighted by their scores to the power ``p`` (a high ``p`` lets only the near-best boxes vote).
     pre_nms_top_n: best (point, class) pairs per image that reach NMS.
     max_detections: per image, after NMS.
     """
@@ -94,6 +107,7 @@ class AnchorFreeConfig:
     pretrained: str = "imagenet"
     backbone_levels: tuple[int, ...] = (2, 3, 4)
     frozen_blocks: int = 2
+    backbone_lr: float = 1.0
     neck_channels: int = 64
     head_convs: int = 2
     head: str = "dense"
@@ -103,11 +117,13 @@ class AnchorFreeConfig:
     alpha: float = 0.5
     beta: float = 6.0
     cls_loss: str = "bce"
+    iou_power: float = 1.0
     cls_weight: float = 0.5
     box_weight: float = 7.5
     dfl_weight: float = 1.5
     score_thresh: float = 0.05
     nms_iou: float = 0.6
+    box_voting: float = 0.0
     pre_nms_top_n: int = 1000
     max_detections: int = 100
 
@@ -210,10 +226,16 @@ class AnchorFree(ZirModel):
             raise ConfigError(f"anchor_free cls_loss must be one of {', '.join(CLS_LOSSES)}, got {cfg.cls_loss!r}")
         if cfg.head not in HEADS:
             raise ConfigError(f"anchor_free head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
+        if not 0 < cfg.backbone_lr <= 1:
+            raise ConfigError(f"anchor_free backbone_lr is a fraction of train.lr in (0, 1], got {cfg.backbone_lr}")
+        if cfg.box_voting < 0:
+            raise ConfigError(f"anchor_free box_voting must be 0 (plain NMS) or a positive power, got {cfg.box_voting}")
         if cfg.head_kernel not in (3, 5) or (cfg.head == "dense" and cfg.head_kernel != 3):
             raise ConfigError(f"anchor_free head_kernel must be 3 or 5, and 5 only with head=light or head=depthwise "
                               f"(the dense head's convolutions are 3x3), got head_kernel={cfg.head_kernel} with "
                               f"head={cfg.head}")
+        if not cfg.iou_power >= 1:
+            raise ConfigError(f"anchor_free iou_power must be at least 1 (1: CIoU, 3: Alpha-IoU's), got {cfg.iou_power}")
         if len(cfg.backbone_levels) < 2:
             raise ConfigError(f"anchor_free backbone_levels needs at least two levels, got {cfg.backbone_levels}")
         self.cfg = cfg
@@ -249,6 +271,19 @@ class AnchorFree(ZirModel):
         boxes (B, A, 4) XYXY in the input's pixels)``, before thresholds and NMS."""
         cls, box, points, strides = self.raw(self.normalize(images))
         return cls.sigmoid(), decode_ltrb(points, dfl_expectation(box), strides)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The neck's and head's groups first (the trainer logs group 0's rate), then the backbone's at ``lr *
+        backbone_lr``; no decay on 1-D parameters. At ``backbone_lr = 1`` the base model's two groups (so runs
+        saved before the setting existed resume)."""
+        if self.cfg.backbone_lr == 1:
+            return super().param_groups(lr, weight_decay)
+        groups = []
+        for part, group_lr in ((nn.ModuleList([self.neck, self.head]), lr), (self.backbone, lr * self.cfg.backbone_lr)):
+            params = [p for p in part.parameters() if p.requires_grad]
+            groups += [{"params": [p for p in params if p.ndim > 1], "lr": group_lr, "weight_decay": weight_decay},
+                       {"params": [p for p in params if p.ndim <= 1], "lr": group_lr, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
 
     def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[Size]]:
         """Each ``(3, h, w)`` image in [0, 1] into the working frame, normalised, padded into one batch;
@@ -290,7 +325,9 @@ class AnchorFree(ZirModel):
         else:
             cls_loss = nn.functional.binary_cross_entropy_with_logits(cls, target_scores, reduction="sum") / norm
         pb, pd, tb, w, pts, st = (torch.cat(parts) for parts in zip(*pos_terms))
-        box_loss = (complete_box_iou_loss(pb, tb, reduction="none") * w).sum() / norm
+        box_loss = complete_box_iou_loss(pb, tb, reduction="none") if cfg.iou_power == 1 else \
+            power_complete_box_iou_loss(pb, tb, cfg.iou_power)
+        box_loss = (box_loss * w).sum() / norm
         ltrb = encode_ltrb(pts, tb, st).clamp(0, cfg.reg_max - 0.01)  # (P, 4) in strides
         dfl = distribution_focal_loss(pd.reshape(-1, cfg.reg_max + 1), ltrb.reshape(-1)).view(-1, 4).mean(-1)
         return {"cls": cfg.cls_weight * cls_loss, "box": cfg.box_weight * box_loss,
@@ -307,7 +344,8 @@ class AnchorFree(ZirModel):
         out = []
         for s, b, work, im in zip(scores, boxes, work_sizes, images):
             det_boxes, det_scores, det_labels = postprocess(s, clip(b, work), self.cfg.score_thresh, self.cfg.nms_iou,
-                                                            self.cfg.pre_nms_top_n, self.cfg.max_detections)
+                                                            self.cfg.pre_nms_top_n, self.cfg.max_detections,
+                                                            self.cfg.box_voting)
             out.append(to_input_pixels(det_boxes, det_scores, det_labels, work, tuple(im.shape[-2:])))
         return out
 
@@ -376,15 +414,20 @@ def working_ground_truth(target: Target, work_size: Size) -> tuple[Tensor, Tenso
 
 
 def postprocess(scores: Tensor, boxes: Tensor, score_thresh: float, nms_iou: float, pre_nms_top_n: int,
-                max_detections: int) -> tuple[Tensor, Tensor, Tensor]:
+                max_detections: int, box_voting: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """One image's ``scores (A, C)`` and ``boxes (A, 4)`` -> ``(boxes (D, 4), scores (D,), labels (D,))``: every
-    (point, class) pair above ``score_thresh``, the best ``pre_nms_top_n``, per-class NMS, the best
+    (point, class) pair above ``score_thresh``, the best ``pre_nms_top_n``, per-class NMS (``box_voting > 0``:
+    each kept box the ``score^box_voting``-weighted mean of the boxes it suppresses), the best
     ``max_detections``."""
     C = scores.shape[1]
     flat = scores.reshape(-1)  # (A C,)
     keep = (flat > score_thresh).nonzero().squeeze(1)
     keep = keep[flat[keep].topk(min(pre_nms_top_n, len(keep))).indices]
     sc, labels, b = flat[keep], keep % C, boxes[keep // C]
+    if box_voting > 0:
+        merged, kept = weighted_merge(b, sc.pow(box_voting), nms_iou, labels)
+        kept = kept[:max_detections]
+        return merged[:max_detections], sc[kept], labels[kept]
     kept = batched_nms(b, sc, labels, nms_iou)[:max_detections]
     return b[kept], sc[kept], labels[kept]
 
