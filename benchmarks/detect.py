@@ -20,8 +20,8 @@ Each data set gets ``OUT/<data>/table.md``, ``results.json`` and ``chart.png``; 
 
 ``--latency`` trains nothing: it times ``predict`` at batch 1 on the test images of the first data set,
 the models taking turns image by image (so a change of the machine's load reaches all of them), with
-the recipes' settings and untrained weights, or trained ones given by ``--runs NAME=RUN`` (a zir run or
-weights file; ``yolov8n=last.pt`` adds the peer). ``anchor_free`` is timed twice: as it predicts (its
+the recipes' settings (and ``--set``'s) and untrained weights, or trained ones given by ``--runs NAME=RUN``
+(a zir run or weights file; ``yolov8n=last.pt`` adds the peer). ``anchor_free`` is timed twice: as it predicts (its
 BatchNorms folded, channels-last) and without the folding (``anchor_free (unfolded)``), the before/after.
 
     python benchmarks/detect.py --latency --models anchor_free,faster_rcnn [--runs anchor_free=RUN ...]
@@ -129,9 +129,10 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
 
 
 def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_size: int,
-            rounds: int = 2) -> str:
+            overrides: dict[str, dict[str, Any]] | None = None, rounds: int = 2) -> str:
     """Median ms of ``predict`` per test image at batch 1, the models taking turns image by image, as a
-    markdown table; ``rounds`` passes over the test images (the first call of each model left out)."""
+    markdown table; ``rounds`` passes over the test images (the first call of each model left out);
+    ``overrides``: ``--set``'s settings of the untrained models' recipes."""
     from zir.engine.predictor import find_weights, load
     from zir.models import build_model
 
@@ -140,7 +141,7 @@ def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_siz
         if name in runs:
             model = load(find_weights(runs[name], prefer="last")).model
         else:
-            cfg = bench.recipe_for(name, data.kind).config()
+            cfg = bench.recipe_for(name, data.kind, (overrides or {}).get(name)).config()
             model = build_model(name, len(data.classes), cfg.data.image_size, dict(cfg.model_args)).eval()
         predictors[name] = bench.Clock(model.predict)
         if name == "anchor_free":  # the same weights through the unfolded network (raw's default path)
@@ -202,7 +203,7 @@ def main() -> None:
             [m for m in args.models.split(",") if m not in ("", "none")]
         runs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.runs)}
         print(f"{name}, {args.threads} threads, load {os.getloadavg()[0]:.1f}\n\n"
-              + latency(data, models, runs, args.peer_size))
+              + latency(data, models, runs, args.peer_size, bench.parse_sets(args.set)))
         return
 
     names = [m for m in args.models.split(",") if m not in ("", "none")]
