@@ -277,18 +277,19 @@ class AnchorFreeGraph(nn.Module):
         apart = cand + (group * (S + 1))[:, None]
         kept = nms(apart, sc, cfg.nms_iou)
         K = cfg.max_detections
-        rank, counts = rank_in_image(image[kept], Bn)
+        image = image[kept]
+        rank, counts = rank_in_image(image, Bn)
         take = rank < K
-        slot = image[kept][take] * K + rank[take]
-        det = cand[kept][take]
+        slot = image[take] * K + rank[take]
+        best = kept[take]  # the detections that fit in max_detections, as indices of the candidates
+        det = cand[best]
         if cfg.box_voting > 0:
-            det = box_votes(apart[kept][take], apart, cand, sc, cfg.nms_iou, cfg.box_voting, det)
-        sc, label = sc[kept], label[kept]
+            det = box_votes(apart[best], apart, cand, sc, cfg.nms_iou, cfg.box_voting, det)
         det = clip_to(torch.stack([det[:, 0] * (W / w), det[:, 1] * (H / h), det[:, 2] * (W / w),
                                    det[:, 3] * (H / h)], dim=1), H, W)
         out_boxes = x.new_zeros(Bn * K, 4).index_put((slot,), det)
-        out_scores = x.new_zeros(Bn * K).index_put((slot,), sc[take])
-        out_labels = torch.zeros(Bn * K, dtype=torch.int64, device=x.device).index_put((slot,), label[take])
+        out_scores = x.new_zeros(Bn * K).index_put((slot,), sc[best])
+        out_labels = torch.zeros(Bn * K, dtype=torch.int64, device=x.device).index_put((slot,), label[best])
         return out_boxes.view(Bn, K, 4), out_scores.view(Bn, K), out_labels.view(Bn, K), counts.clamp(max=K)
 
 

@@ -83,6 +83,17 @@ class ZirModel(nn.Module):
                 {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
 
 
+def lr_groups(parts: Sequence[tuple[Sequence[nn.Parameter], float]], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW/SGD groups for parts of a model trained at their own learning rates (e.g. a head at ``lr`` and a
+    pretrained backbone at a fraction of it): ``(parameters, lr)`` pairs -> per part, in order, a group of its
+    weights (``weight_decay``) and one of its 1-D parameters (norms, biases: no decay); empty groups left out."""
+    groups = []
+    for params, lr in parts:
+        groups.append({"params": [p for p in params if p.ndim > 1], "lr": lr, "weight_decay": weight_decay})
+        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": lr, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
 def stack_images(images: Tensor | list[Tensor]) -> Tensor:
     """A batch as one ``(B, 3, H, W)`` tensor; a list must hold images of one size."""
     if isinstance(images, Tensor):

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from zir.data.contract import ClassPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import create_timm
-from zir.models.base import Fitting, ZirModel
+from zir.models.base import Fitting, ZirModel, lr_groups
 from zir.models.detect.transform import resize
 
 TRANSFER_MODES = ("scratch", "features", "finetune")
@@ -160,11 +160,7 @@ class Classifier(ZirModel):
         if self.cfg.transfer != "features":
             parts.append((list(self.backbone.parameters()), lr * self.cfg.backbone_lr
                           if self.cfg.transfer == "finetune" else lr))
-        groups = []
-        for params, group_lr in parts:
-            groups.append({"params": [p for p in params if p.ndim > 1], "lr": group_lr, "weight_decay": weight_decay})
-            groups.append({"params": [p for p in params if p.ndim <= 1], "lr": group_lr, "weight_decay": 0.0})
-        return [g for g in groups if g["params"]]
+        return lr_groups(parts, weight_decay)
 
     # ---- model ----------------------------------------------------------------------------------
     def features(self, images: Tensor) -> Tensor:

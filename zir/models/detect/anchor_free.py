@@ -45,7 +45,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
 from zir.models.backbones import build_backbone, freeze_blocks
-from zir.models.base import ZirModel
+from zir.models.base import ZirModel, lr_groups
 from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
 from zir.ops.assign import anchor_points, task_aligned_assign
@@ -278,12 +278,8 @@ class AnchorFree(ZirModel):
         saved before the setting existed resume)."""
         if self.cfg.backbone_lr == 1:
             return super().param_groups(lr, weight_decay)
-        groups = []
-        for part, group_lr in ((nn.ModuleList([self.neck, self.head]), lr), (self.backbone, lr * self.cfg.backbone_lr)):
-            params = [p for p in part.parameters() if p.requires_grad]
-            groups += [{"params": [p for p in params if p.ndim > 1], "lr": group_lr, "weight_decay": weight_decay},
-                       {"params": [p for p in params if p.ndim <= 1], "lr": group_lr, "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
+        trainable = [[p for p in part.parameters() if p.requires_grad] for part in (self.neck, self.head, self.backbone)]
+        return lr_groups([(trainable[0] + trainable[1], lr), (trainable[2], lr * self.cfg.backbone_lr)], weight_decay)
 
     def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[Size]]:
         """Each ``(3, h, w)`` image in [0, 1] into the working frame, normalised, padded into one batch;
