@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import os
 import shlex
 import shutil
@@ -128,18 +129,26 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
                     settings={"imgsz": image_size, "batch": 16, "time_h": round(minutes / 60, 4)})
 
 
+#: settings of a trained model that act after its network, so ``--latency --set`` can change them on ``--runs``
+#: weights (``refine=0``: the same weights without the refinement stage)
+AFTER_NETWORK = ("box_voting", "refine", "refine_score", "score_thresh", "nms_iou")
+
+
 def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_size: int,
             overrides: dict[str, dict[str, Any]] | None = None, rounds: int = 2) -> str:
     """Median ms of ``predict`` per test image at batch 1, the models taking turns image by image, as a
     markdown table; ``rounds`` passes over the test images (the first call of each model left out);
-    ``overrides``: ``--set``'s settings of the untrained models' recipes."""
+    ``overrides``: ``--set``'s settings of the untrained models' recipes (of trained ones: those in
+    :data:`AFTER_NETWORK`)."""
     from zir.engine.predictor import find_weights, load
     from zir.models import build_model
 
     predictors: dict[str, bench.Clock] = {}
     for name in models:
-        if name in runs:
+        if name in runs:  # --set reaches a trained model's settings that act after its network (refine, ...)
             model = load(find_weights(runs[name], prefer="last")).model
+            after = {k: v for k, v in (overrides or {}).get(name, {}).items() if k in AFTER_NETWORK}
+            model.cfg = dataclasses.replace(model.cfg, **after) if after else model.cfg
         else:
             cfg = bench.recipe_for(name, data.kind, (overrides or {}).get(name)).config()
             model = build_model(name, len(data.classes), cfg.data.image_size, dict(cfg.model_args)).eval()

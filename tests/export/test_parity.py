@@ -271,6 +271,33 @@ def test_anchor_free_box_voting_exports(tmp_path):
     assert moved, "box voting moved no box: the test's detections do not overlap"
 
 
+def test_anchor_free_refine_exports(tmp_path):
+    """``refine`` with ``refine_score``: the ONNX graph's RoIAlign + MLP moves and rescores the same boxes as
+    ``predict`` and sorts them again in its order, batch by batch (which boxes ``predict`` refines: the unit
+    tests)."""
+    torch.manual_seed(0)
+    model = build_model("anchor_free", 3, SIZE, {**TINY["anchor_free"], "refine": 3, "refine_score": 0.5}).eval()
+    model.cfg = dataclasses.replace(model.cfg, nms_iou=0.5)
+    refiner, model.refiner = model.refiner, None  # _confident biases the last layer: the head's, not the refiner's
+    _confident(model)
+    model.refiner = refiner
+    with torch.no_grad():  # deltas and IoUs that depend on the crop, so the graph's RoIAlign must match predict's
+        refiner.mlp[-1].weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(to_onnx(model, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    moved = rescored = 0
+    for k, shape in enumerate([(1, SIZE, SIZE), (4, SIZE, SIZE), (2, 50, 70)]):
+        images = _images(shape, k)
+        _check(model, "detect", _run(session, images), images)
+        refined = model.predict([im.float() / 255 for im in images])
+        model.refiner = None
+        unrefined = model.predict([im.float() / 255 for im in images])
+        model.refiner = refiner
+        for r, u in zip(refined, unrefined):
+            moved += int(torch.cdist(r.boxes, u.boxes).amin(1).gt(0.1).sum())  # boxes no unrefined one matches
+            rescored += int(not torch.allclose(r.scores, u.scores))
+    assert moved and rescored, "the refiner changed no detection"
+
+
 @pytest.mark.slow
 def test_onnx_predictor_merges_panoptic(exported):
     """``OnnxPredictor`` on Panoptic FPN's graph (the module's export, a sidecar written beside it): the

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import nms
+from torchvision.ops import nms, roi_align
 
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
@@ -240,7 +240,8 @@ class AnchorFreeGraph(nn.Module):
     model's raw outputs decoded (as ``AnchorFree.predict``), boxes clipped to the working frame, then per
     image the best ``pre_nms_top_n`` (point, class) pairs above ``score_thresh``, per-class NMS over the
     whole batch at once and the best ``max_detections`` (with ``box_voting``, each the vote of the boxes
-    it suppressed: :func:`box_votes`), boxes back to the input's pixels."""
+    it suppressed: :func:`box_votes`; with ``refine``, the best of each image moved by the model's
+    ``BoxRefiner`` and, with ``refine_score``, scored and sorted again), boxes back to the input's pixels."""
 
     outputs = ("boxes", "scores", "labels", "counts")
 
@@ -258,7 +259,7 @@ class AnchorFreeGraph(nn.Module):
         H, W = images.shape[-2:]
         x, h, w = working_frame(images, m)
         x = F.pad(x, (0, (-w) % SIZE_DIVISIBLE, 0, (-h) % SIZE_DIVISIBLE))
-        cls, box, points, strides = m.raw(x)
+        cls, box, points, strides, features = m.raw(x)
         scores = cls.float().sigmoid()  # (B, A, C)
         C = scores.shape[2]
         boxes = clip_to(decode_ltrb(points, dfl_expectation(box.float()), strides), h, w)  # (B, A, 4)
@@ -285,11 +286,26 @@ class AnchorFreeGraph(nn.Module):
         det = cand[best]
         if cfg.box_voting > 0:
             det = box_votes(apart[best], apart, cand, sc, cfg.nms_iou, cfg.box_voting, det)
+        score, lab = sc[best], label[best]
+        if m.refiner is not None and cfg.refine:  # the best ``refine`` of each image: RoIAlign + MLP, as predict
+            its = image[take]
+            sel = (rank[take] < cfg.refine).nonzero().squeeze(1)
+            rois = torch.cat([its[sel, None].to(det.dtype), det[sel]], dim=1)
+            crops = roi_align(features[0], rois.to(features[0].dtype), m.refiner.size, 1.0 / m.refiner.stride,
+                              sampling_ratio=2, aligned=True)
+            out = m.refiner.mlp(crops).float()
+            det = det.index_put((sel,), clip_to(m.refiner.coder.decode(out[:, :4], det[sel]), h, w))
+            if cfg.refine_score > 0:  # the predicted IoU into the score, then each image best first again
+                beta = cfg.refine_score
+                score = score.index_put((sel,), score[sel] ** (1 - beta) * out[:, 4].sigmoid() ** beta)
+                order = (its.to(score.dtype) * 2 - score).argsort()  # scores in [0, 1]: images 2 apart
+                det, score, lab, its = det[order], score[order], lab[order], its[order]
+                slot = its * K + rank_in_image(its, Bn)[0]
         det = clip_to(torch.stack([det[:, 0] * (W / w), det[:, 1] * (H / h), det[:, 2] * (W / w),
                                    det[:, 3] * (H / h)], dim=1), H, W)
         out_boxes = x.new_zeros(Bn * K, 4).index_put((slot,), det)
-        out_scores = x.new_zeros(Bn * K).index_put((slot,), sc[best])
-        out_labels = torch.zeros(Bn * K, dtype=torch.int64, device=x.device).index_put((slot,), label[best])
+        out_scores = x.new_zeros(Bn * K).index_put((slot,), score)
+        out_labels = torch.zeros(Bn * K, dtype=torch.int64, device=x.device).index_put((slot,), lab)
         return out_boxes.view(Bn, K, 4), out_scores.view(Bn, K), out_labels.view(Bn, K), counts.clamp(max=K)
 
 

@@ -3,6 +3,8 @@ plain ``forward`` graph agreeing with ``predict``, predict's BatchNorm-folded co
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from timm.layers import freeze_batch_norm_2d
@@ -17,6 +19,7 @@ from zir.models.detect.anchor_free import (
     AnchorFreeConfig,
     check_folded,
     postprocess,
+    refine_samples,
 )
 from zir.ops.boxes import iou
 
@@ -262,3 +265,84 @@ def test_forward_exports_as_a_plain_graph():
     assert {"aten.softmax.int", "aten.matmul.default"} <= ops and not any("gather" in op for op in ops)
     for got, want in zip(exported.module()(x), model(x)):
         torch.testing.assert_close(got, want)
+
+
+def test_refine_samples_keep_good_boxes_and_jitter_the_objects():
+    gt = torch.tensor([[10.0, 10, 50, 30]])
+    pred = torch.tensor([[10.0, 10, 50, 31], [30.0, 10, 70, 30]])  # IoU 40/41 and 20/60 with the object
+    torch.manual_seed(0)
+    boxes, targets = refine_samples(pred, gt.expand(2, 4), gt, copies=3, jitter=0.0, min_iou=0.4)
+    torch.testing.assert_close(boxes, torch.cat([pred[:1], gt.repeat(3, 1)]))  # the IoU 1/3 box is left out
+    torch.testing.assert_close(targets, gt.repeat(4, 1))
+    boxes, _ = refine_samples(pred[:0], gt[:0], gt, copies=200, jitter=0.1)
+    # centres move by 0.1 of the side on average (standard deviation), sides scale by exp(N(0, 0.1))
+    assert (boxes[:, 0] + boxes[:, 2] - 60).div(2 * 40).std().item() == pytest.approx(0.1, rel=0.2)
+    assert (boxes[:, 3] - boxes[:, 1]).div(20).log().std().item() == pytest.approx(0.1, rel=0.2)
+
+
+def test_refiner_moves_the_best_boxes_by_its_deltas():
+    """An untrained refiner leaves predict's boxes as they were; one whose last layer says ``dx = 0.1`` of
+    the width (Cascade's weight 20: a delta of 2) moves each image's best ``refine`` boxes by that, and no
+    other; the loss trains it and reaches the neck."""
+    model = tiny(refine=2).eval()
+    model.cfg.score_thresh = 0.01
+    images = torch.rand(2, 3, 64, 64)
+    plain = copy.deepcopy(model)
+    plain.refiner = None
+    before, after = plain.predict(images), model.predict(images)
+    assert all(len(p.boxes) > 2 for p in before)
+    for b, a in zip(before, after):
+        torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=1e-4)
+    with torch.no_grad():
+        model.refiner.mlp[-1].bias.copy_(torch.tensor([2.0, 0, 0, 0, 0]))
+    for b, a in zip(before, model.predict(images)):
+        w = b.boxes[:2, 2] - b.boxes[:2, 0]
+        want = b.boxes[:2] + torch.stack([w, 0 * w, w, 0 * w], 1) * 0.1
+        torch.testing.assert_close(a.boxes[:2], want.clamp(max=64), rtol=0, atol=1e-3)  # clipped to the image
+        torch.testing.assert_close(a.boxes[2:], b.boxes[2:])
+        torch.testing.assert_close(a.scores, b.scores)
+    # refine_score: the predicted IoU (0.5 here: a zero logit) into the refined detections' scores, sorted again
+    model.cfg.refine_score = 0.5
+    for b, a in zip(before, model.predict(images)):
+        want = torch.cat([(b.scores[:2] * 0.5).sqrt(), b.scores[2:]])
+        torch.testing.assert_close(a.scores, want.sort(descending=True).values)
+        assert sorted(a.boxes[:, 0].tolist()) == pytest.approx(sorted((b.boxes[:2, 0] + 0.1 * (b.boxes[:2, 2] - b.boxes[:2, 0])).tolist() + b.boxes[2:, 0].tolist()), abs=1e-3)
+    model.cfg.refine_score = 0.0
+    model.train()
+    losses = model.loss(images, [target([[8, 8, 40, 40]], [0]), target([[20, 4, 60, 50]], [1])])
+    assert losses["refine"] > 0 and losses["refine_iou"] > 0
+    losses["refine"].backward()  # the zero last layer passes no gradient on yet: one step, then it does
+    assert model.refiner.mlp[-1].weight.grad.abs().sum() > 0
+    torch.optim.SGD(model.refiner.parameters(), lr=0.1).step()
+    model.zero_grad()
+    model.loss(images, [target([[8, 8, 40, 40]], [0]), target([[20, 4, 60, 50]], [1])])["refine"].backward()
+    assert model.refiner.mlp[1].weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.neck.parameters())
+    # an image without objects gives the refiner nothing to learn from, and no NaN
+    empty = model.loss(images[:1], [target([], [])])
+    assert empty["refine"] == 0 and empty["refine_iou"] == 0
+
+
+def test_refiner_joins_the_head_groups_and_is_refused_below_zero():
+    model = tiny(refine=5, backbone_lr=0.1)
+    head = [id(p) for p in model.param_groups(1e-3, 5e-4)[0]["params"] + model.param_groups(1e-3, 5e-4)[1]["params"]]
+    assert {id(p) for p in model.refiner.parameters()} <= set(head)
+    assert tiny().refiner is None and "refiner" not in str(tiny().state_dict().keys())
+    with pytest.raises(ConfigError, match="refine is the number of boxes"):
+        AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", refine=-1))
+    with pytest.raises(ConfigError, match="refine_score weighs"):
+        AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", refine=5, refine_score=1.5))
+
+
+def test_refine_loss_by_hand():
+    """One training box [0, 0, 20, 20] for the object [10, 0, 30, 20] (IoU 1/3): the target deltas are Cascade's
+    ``(20 * 10 / 20, 0, 0, 0)``, so a refiner that says ``0`` pays smooth L1's ``10 - 0.5 / 9``; its IoU logit 1
+    against the target 1/3 pays ``1/3 softplus(-1) + 2/3 softplus(1)``."""
+    model = tiny(refine=1)
+    with torch.no_grad():
+        model.refiner.mlp[-1].bias.copy_(torch.tensor([0.0, 0, 0, 0, 1]))
+    feature = torch.rand(1, 16, 8, 8)
+    box_term, iou_term = model.refine_loss(feature, [(torch.tensor([[0.0, 0, 20, 20]]), torch.tensor([[10.0, 0, 30, 20]]))])
+    assert box_term.item() == pytest.approx(10 - 0.5 / 9)
+    softplus = torch.nn.functional.softplus
+    assert iou_term.item() == pytest.approx((softplus(torch.tensor(-1.0)) / 3 + 2 * softplus(torch.tensor(1.0)) / 3).item())

@@ -40,6 +40,7 @@ import torch
 from timm.layers import FrozenBatchNormAct2d, freeze_batch_norm_2d
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.ops import roi_align
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from zir.data.contract import DetectionPrediction, Target
@@ -49,8 +50,8 @@ from zir.models.base import ZirModel, lr_groups
 from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
 from zir.ops.assign import anchor_points, task_aligned_assign
-from zir.ops.boxes import Size, batched_nms, clip, weighted_merge
-from zir.ops.coder import decode_ltrb, dfl_expectation, encode_ltrb
+from zir.ops.boxes import Size, aligned_iou, batched_nms, clip, weighted_merge
+from zir.ops.coder import BoxCoder, decode_ltrb, dfl_expectation, encode_ltrb
 from zir.ops.losses import (
     complete_box_iou_loss,
     distribution_focal_loss,
@@ -98,6 +99,14 @@ class AnchorFreeConfig:
         weighted by their scores to the power ``p`` (a high ``p`` lets only the near-best boxes vote).
     pre_nms_top_n: best (point, class) pairs per image that reach NMS.
     max_detections: per image, after NMS.
+    refine: 0: one stage; ``K > 0``: a light second look at the best ``K`` detections of each image after NMS
+        (Cascade R-CNN's refinement stage, Cai and Vasconcelos 2018, on a one-stage detector as BorderDet,
+        Qiu et al. 2020): RoIAlign of the finest neck level over each box and a small MLP that predicts R-CNN's
+        deltas of the true box from it (:class:`BoxRefiner`).
+    refine_weight: the refinement's loss weight (smooth L1 on the deltas, BCE on the predicted IoU).
+    refine_score: ``b`` in ``score^(1 - b) * IoU^b``: how much the refiner's predicted IoU counts in a refined
+        detection's score (0: not at all; 0.5: PP-YOLO's IoU-aware geometric mean), the image's detections then
+        sorted again.
     """
 
     num_classes: int = 20
@@ -126,6 +135,9 @@ class AnchorFreeConfig:
     box_voting: float = 0.0
     pre_nms_top_n: int = 1000
     max_detections: int = 100
+    refine: int = 0
+    refine_weight: float = 1.0
+    refine_score: float = 0.0
 
 
 CLS_LOSSES = ("bce", "varifocal")
@@ -210,6 +222,63 @@ class DecoupledHead(nn.Module):
         return torch.cat(cls, 1), torch.cat(box, 1)
 
 
+class BoxRefiner(nn.Module):
+    """A second look at boxes the first stage found: RoIAlign (Mask R-CNN's, ``aligned=True``) of one neck level
+    over each box into ``size x size`` cells, two fully connected layers (Fast R-CNN's box head, narrower) and
+    R-CNN's deltas ``(dx, dy, dw, dh)`` of the object's true box relative to the given one, with Cascade R-CNN's
+    second-stage weights (20, 20, 10, 10): its inputs are already good boxes, so the deltas are small. A fifth
+    output predicts the IoU of the moved box with its object (IoU-Net's localisation confidence, Jiang et al.
+    2018), which ``refine_score`` folds into the detection's score: among near-duplicate boxes of one object the
+    tightest then ranks first, which is what the high IoU thresholds of mAP50-95 reward.
+
+    The last layer starts at zero, so an untrained refiner returns its boxes unchanged (and an IoU of 0.5).
+    """
+
+    coder = BoxCoder((20.0, 20.0, 10.0, 10.0))
+
+    def __init__(self, d: int, stride: int, size: int = 7, hidden: int = 256) -> None:
+        super().__init__()
+        self.stride, self.size = stride, size
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(d * size * size, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 5))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, feature: Tensor, boxes: Sequence[Tensor]) -> Tensor:
+        """``feature (B, d, H, W)`` of stride ``stride`` and per image ``(N_b, 4)`` XYXY boxes in the working
+        frame -> ``(sum N_b, 5)``, image after image: the deltas and the IoU's logit."""
+        rois = roi_align(feature, [b.to(feature.dtype) for b in boxes], self.size, 1.0 / self.stride,
+                         sampling_ratio=2, aligned=True)
+        return self.mlp(rois)
+
+    def refine(self, feature: Tensor, boxes: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Per image ``(N_b, 4)`` boxes -> ``(the boxes moved by their deltas (N_b, 4), their predicted IoU
+        (N_b,))``."""
+        sizes = [len(b) for b in boxes]
+        if not sum(sizes):
+            return [(b, b.new_zeros(0)) for b in boxes]
+        out = self(feature, boxes).float()
+        moved = self.coder.decode(out[:, :4], torch.cat(list(boxes)).float())
+        return list(zip(moved.split(sizes), out[:, 4].sigmoid().split(sizes)))
+
+
+def refine_samples(pred: Tensor, assigned: Tensor, gt_boxes: Tensor, copies: int = 4, jitter: float = 0.06,
+                   min_iou: float = 0.4) -> tuple[Tensor, Tensor]:
+    """One image's training boxes for :class:`BoxRefiner` and their objects' boxes: the first stage's own boxes
+    at its positive points (``pred (P, 4)``, detached) whose IoU with their object ``assigned (P, 4)`` is at
+    least ``min_iou`` (what NMS would keep of them), and ``copies`` jittered copies of each object ``gt_boxes
+    (G, 4)`` (centre moved and sides scaled by ``jitter`` of the box, Gaussian), so the refiner has inputs before
+    the first stage boxes well. -> ``(boxes (N, 4), targets (N, 4))``."""
+    good = aligned_iou(pred, assigned) >= min_iou
+    g = gt_boxes.repeat(copies, 1)
+    cx, cy = (g[:, 0] + g[:, 2]) / 2, (g[:, 1] + g[:, 3]) / 2
+    w, h = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+    n = torch.randn(len(g), 4, device=g.device) * jitter
+    cx, cy, w, h = cx + n[:, 0] * w, cy + n[:, 1] * h, w * torch.exp(n[:, 2]), h * torch.exp(n[:, 3])
+    jittered = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    return torch.cat([pred[good], jittered]), torch.cat([assigned[good], g])
+
+
 # --------------------------------------------------------------------------------------------------
 # Model
 
@@ -236,6 +305,10 @@ class AnchorFree(ZirModel):
                               f"head={cfg.head}")
         if not cfg.iou_power >= 1:
             raise ConfigError(f"anchor_free iou_power must be at least 1 (1: CIoU, 3: Alpha-IoU's), got {cfg.iou_power}")
+        if cfg.refine < 0:
+            raise ConfigError(f"anchor_free refine is the number of boxes per image to refine (0: off), got {cfg.refine}")
+        if not 0 <= cfg.refine_score <= 1:
+            raise ConfigError(f"anchor_free refine_score weighs the predicted IoU in [0, 1], got {cfg.refine_score}")
         if len(cfg.backbone_levels) < 2:
             raise ConfigError(f"anchor_free backbone_levels needs at least two levels, got {cfg.backbone_levels}")
         self.cfg = cfg
@@ -248,15 +321,18 @@ class AnchorFree(ZirModel):
         self.neck = PAN(self.backbone.channels, self.backbone.strides, cfg.neck_channels)
         self.head = DecoupledHead(cfg.neck_channels, cfg.num_classes, cfg.reg_max, cfg.head_convs,
                                   self.backbone.strides, cfg.image_size, cfg.head, cfg.head_kernel)
+        # a submodule only when on, so the weights of runs without it load as before
+        self.refiner = BoxRefiner(cfg.neck_channels, self.backbone.strides[0]) if cfg.refine else None
         self.dropped_boxes = 0  # boxes under a pixel dropped by ``loss`` so far (also warned about)
         # predict's folded copy of the network and the parameter versions it was made from (not a submodule:
         # it stays out of state_dict and is rebuilt when a weight changes)
         self.__dict__["_inference"] = (None, None)
 
-    def raw(self, x: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def raw(self, x: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
         """Normalised, padded ``(B, 3, H, W)`` -> ``(class logits (B, A, C), box-side logits (B, A, 4, R + 1),
-        points (A, 2), strides (A,))``; ``net``: a module with this model's ``backbone``, ``neck`` and ``head``
-        (default: this model; ``predict`` passes its folded channels-last copy, :meth:`inference_net`)."""
+        points (A, 2), strides (A,), the neck's levels [(B, d, H_l, W_l)] finest first)``; ``net``: a module
+        with this model's ``backbone``, ``neck`` and ``head`` (default: this model; ``predict`` passes its
+        folded channels-last copy, :meth:`inference_net`)."""
         if net is None:
             net = self
         else:
@@ -264,22 +340,24 @@ class AnchorFree(ZirModel):
         features = net.neck(net.backbone(x))
         cls, box = net.head(features)
         points, strides = anchor_points([tuple(f.shape[-2:]) for f in features], self.neck.strides, device=x.device)
-        return cls, box, points, strides
+        return cls, box, points, strides, features
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, 3, H, W)`` in [0, 1], ``H, W`` multiples of 32 -> ``(class scores (B, A, C) in [0, 1],
         boxes (B, A, 4) XYXY in the input's pixels)``, before thresholds and NMS."""
-        cls, box, points, strides = self.raw(self.normalize(images))
+        cls, box, points, strides, _ = self.raw(self.normalize(images))
         return cls.sigmoid(), decode_ltrb(points, dfl_expectation(box), strides)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """The neck's and head's groups first (the trainer logs group 0's rate), then the backbone's at ``lr *
-        backbone_lr``; no decay on 1-D parameters. At ``backbone_lr = 1`` the base model's two groups (so runs
+        """The neck's, head's and refiner's groups first (the trainer logs group 0's rate), then the backbone's
+        at ``lr * backbone_lr``; no decay on 1-D parameters. At ``backbone_lr = 1`` the base model's two groups (so runs
         saved before the setting existed resume)."""
         if self.cfg.backbone_lr == 1:
             return super().param_groups(lr, weight_decay)
-        trainable = [[p for p in part.parameters() if p.requires_grad] for part in (self.neck, self.head, self.backbone)]
-        return lr_groups([(trainable[0] + trainable[1], lr), (trainable[2], lr * self.cfg.backbone_lr)], weight_decay)
+        head = [p for part in (self.neck, self.head, self.refiner) if part is not None for p in part.parameters()
+                if p.requires_grad]
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        return lr_groups([(head, lr), (backbone, lr * self.cfg.backbone_lr)], weight_decay)
 
     def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[Size]]:
         """Each ``(3, h, w)`` image in [0, 1] into the working frame, normalised, padded into one batch;
@@ -295,11 +373,11 @@ class AnchorFree(ZirModel):
         in [0, 1] and its targets (``iscrowd`` objects are left out)."""
         cfg = self.cfg
         x, work_sizes = self.prepare(unpad(images, [t.size for t in targets]))
-        cls, box, points, strides = self.raw(x)  # (B, A, C), (B, A, 4, R + 1)
+        cls, box, points, strides, features = self.raw(x)  # (B, A, C), (B, A, 4, R + 1)
         cls, box = cls.float(), box.float()
         pred_boxes = decode_ltrb(points, dfl_expectation(box), strides)  # (B, A, 4)
         scores = cls.detach().sigmoid()
-        target_scores, pos_terms = torch.zeros_like(cls), []
+        target_scores, pos_terms, refine_terms = torch.zeros_like(cls), [], []
         dropped = 0
         for n, (t, work) in enumerate(zip(targets, work_sizes)):
             gt_boxes, gt_labels, small = working_ground_truth(t, work)
@@ -310,6 +388,8 @@ class AnchorFree(ZirModel):
             pos = a.positive
             pos_terms.append((pred_boxes[n][pos], box[n][pos], a.boxes[pos], a.scores[pos].sum(-1), points[pos],
                               strides[pos]))
+            if self.refiner is not None:
+                refine_terms.append(refine_samples(pred_boxes[n][pos].detach(), a.boxes[pos], gt_boxes))
         if dropped:
             self.dropped_boxes += dropped
             warnings.warn(f"anchor_free: dropped {dropped} boxes smaller than a pixel after resizing to the working "
@@ -326,8 +406,28 @@ class AnchorFree(ZirModel):
         box_loss = (box_loss * w).sum() / norm
         ltrb = encode_ltrb(pts, tb, st).clamp(0, cfg.reg_max - 0.01)  # (P, 4) in strides
         dfl = distribution_focal_loss(pd.reshape(-1, cfg.reg_max + 1), ltrb.reshape(-1)).view(-1, 4).mean(-1)
-        return {"cls": cfg.cls_weight * cls_loss, "box": cfg.box_weight * box_loss,
-                "dfl": cfg.dfl_weight * (dfl * w).sum() / norm}
+        losses = {"cls": cfg.cls_weight * cls_loss, "box": cfg.box_weight * box_loss,
+                  "dfl": cfg.dfl_weight * (dfl * w).sum() / norm}
+        if self.refiner is not None:
+            box_term, iou_term = self.refine_loss(features[0], refine_terms)
+            losses["refine"], losses["refine_iou"] = cfg.refine_weight * box_term, cfg.refine_weight * iou_term
+        return losses
+
+    def refine_loss(self, feature: Tensor, samples: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """For each image's training boxes (:func:`refine_samples`): Fast R-CNN's smooth L1 (beta 1/9, as
+        torchvision) between the refiner's deltas and those of their objects, and the BCE between its
+        predicted IoU and the IoU its moved box has with the object (IoU-Net; the IoU is a target, not a path
+        for gradients); each the mean over boxes."""
+        boxes = [b for b, _ in samples]
+        if not sum(len(b) for b in boxes):
+            return feature.sum() * 0.0, feature.sum() * 0.0
+        out = self.refiner(feature, boxes).float()
+        anchors, objects = torch.cat(boxes), torch.cat([t for _, t in samples])
+        targets = self.refiner.coder.encode(objects, anchors)
+        box_term = nn.functional.smooth_l1_loss(out[:, :4], targets, beta=1 / 9, reduction="sum") / len(out)
+        with torch.no_grad():
+            iou = aligned_iou(self.refiner.coder.decode(out[:, :4], anchors), objects)
+        return box_term, nn.functional.binary_cross_entropy_with_logits(out[:, 4], iou)
 
     @torch.no_grad()
     def predict(self, images: Tensor | list[Tensor]) -> list[DetectionPrediction]:
@@ -335,15 +435,23 @@ class AnchorFree(ZirModel):
         input image's pixels, best first."""
         images = image_list(images)
         x, work_sizes = self.prepare(images)
-        cls, box, points, strides = self.raw(x, None if self.training else self.inference_net())
+        net = None if self.training else self.inference_net()
+        cls, box, points, strides, features = self.raw(x, net)
         scores, boxes = cls.float().sigmoid(), decode_ltrb(points, dfl_expectation(box.float()), strides)
-        out = []
-        for s, b, work, im in zip(scores, boxes, work_sizes, images):
-            det_boxes, det_scores, det_labels = postprocess(s, clip(b, work), self.cfg.score_thresh, self.cfg.nms_iou,
-                                                            self.cfg.pre_nms_top_n, self.cfg.max_detections,
-                                                            self.cfg.box_voting)
-            out.append(to_input_pixels(det_boxes, det_scores, det_labels, work, tuple(im.shape[-2:])))
-        return out
+        found = [postprocess(s, clip(b, work), self.cfg.score_thresh, self.cfg.nms_iou, self.cfg.pre_nms_top_n,
+                             self.cfg.max_detections, self.cfg.box_voting) for s, b, work in zip(scores, boxes, work_sizes)]
+        if self.refiner is not None and self.cfg.refine:  # the best ``refine`` boxes of each image get a second look
+            K, beta = self.cfg.refine, self.cfg.refine_score
+            better = (net or self).refiner.refine(features[0], [b[:K] for b, _, _ in found])
+            moved = []
+            for (r, iou), (b, s, lab), work in zip(better, found, work_sizes):
+                b = torch.cat([clip(r, work), b[K:]])
+                if beta:  # the predicted IoU into the score, then best first again
+                    b, s, lab = rescored(b, torch.cat([s[:K] ** (1 - beta) * iou**beta, s[K:]]), lab)
+                moved.append((b, s, lab))
+            found = moved
+        return [to_input_pixels(b, s, lab, work, tuple(im.shape[-2:]))
+                for (b, s, lab), work, im in zip(found, work_sizes, images)]
 
 
     def inference_net(self) -> nn.Module:
@@ -355,8 +463,8 @@ class AnchorFree(ZirModel):
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.parameters(), *self.buffers()))
         net, built_for = self.__dict__["_inference"]
         if net is None or built_for != key:
-            net = fold_batch_norms(copy.deepcopy(nn.ModuleDict({"backbone": self.backbone, "neck": self.neck,
-                                                                  "head": self.head})).eval())
+            parts = {"backbone": self.backbone, "neck": self.neck, "head": self.head, "refiner": self.refiner}
+            net = fold_batch_norms(copy.deepcopy(nn.ModuleDict({k: v for k, v in parts.items() if v is not None})).eval())
             net = check_folded(self, net.to(memory_format=torch.channels_last))
             self.__dict__["_inference"] = (net, key)
         return net
@@ -426,6 +534,12 @@ def postprocess(scores: Tensor, boxes: Tensor, score_thresh: float, nms_iou: flo
         return merged[:max_detections], sc[kept], labels[kept]
     kept = batched_nms(b, sc, labels, nms_iou)[:max_detections]
     return b[kept], sc[kept], labels[kept]
+
+
+def rescored(boxes: Tensor, scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One image's detections sorted again by their (changed) scores, best first (ties keep their order)."""
+    order = scores.argsort(descending=True, stable=True)
+    return boxes[order], scores[order], labels[order]
 
 
 def build(cfg: AnchorFreeConfig) -> AnchorFree:
