@@ -15,7 +15,7 @@ last weights, one test image at a time, by the bench's evaluator (``zir.analysis
     python benchmarks/after_network.py RUN [RUN ...] --vary refine=0,10          # runs trained with refine > 0
     python benchmarks/after_network.py RUN [RUN ...] --vary refine_score=0,0.5,1
 
-Prints a markdown table of mAP50 / mAP50-95 per run and value, and the mean change of mAP50-95 from the
+Prints a markdown table of mAP50 / mAP50-95 (``--ap75``: mAP50 / AP75 / mAP50-95) per run and value, and the mean change of mAP50-95 from the
 first value.
 """
 
@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path, help="benchmarks/detect.py --out folders")
     p.add_argument("--vary", required=True, help=f"KEY=V1,V2,...; KEY one of {', '.join(SETTINGS)}")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ap75", action="store_true", help="cells mAP50 / AP75 / mAP50-95 (AP at IoU 0.75 alone)")
     args = p.parse_args()
     key, _, values = args.vary.partition("=")
     if key not in SETTINGS or not values:
@@ -58,10 +59,11 @@ def main() -> None:
         for v in values:
             predictor.model.cfg = dataclasses.replace(trained, **{key: v})
             with tempfile.TemporaryDirectory() as work:
-                m = score(predictor.model.predict, data, work, progress=False)
-            first = m["mAP50-95"] if first is None else first
-            changes[v].append(m["mAP50-95"] - first)
-            cells.append(f"{m['mAP50']:.3f} / {m['mAP50-95']:.3f}")
+                m = score(predictor.model.predict, data, work, progress=False, metrics=True)
+            first = m["bbox/AP"] if first is None else first
+            changes[v].append(m["bbox/AP"] - first)
+            cells.append(" / ".join(f"{m[f'bbox/{k}']:.3f}" for k in (("AP50", "AP75", "AP") if args.ap75 else
+                                                                         ("AP50", "AP"))))
         lines.append(f"| {run.name} | " + " | ".join(cells) + " |")
     lines.append("| mean change of mAP50-95 from the first column | "
                  + " | ".join(f"{100 * sum(c) / len(c):+.2f} points" for c in changes.values()) + " |")

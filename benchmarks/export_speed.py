@@ -12,6 +12,8 @@ post-processing included (uint8 images in, results in the input's pixels out, as
 resize, no normalisation, no NMS) and ``nms=True`` (NMS in the graph). ``--onnx PATH`` times any other ONNX
 file taking float ``(B, 3, S, S)``. ``--set MODEL.KEY=VALUE`` changes a model's setting (e.g.
 ``anchor_free.head=light``; ``MODEL@LABEL.KEY=VALUE`` adds a second row of the same model, labelled).
+``--weights MODEL=RUN`` times a trained model instead (speed after the network depends on the weights: how
+many boxes pass the threshold, how many ``refine`` moves); ``--set`` then changes its post-network settings.
 Rows are written to ``--out`` after each model, so a run stopped early keeps what it measured.
 
 At the end, every onnxruntime session (zir's graphs and the ONNX files) is timed once more **interleaved**:
@@ -73,6 +75,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8", type=lambda v: tuple(int(b) for b in v.split(",")),
                     help="batch sizes to time (R-CNN's graph at batch 8 with 2000 proposals per image needs more "
                          "than 24 GB: --batches 1)")
+    ap.add_argument("--weights", nargs="*", default=[], metavar="MODEL=RUN",
+                    help="trained weights (a zir run or weights file) for MODEL's rows instead of random ones; "
+                         "--set then changes only settings that act after the network (e.g. refine, score_thresh)")
     ap.add_argument("--out", default="benchmarks/results/export_speed.json")
     ap.add_argument("--profile", action="store_true",
                     help="only print onnxruntime's ms per operator type at batch 1 (its profiler), no timing table")
@@ -85,14 +90,13 @@ def main() -> None:
     variants = model_variants(args.models.split(","), args.set)
     if args.profile:
         for label, name, settings in variants:
-            model = build_model(name, CLASSES.get(name, 3), args.size, {**MODELS[name], **settings}).eval()
+            model = make_model(name, settings, args)
             with tempfile.TemporaryDirectory() as tmp:
                 print(label, op_times(to_onnx(model, Path(tmp) / "m.onnx"), args.size, args.threads, args.repeats))
         return
     if args.macs:
         for label, name, settings in variants:
-            print(label, multiply_adds(build_model(name, CLASSES.get(name, 3), args.size, {**MODELS[name], **settings}).eval(),
-                                       args.size))
+            print(label, multiply_adds(make_model(name, settings, args), args.size))
         return
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
@@ -118,7 +122,7 @@ def main() -> None:
 
     for label, name, settings in variants:
         torch.manual_seed(0)
-        model = build_model(name, CLASSES.get(name, 3), args.size, {**MODELS[name], **settings}).eval()
+        model = make_model(name, settings, args)
         graph = graph_for(model)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -195,6 +199,21 @@ def multiply_adds(model: torch.nn.Module, size: int) -> dict[str, float]:
         if key in counts:
             out[child] = round(sum(counts[key].values()) / 2e9, 3)
     return out
+
+
+def make_model(name: str, settings: dict[str, Any], args: argparse.Namespace) -> torch.nn.Module:
+    """``name`` at ``--size`` with ``settings`` and random weights, or with ``--weights``' trained ones (its
+    config's fields changed by ``settings``), in eval mode."""
+    runs = dict(item.partition("=")[::2] for item in args.weights)
+    if name not in runs:
+        return build_model(name, CLASSES.get(name, 3), args.size, {**MODELS[name], **settings}).eval()
+    import dataclasses
+
+    from zir.engine.predictor import find_weights, load
+
+    model = load(find_weights(runs[name], prefer="last")).model
+    model.cfg = dataclasses.replace(model.cfg, **settings)
+    return model.eval()
 
 
 def model_variants(models: list[str], settings: list[str]) -> list[tuple[str, str, dict[str, Any]]]:

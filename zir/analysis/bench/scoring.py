@@ -91,7 +91,7 @@ def own_size_loader(data: BenchData) -> DataLoader:
 
 
 def score(predict: Predict, data: BenchData, out: str | Path, device: str | torch.device = "cpu",
-          progress: bool = True, sync: Callable[[], None] | None = None) -> dict[str, float]:
+          progress: bool = True, sync: Callable[[], None] | None = None, metrics: bool = False) -> dict[str, float]:
     """Predict each test image alone (batch 1): COCO mAP by the engine's evaluation loop and metric, and
     the median inference time.
 
@@ -101,17 +101,19 @@ def score(predict: Predict, data: BenchData, out: str | Path, device: str | torc
         sync: called before the clock stops (``torch.cuda.synchronize`` on a GPU).
 
     Returns:
-        ``{"mAP50", "mAP50-95", "ms"}``; the COCO results are written to ``out/predictions.json``.
+        ``{"mAP50", "mAP50-95", "ms"}`` (``metrics``: and the evaluator's twelve ``"bbox/..."`` numbers); the
+        COCO results are written to ``out/predictions.json``.
     """
     from zir.engine.evaluate import evaluate_predict, make_metric
 
     clock = Clock(predict, sync)
-    metrics, metric = evaluate_predict(clock, own_size_loader(data), make_metric("detect", data.classes), "detect",
+    numbers, metric = evaluate_predict(clock, own_size_loader(data), make_metric("detect", data.classes), "detect",
                                        torch.device(device), progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.json").write_text(json.dumps(metric.results()))
-    return {"mAP50": metrics["bbox/AP50"], "mAP50-95": metrics["bbox/AP"], "ms": clock.ms()}
+    extra = {k: v for k, v in numbers.items() if k.startswith("bbox/")} if metrics else {}
+    return {"mAP50": numbers["bbox/AP50"], "mAP50-95": numbers["bbox/AP"], "ms": clock.ms(), **extra}
 
 
 def mean_box_baseline(data: BenchData, out: str | Path) -> dict[str, float]:
