@@ -442,7 +442,7 @@ class AnchorFree(ZirModel):
                              self.cfg.max_detections, self.cfg.box_voting) for s, b, work in zip(scores, boxes, work_sizes)]
         if self.refiner is not None and self.cfg.refine:  # the best ``refine`` boxes of each image get a second look
             K, beta = self.cfg.refine, self.cfg.refine_score
-            better = (net or self).refiner.refine(features[0], [b[:K] for b, _, _ in found])
+            better = (self if net is None else net).refiner.refine(features[0], [b[:K] for b, _, _ in found])
             moved = []
             for (r, iou), (b, s, lab), work in zip(better, found, work_sizes):
                 b = torch.cat([clip(r, work), b[K:]])
