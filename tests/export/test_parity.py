@@ -254,47 +254,36 @@ def test_onnx_matches_predict(name, exported):
 
 
 @pytest.mark.slow
-def test_anchor_free_box_voting_exports(tmp_path):
-    """``box_voting``: the ONNX graph's voted boxes are ``predict``'s (``weighted_merge``), batch by batch."""
-    model = _model("anchor_free", box_voting=3.0, nms_iou=0.5)
-    _confident(model)
-    session = ort.InferenceSession(str(to_onnx(model, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
-    plain = _model("anchor_free", nms_iou=0.5)
-    _confident(plain)
-    moved = 0
-    for k, shape in enumerate([(1, SIZE, SIZE), (4, SIZE, SIZE), (2, 50, 70)]):
-        images = _images(shape, k)
-        outputs = _run(session, images)
-        _check(model, "detect", outputs, images)
-        voted, nms_only = model.predict([im.float() / 255 for im in images]), plain.predict([im.float() / 255 for im in images])
-        moved += sum(int((v.boxes - n.boxes).abs().amax(1).gt(0.1).sum()) for v, n in zip(voted, nms_only))
-    assert moved, "box voting moved no box: the test's detections do not overlap"
+def test_anchor_free_box_voting_and_refine_export(tmp_path):
+    """``box_voting`` and ``refine`` with ``refine_score``, in one graph (one export: the suite's budget): the
+    ONNX graph's voted boxes (``weighted_merge`` in ``predict``), then its RoIAlign + MLP's moved and rescored
+    boxes, sorted again, are ``predict``'s, batch by batch; each of the two settings changes detections
+    (which boxes ``predict`` refines: the unit tests)."""
+    import copy
 
-
-def test_anchor_free_refine_exports(tmp_path):
-    """``refine`` with ``refine_score``: the ONNX graph's RoIAlign + MLP moves and rescores the same boxes as
-    ``predict`` and sorts them again in its order, batch by batch (which boxes ``predict`` refines: the unit
-    tests)."""
     torch.manual_seed(0)
     model = build_model("anchor_free", 3, SIZE, {**TINY["anchor_free"], "refine": 3, "refine_score": 0.5}).eval()
-    model.cfg = dataclasses.replace(model.cfg, nms_iou=0.5)
+    model.cfg = dataclasses.replace(model.cfg, nms_iou=0.5, box_voting=3.0)
     refiner, model.refiner = model.refiner, None  # _confident biases the last layer: the head's, not the refiner's
     _confident(model)
     model.refiner = refiner
     with torch.no_grad():  # deltas and IoUs that depend on the crop, so the graph's RoIAlign must match predict's
         refiner.mlp[-1].weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
     session = ort.InferenceSession(str(to_onnx(model, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
-    moved = rescored = 0
+    unrefined = copy.deepcopy(model)
+    unrefined.refiner = None
+    plain = copy.deepcopy(unrefined)
+    plain.cfg = dataclasses.replace(plain.cfg, box_voting=0.0)
+    voted = moved = rescored = 0
     for k, shape in enumerate([(1, SIZE, SIZE), (4, SIZE, SIZE), (2, 50, 70)]):
         images = _images(shape, k)
         _check(model, "detect", _run(session, images), images)
-        refined = model.predict([im.float() / 255 for im in images])
-        model.refiner = None
-        unrefined = model.predict([im.float() / 255 for im in images])
-        model.refiner = refiner
-        for r, u in zip(refined, unrefined):
+        floats = [im.float() / 255 for im in images]
+        for r, u, n in zip(model.predict(floats), unrefined.predict(floats), plain.predict(floats)):
+            voted += int((u.boxes - n.boxes).abs().amax(1).gt(0.1).sum())
             moved += int(torch.cdist(r.boxes, u.boxes).amin(1).gt(0.1).sum())  # boxes no unrefined one matches
             rescored += int(not torch.allclose(r.scores, u.scores))
+    assert voted, "box voting moved no box: the test's detections do not overlap"
     assert moved and rescored, "the refiner changed no detection"
 
 
