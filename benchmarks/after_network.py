@@ -30,21 +30,21 @@ import torch
 
 from zir.analysis.bench import from_coco, score
 from zir.engine.predictor import find_weights, load
-
-SETTINGS = {"box_voting": float, "refine": int, "refine_score": float}
+from zir.models.detect.anchor_free import AFTER_NETWORK
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="benchmarks/detect.py --out folders")
-    p.add_argument("--vary", required=True, help=f"KEY=V1,V2,...; KEY one of {', '.join(SETTINGS)}")
+    p.add_argument("--vary", required=True, help=f"KEY=V1,V2,...; KEY one of {', '.join(AFTER_NETWORK)}")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ap75", action="store_true", help="cells mAP50 / AP75 / mAP50-95 (AP at IoU 0.75 alone)")
     args = p.parse_args()
     key, _, values = args.vary.partition("=")
-    if key not in SETTINGS or not values:
-        p.error(f"--vary takes KEY=V1,V2,... with KEY one of {', '.join(SETTINGS)}, got {args.vary!r}")
-    values = [SETTINGS[key](v) for v in values.split(",")]
+    if key not in AFTER_NETWORK or not values:
+        p.error(f"--vary takes KEY=V1,V2,... with KEY one of {', '.join(AFTER_NETWORK)}, got {args.vary!r}")
+    kind = int if key == "refine" else float
+    values = [kind(v) for v in values.split(",")]
     torch.set_num_threads(args.threads)
     lines = [f"| run | {' | '.join(f'{key}={v:g}' for v in values)} |", "|---|" + "---:|" * len(values)]
     changes: dict[float, list[float]] = {v: [] for v in values}

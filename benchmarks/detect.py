@@ -129,19 +129,15 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
                     settings={"imgsz": image_size, "batch": 16, "time_h": round(minutes / 60, 4)})
 
 
-#: settings of a trained model that act after its network, so ``--latency --set`` can change them on ``--runs``
-#: weights (``refine=0``: the same weights without the refinement stage)
-AFTER_NETWORK = ("box_voting", "refine", "refine_score", "score_thresh", "nms_iou")
-
-
 def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_size: int,
             overrides: dict[str, dict[str, Any]] | None = None, rounds: int = 2) -> str:
     """Median ms of ``predict`` per test image at batch 1, the models taking turns image by image, as a
     markdown table; ``rounds`` passes over the test images (the first call of each model left out);
     ``overrides``: ``--set``'s settings of the untrained models' recipes (of trained ones: those in
-    :data:`AFTER_NETWORK`)."""
+    ``anchor_free.AFTER_NETWORK``, e.g. ``refine=0``: the same weights without the second stage)."""
     from zir.engine.predictor import find_weights, load
     from zir.models import build_model
+    from zir.models.detect.anchor_free import AFTER_NETWORK
 
     predictors: dict[str, bench.Clock] = {}
     for name in models:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import nms, roi_align
+from torchvision.ops import nms
 
 from zir.errors import ConfigError
 from zir.models.base import ZirModel
@@ -290,14 +290,10 @@ class AnchorFreeGraph(nn.Module):
         if m.refiner is not None and cfg.refine:  # the best ``refine`` of each image: RoIAlign + MLP, as predict
             its = image[take]
             sel = (rank[take] < cfg.refine).nonzero().squeeze(1)
-            rois = torch.cat([its[sel, None].to(det.dtype), det[sel]], dim=1)
-            crops = roi_align(features[0], rois.to(features[0].dtype), m.refiner.size, 1.0 / m.refiner.stride,
-                              sampling_ratio=2, aligned=True)
-            out = m.refiner.mlp(crops).float()
+            out = m.refiner(features[0], torch.cat([its[sel, None].to(det.dtype), det[sel]], dim=1)).float()
             det = det.index_put((sel,), clip_to(m.refiner.coder.decode(out[:, :4], det[sel]), h, w))
             if cfg.refine_score > 0:  # the predicted IoU into the score, then each image best first again
-                beta = cfg.refine_score
-                score = score.index_put((sel,), score[sel] ** (1 - beta) * out[:, 4].sigmoid() ** beta)
+                score = score.index_put((sel,), m.refiner.rescore(score[sel], out[:, 4].sigmoid(), cfg.refine_score))
                 order = (its.to(score.dtype) * 2 - score).argsort()  # scores in [0, 1]: images 2 apart
                 det, score, lab, its = det[order], score[order], lab[order], its[order]
                 slot = its * K + rank_in_image(its, Bn)[0]

@@ -141,6 +141,9 @@ class AnchorFreeConfig:
 
 
 CLS_LOSSES = ("bce", "varifocal")
+#: settings that act after the network, so a trained model can be scored or timed with other values of them
+#: (``benchmarks/after_network.py``, ``detect.py --latency --set``); ``refine`` only up to the trained refiner
+AFTER_NETWORK = ("score_thresh", "nms_iou", "box_voting", "refine", "refine_score")
 HEADS = ("dense", "light", "depthwise")
 
 
@@ -244,12 +247,17 @@ class BoxRefiner(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, feature: Tensor, boxes: Sequence[Tensor]) -> Tensor:
-        """``feature (B, d, H, W)`` of stride ``stride`` and per image ``(N_b, 4)`` XYXY boxes in the working
-        frame -> ``(sum N_b, 5)``, image after image: the deltas and the IoU's logit."""
-        rois = roi_align(feature, [b.to(feature.dtype) for b in boxes], self.size, 1.0 / self.stride,
-                         sampling_ratio=2, aligned=True)
-        return self.mlp(rois)
+    def forward(self, feature: Tensor, boxes: Tensor | Sequence[Tensor]) -> Tensor:
+        """``feature (B, d, H, W)`` of stride ``stride`` and XYXY boxes in the working frame, per image
+        ``[(N_b, 4)]`` or as ``(N, 5)`` rows ``(image index, x1, y1, x2, y2)`` (the exported graph's form) ->
+        ``(N, 5)``, in the boxes' order: the deltas and the IoU's logit."""
+        boxes = boxes.to(feature.dtype) if isinstance(boxes, Tensor) else [b.to(feature.dtype) for b in boxes]
+        return self.mlp(roi_align(feature, boxes, self.size, 1.0 / self.stride, sampling_ratio=2, aligned=True))
+
+    @staticmethod
+    def rescore(scores: Tensor, iou: Tensor, beta: float) -> Tensor:
+        """``refine_score``: ``scores^(1 - beta) * iou^beta`` (IoU-aware scores, PP-YOLO's form at 0.5)."""
+        return scores ** (1 - beta) * iou**beta
 
     def refine(self, feature: Tensor, boxes: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """Per image ``(N_b, 4)`` boxes -> ``(the boxes moved by their deltas (N_b, 4), their predicted IoU
@@ -420,7 +428,8 @@ class AnchorFree(ZirModel):
         for gradients); each the mean over boxes."""
         boxes = [b for b, _ in samples]
         if not sum(len(b) for b in boxes):
-            return feature.sum() * 0.0, feature.sum() * 0.0
+            zero = feature.sum() * 0.0  # keeps the graph (and DDP's used parameters) without a NaN
+            return zero, zero
         out = self.refiner(feature, boxes).float()
         anchors, objects = torch.cat(boxes), torch.cat([t for _, t in samples])
         targets = self.refiner.coder.encode(objects, anchors)
@@ -447,7 +456,7 @@ class AnchorFree(ZirModel):
             for (r, iou), (b, s, lab), work in zip(better, found, work_sizes):
                 b = torch.cat([clip(r, work), b[K:]])
                 if beta:  # the predicted IoU into the score, then best first again
-                    b, s, lab = rescored(b, torch.cat([s[:K] ** (1 - beta) * iou**beta, s[K:]]), lab)
+                    b, s, lab = rescored(b, torch.cat([BoxRefiner.rescore(s[:K], iou, beta), s[K:]]), lab)
                 moved.append((b, s, lab))
             found = moved
         return [to_input_pixels(b, s, lab, work, tuple(im.shape[-2:]))
