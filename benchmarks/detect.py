@@ -21,8 +21,9 @@ Each data set gets ``OUT/<data>/table.md``, ``results.json`` and ``chart.png``; 
 ``--latency`` trains nothing: it times ``predict`` at batch 1 on the test images of the first data set,
 the models taking turns image by image (so a change of the machine's load reaches all of them), with
 the recipes' settings (and ``--set``'s) and untrained weights, or trained ones given by ``--runs NAME=RUN``
-(a zir run or weights file; ``yolov8n=last.pt`` adds the peer). ``anchor_free`` is timed twice: as it predicts (its
-BatchNorms folded, channels-last) and without the folding (``anchor_free (unfolded)``), the before/after.
+(a zir run or weights file; ``yolov8n=last.pt`` adds the peer). ``anchor_free`` and ``faster_rcnn`` are timed
+twice: as they predict (``zir.models.inference``: BatchNorms folded, channels-last) and
+through their own layers (``NAME (unfolded)``), the before/after.
 
     python benchmarks/detect.py --latency --models anchor_free,faster_rcnn [--runs anchor_free=RUN ...]
 
@@ -149,10 +150,10 @@ def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_siz
             cfg = bench.recipe_for(name, data.kind, (overrides or {}).get(name)).config()
             model = build_model(name, len(data.classes), cfg.data.image_size, dict(cfg.model_args)).eval()
         predictors[name] = bench.Clock(model.predict)
-        if name == "anchor_free":  # the same weights through the unfolded network (raw's default path)
+        if hasattr(model, "inference_net"):  # the same weights through the model's own layers (no folding)
             unfolded = copy.deepcopy(model)
             unfolded.inference_net = lambda: None
-            predictors["anchor_free (unfolded)"] = bench.Clock(unfolded.predict)
+            predictors[f"{name} (unfolded)"] = bench.Clock(unfolded.predict)
     if "yolov8n" in runs:
         os.environ["YOLO_OFFLINE"] = "1"
         from ultralytics import YOLO

@@ -13,14 +13,8 @@ from zir.data.contract import Target
 from zir.errors import ConfigError
 from zir.models import build_model
 from zir.models.base import ZirModel
-from zir.models.detect.anchor_free import (
-    FOLDABLE_NORMS,
-    AnchorFree,
-    AnchorFreeConfig,
-    check_folded,
-    postprocess,
-    refine_samples,
-)
+from zir.models.detect.anchor_free import AnchorFree, AnchorFreeConfig, postprocess, refine_samples
+from zir.models.inference import FOLDABLE_NORMS, verified
 from zir.ops.boxes import iou
 
 TINY = {"pretrained": "none", "neck_channels": 16, "head_convs": 1, "reg_max": 7}
@@ -143,8 +137,9 @@ def test_a_wrong_fold_falls_back_to_the_model_with_a_warning():
     net = model.inference_net()
     with torch.no_grad():
         net.head.cls[0][-1].bias.add_(1.0)  # as a norm that did not follow its convolution would leave it
+    x = torch.rand(1, 3, 64, 64)
     with pytest.warns(UserWarning, match="without folding"):
-        assert check_folded(model, net) is model
+        assert verified(model, net, lambda n: model.raw(x, n)[:2], "anchor_free") is model
 
 
 def test_postprocess_keeps_the_best_box_per_class_and_threshold():

@@ -3,6 +3,7 @@ mapping of predictions back to the input's pixels. Tiny configs (no pretrained w
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -19,6 +20,7 @@ from zir.models.detect.roi_heads import RoIHeadsConfig, RoIPooler
 from zir.models.detect.rpn import RPNConfig
 from zir.models.detect.structures import GroundTruth, ground_truth, match_to_ground_truth
 from zir.models.fpn import FPN
+from zir.models.inference import FOLDABLE_NORMS
 from zir.ops.matching import BELOW_LOW, BETWEEN
 
 SIZE = 128
@@ -141,6 +143,28 @@ def test_predict_maps_boxes_back_to_the_input_pixels(trained):
     assert pred.boxes.shape[1] == 4 and len(pred.boxes) > 0
     assert (pred.boxes >= 0).all() and (pred.boxes[:, 2] <= 417).all() and (pred.boxes[:, 3] <= 300).all()
     assert (pred.scores[:-1] >= pred.scores[1:]).all()
+
+
+def test_predict_runs_a_folded_copy_of_backbone_and_fpn_that_finds_the_same_boxes(trained):
+    """predict's backbone and FPN are a copy with BatchNorm folded into the convolutions, channels-last
+    (``zir.models.inference``): the same detections as the model's own layers, kept out of ``state_dict``,
+    built again after a weight changes."""
+    model, images, _, _ = trained
+    net = model.inference_net()
+    assert not any(isinstance(m, FOLDABLE_NORMS) for m in net.modules())
+    assert any(isinstance(m, FOLDABLE_NORMS) for m in model.backbone.modules())  # the trained norms are still there
+    assert model.inference_net() is net
+    assert not any(k.startswith("_inference") for k in model.state_dict())
+    plain = copy.deepcopy(model)
+    plain.inference_net = lambda: None  # the model's own layers
+    fast, slow = model.predict(list(images)), plain.predict(list(images))
+    for a, b in zip(fast, slow):
+        assert len(a.boxes) > 0 and a.labels.tolist() == b.labels.tolist()
+        torch.testing.assert_close(a.boxes, b.boxes, rtol=1e-4, atol=1e-2)
+        torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        model.fpn.output[0].bias.add_(0.0)  # an in-place update, as an optimizer step makes
+    assert model.inference_net() is not net
 
 
 def test_roi_pool_runs_and_trains():

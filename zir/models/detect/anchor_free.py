@@ -28,7 +28,6 @@ working frame is dropped with a warning that counts them (it has no point inside
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import warnings
@@ -37,11 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.layers import FrozenBatchNormAct2d, freeze_batch_norm_2d
+from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import roi_align
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
@@ -49,6 +46,7 @@ from zir.models.backbones import build_backbone, freeze_blocks
 from zir.models.base import ZirModel, lr_groups
 from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
+from zir.models.inference import channels_last, inference_copy
 from zir.ops.assign import anchor_points, task_aligned_assign
 from zir.ops.boxes import Size, aligned_iou, batched_nms, clip, weighted_merge
 from zir.ops.coder import BoxCoder, decode_ltrb, dfl_expectation, encode_ltrb
@@ -344,7 +342,7 @@ class AnchorFree(ZirModel):
         if net is None:
             net = self
         else:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = channels_last(x)
         features = net.neck(net.backbone(x))
         cls, box = net.head(features)
         points, strides = anchor_points([tuple(f.shape[-2:]) for f in features], self.neck.strides, device=x.device)
@@ -464,52 +462,13 @@ class AnchorFree(ZirModel):
 
 
     def inference_net(self) -> nn.Module:
-        """This model in evaluation mode with every BatchNorm folded into its convolution, channels-last: the
-        same function (to float rounding; checked on a small input each time it is built) at about half the
-        CPU time at batch 1 (the frozen BatchNorms are three elementwise passes each, and channels-last
-        convolutions all take oneDNN's kernels). Rebuilt when any weight or buffer changed since (an optimizer
-        step, ``load_state_dict`` or ``.to()`` change a tensor's version or storage)."""
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.parameters(), *self.buffers()))
-        net, built_for = self.__dict__["_inference"]
-        if net is None or built_for != key:
-            parts = {"backbone": self.backbone, "neck": self.neck, "head": self.head, "refiner": self.refiner}
-            net = fold_batch_norms(copy.deepcopy(nn.ModuleDict({k: v for k, v in parts.items() if v is not None})).eval())
-            net = check_folded(self, net.to(memory_format=torch.channels_last))
-            self.__dict__["_inference"] = (net, key)
-        return net
-
-
-FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d, FrozenBatchNormAct2d)  # timm's BatchNormAct2d is a BatchNorm2d
-
-
-def fold_batch_norms(net: nn.Module) -> nn.Module:
-    """Fold every inference-mode BatchNorm registered right after a ``Conv2d`` in the same parent (timm's and
-    zir's layout: ``conv, bn``) into that convolution (``torch.nn.utils.fusion.fuse_conv_bn_weights``), in
-    place; the norm's activation (timm's ``BatchNormAct2d``) stays. Returns ``net``."""
-    for parent in list(net.modules()):
-        children = list(parent.named_children())
-        for (_, conv), (name, norm) in zip(children, children[1:]):
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, FOLDABLE_NORMS):
-                conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
-                                                              norm.running_var, norm.eps, norm.weight, norm.bias)
-                setattr(parent, name, nn.Sequential(norm.drop, norm.act) if hasattr(norm, "act") else nn.Identity())
-    return net
-
-
-def check_folded(model: AnchorFree, net: nn.Module) -> nn.Module:
-    """``net`` if it computes ``model``'s raw outputs on a small random input (a backbone whose norms do not
-    follow their convolutions would not), else the unfolded network with a warning."""
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(model.mean)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        want, got = model.raw(x)[:2], model.raw(x, net)[:2]
-    model.train(was_training)
-    if all(torch.allclose(w.float(), g.float(), rtol=1e-3, atol=1e-3) for w, g in zip(want, got)):
-        return net
-    warnings.warn(f"anchor_free: folding BatchNorm into the convolutions of backbone {model.cfg.backbone!r} changed "
-                  "its outputs; predicting without folding (slower)", stacklevel=3)
-    return model
+        """This model's network (backbone, neck, head, refiner) as ``predict`` runs it: a copy with every
+        BatchNorm folded into its convolution, channels-last (``zir.models.inference``): the same function to
+        float rounding (checked on a small input each time it is built) at about half the CPU time at batch 1.
+        Rebuilt when any weight or buffer changed since."""
+        x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.mean)
+        parts = {"backbone": self.backbone, "neck": self.neck, "head": self.head, "refiner": self.refiner}
+        return inference_copy(self, parts, lambda net: self.raw(x, net)[:2], "anchor_free")
 
 
 def working_ground_truth(target: Target, work_size: Size) -> tuple[Tensor, Tensor, int]:

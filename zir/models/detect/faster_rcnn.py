@@ -55,6 +55,7 @@ from zir.models.detect.rpn import RPN, RPNConfig, build_rpn
 from zir.models.detect.structures import GroundTruth, ground_truth
 from zir.models.detect.transform import batch_images, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
+from zir.models.inference import channels_last, inference_copy
 
 
 @dataclass
@@ -194,9 +195,20 @@ class FasterRCNN(ZirModel):
         # normalise with the statistics the backbone's weights expect
         self.set_normalization(backbone.mean, backbone.std)
 
-    def features(self, x: Tensor) -> list[Tensor]:
-        """Normalised ``(B, 3, H, W)`` -> pyramid levels ``[(B, d, H / s, W / s)]``, finest first."""
-        return self.fpn(self.backbone(x))
+    def features(self, x: Tensor, net: nn.Module | None = None) -> list[Tensor]:
+        """Normalised ``(B, 3, H, W)`` -> pyramid levels ``[(B, d, H / s, W / s)]``, finest first; ``net``: a
+        module with this model's ``backbone`` and ``fpn`` (default: this model; ``predict`` passes its folded
+        copy, :meth:`inference_net`)."""
+        if net is None:
+            return self.fpn(self.backbone(x))
+        return net.fpn(net.backbone(channels_last(x)))
+
+    def inference_net(self) -> nn.Module:
+        """The backbone and FPN as ``predict`` runs them: BatchNorm folded, channels-last
+        (``zir.models.inference``; checked against the model when built, rebuilt when a weight changed)."""
+        x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.mean)
+        return inference_copy(self, {"backbone": self.backbone, "fpn": self.fpn}, lambda net: self.features(x, net),
+                              type(self).__name__)
 
     def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Resize each ``(3, h, w)`` image in [0, 1] into the working frame, normalise, pad into one batch
@@ -233,7 +245,7 @@ class FasterRCNN(ZirModel):
         sizes = [tuple(im.shape[-2:]) for im in images]
         x, work_sizes = self.prepare(images)
         frame = Frame(sizes, work_sizes, tuple(x.shape[-2:]))
-        features = self.features(x)
+        features = self.features(x, None if self.training else self.inference_net())
         proposals = self.rpn(features, work_sizes).proposals
         detections = self.roi_heads.detect(features, proposals, work_sizes)
         predictions: list[Any] = [to_input_pixels(d.boxes, d.scores, d.labels, work, size)
