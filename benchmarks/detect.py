@@ -26,6 +26,10 @@ twice: as they predict (``zir.models.inference``: BatchNorms folded, channels-la
 through their own layers (``NAME (unfolded)``), the before/after.
 
     python benchmarks/detect.py --latency --models anchor_free,faster_rcnn [--runs anchor_free=RUN ...]
+                                [--scores anchor_free=0.937/0.572 ...]
+
+``--scores NAME=MAP50/MAP50_95`` draws ``OUT/<data>/latency_chart.png``: those accuracies (from training
+runs measured before, e.g. the README's tables) against the ms just timed, one point per model.
 
 ``--clock cpu`` makes ``--minutes`` the process's CPU minutes (``time.process_time``) for zir's ``time=``
 and for Ultralytics' ``time=``: on a shared machine under load, a 1-thread run then gets the same work
@@ -131,9 +135,10 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
 
 
 def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_size: int,
-            overrides: dict[str, dict[str, Any]] | None = None, rounds: int = 2) -> str:
-    """Median ms of ``predict`` per test image at batch 1, the models taking turns image by image, as a
-    markdown table; ``rounds`` passes over the test images (the first call of each model left out);
+            overrides: dict[str, dict[str, Any]] | None = None, rounds: int = 2) -> dict[str, tuple[str, float]]:
+    """Median ms of ``predict`` per test image at batch 1, the models taking turns image by image:
+    ``{label: ("trained" | "untrained", ms)}``; ``rounds`` passes over the test images (the first call of each
+    model left out);
     ``overrides``: ``--set``'s settings of the untrained models' recipes (of trained ones: those in
     ``anchor_free.AFTER_NETWORK``, e.g. ``refine=0``: the same weights without the second stage)."""
     from zir.engine.predictor import find_weights, load
@@ -171,11 +176,36 @@ def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_siz
             for image in images:
                 for clock in predictors.values():
                     clock(image)
+    return {name: ("trained" if name.split(" ")[0] in runs or name == PEER_NAME else "untrained", clock.ms())
+            for name, clock in predictors.items()}
+
+
+def latency_table(times: dict[str, tuple[str, float]]) -> str:
+    """:func:`latency`'s times as a markdown table."""
     lines = ["| model | weights | ms / image (median, batch 1) |", "|---|---|---:|"]
-    for name, clock in predictors.items():
-        weights = "trained" if name.split(" ")[0] in runs or name == PEER_NAME else "untrained"
-        lines.append(f"| {name} | {weights} | {clock.ms():.1f} |")
+    lines += [f"| {name} | {weights} | {ms:.1f} |" for name, (weights, ms) in times.items()]
     return "\n".join(lines) + "\n"
+
+
+def latency_chart(times: dict[str, tuple[str, float]], scores: list[str], title: str, path: Path) -> None:
+    """The accuracy-against-speed chart (``zir.analysis.bench.build_chart``) from ``--scores``'
+    ``NAME=MAP50/MAP50_95`` (accuracy measured elsewhere, e.g. the README's tables) and the ms just timed."""
+    from zir.models import MODELS
+
+    rows = []
+    for item in scores:
+        name, _, values = item.partition("=")
+        if name not in times or values.count("/") != 1:
+            raise SystemExit(f"--scores takes NAME=MAP50/MAP50_95 for a timed model ({', '.join(times)}), got {item!r}")
+        m50, m5095 = (float(v) for v in values.split("/"))
+        model = name.split(" ")[0]
+        stages = 1 if name == PEER_NAME else MODELS[model].stages if model in MODELS else 0
+        rows.append(BenchRow(name=name, model=model, stages=stages, mAP50=m50, mAP50_95=m5095, ms=times[name][1],
+                             source="peer" if name == PEER_NAME else "run"))
+    fig = bench.build_chart(rows, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"Chart: `{path}`")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,6 +226,8 @@ def main() -> None:
                    help="what --minutes counts: wall-clock time, or the process's CPU time (1 thread: load-independent)")
     p.add_argument("--latency", action="store_true", help="only time predict at batch 1 (no training)")
     p.add_argument("--runs", nargs="*", default=[], metavar="NAME=RUN", help="with --latency: trained weights")
+    p.add_argument("--scores", nargs="*", default=[], metavar="NAME=MAP50/MAP50_95",
+                   help="with --latency: draw OUT/<data>/latency_chart.png, these accuracies against the ms timed")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
@@ -208,8 +240,11 @@ def main() -> None:
         models = bench.detectors() if args.models == "all" else \
             [m for m in args.models.split(",") if m not in ("", "none")]
         runs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.runs)}
-        print(f"{name}, {args.threads} threads, load {os.getloadavg()[0]:.1f}\n\n"
-              + latency(data, models, runs, args.peer_size, bench.parse_sets(args.set)))
+        times = latency(data, models, runs, args.peer_size, bench.parse_sets(args.set))
+        print(f"{name}, {args.threads} threads, load {os.getloadavg()[0]:.1f}\n\n" + latency_table(times))
+        if args.scores:
+            latency_chart(times, args.scores, f"{name}: accuracy against speed (batch 1, {args.threads} thread(s), "
+                          f"{time.strftime('%Y-%m-%d')})", out / "latency_chart.png")
         return
 
     names = [m for m in args.models.split(",") if m not in ("", "none")]

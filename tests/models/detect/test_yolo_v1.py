@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -149,7 +150,7 @@ def test_predict_maps_boxes_into_the_input_image_pixels(monkeypatch):
     pred = torch.zeros(1, 2, 2, 13)
     pred[0, 1, 0, :5] = torch.tensor([0.5, 0.25, 0.25, 0.25, 0.9])
     pred[0, 1, 0, 10:] = torch.tensor([0.0, 0.8, 0.0])
-    monkeypatch.setattr(model, "forward", lambda x: pred.expand(len(x), -1, -1, -1))
+    monkeypatch.setattr(model, "raw", lambda x, net=None: pred.expand(len(x), -1, -1, -1))
     out = model.predict([torch.rand(3, 300, 417)])[0]
     expected = torch.tensor([[16 * 417 / 128, (64 - 18) * 300 / 92, 48 * 417 / 128, (96 - 18) * 300 / 92]])
     torch.testing.assert_close(out.boxes, expected)
@@ -173,7 +174,7 @@ def test_loss_targets_and_predict_use_the_same_mapping(monkeypatch):
     model.loss(images, [target(box, [2], (300, 417)), target([], [], (320, 400))])
     grid = captured["grid"][:1]  # (1, 4, 4, 8)
     perfect = torch.cat([grid[..., :5], torch.zeros(1, 4, 4, 5), grid[..., 5:]], dim=-1)
-    monkeypatch.setattr(model, "forward", lambda x: perfect)
+    monkeypatch.setattr(model, "raw", lambda x, net=None: perfect)
     out = model.predict(images[0, :, :300, :417])[0]
     assert out.labels.tolist() == [2]
     torch.testing.assert_close(out.boxes, torch.tensor(box), atol=0.01, rtol=0)
@@ -199,7 +200,16 @@ def test_overfits_two_images(head):
         optimizer.step()
     assert loss.item() < 0.1 * first
     model.eval()
-    for pred, b, t in zip(model.predict(images), boxes, targets):
+    predictions = model.predict(images)
+    # predict ran a copy with the trained BatchNorms folded into the convolutions: the same detections
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.inference_net().modules())
+    plain = copy.deepcopy(model)
+    plain.inference_net = lambda: None
+    for fast, slow in zip(predictions, plain.predict(images)):
+        torch.testing.assert_close(fast.boxes, slow.boxes, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-4, atol=1e-4)
+    for pred, b, t in zip(predictions, boxes, targets):
         for gt, label in zip(torch.tensor(b, dtype=torch.float32), t.labels):
             ious = iou(gt[None], pred.boxes)[0]
             hits = (ious > 0.5) & (pred.labels == label) & (pred.scores > 0.3)

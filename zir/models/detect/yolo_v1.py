@@ -81,6 +81,7 @@ from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.classify.convnet import ConvBlock
 from zir.models.detect.transform import image_list, letterbox_batch, unpad
+from zir.models.inference import channels_last, inference_copy
 from zir.ops.boxes import aligned_iou, batched_nms, clip, letterbox_boxes, unletterbox_boxes
 from zir.ops.coder import decode_yolo_v1, encode_yolo_v1
 
@@ -220,7 +221,16 @@ class YoloV1(ZirModel):
 
     def forward(self, images: Tensor) -> Tensor:
         """``(N, 3, image_size, image_size)`` in [0, 1] -> ``(N, S, S, 5B + C)``, ``w, h`` already squared."""
-        out = self.head(self.backbone(self.normalize(images))[-1])
+        return self.raw(images)
+
+    def raw(self, images: Tensor, net: nn.Module | None = None) -> Tensor:
+        """:meth:`forward` through ``net``: a module with this model's ``backbone`` and ``head`` (default: this
+        model; ``predict`` passes its folded copy, :meth:`inference_net`)."""
+        x = self.normalize(images)
+        net = self if net is None else net
+        if net is not self:
+            x = channels_last(x)
+        out = net.head(net.backbone(x)[-1])
         B = self.cfg.B
         boxes = out[..., : 5 * B].unflatten(-1, (B, 5))  # (N, S, S, B, 5)
         # The head regresses sqrt(w), sqrt(h) (paper section 2.2); the output holds w and h.
@@ -247,7 +257,8 @@ class YoloV1(ZirModel):
         """Images of any sizes (``(N, 3, H, W)`` or a list of ``(3, h, w)`` in [0, 1]) -> detections in
         each input image's pixels."""
         images = image_list(images)
-        pred = self(letterbox_batch(images, self.cfg.image_size, PAD_VALUE)).float()
+        net = None if self.training else self.inference_net()
+        pred = self.raw(letterbox_batch(images, self.cfg.image_size, PAD_VALUE), net).float()
         s = self.cfg.image_size
         dets = postprocess_yolo_v1(pred, (s, s), self.cfg.B, self.cfg.score_thresh, self.cfg.nms_iou,
                                    self.cfg.max_detections)
@@ -255,6 +266,14 @@ class YoloV1(ZirModel):
             size = tuple(im.shape[-2:])
             det.boxes = clip(unletterbox_boxes(det.boxes, size, (s, s)), size)
         return dets
+
+
+    def inference_net(self) -> nn.Module:
+        """The backbone and head as ``predict`` runs them: BatchNorm folded, channels-last
+        (``zir.models.inference``; checked against the model when built, rebuilt when a weight changed)."""
+        x = torch.rand(1, 3, self.cfg.image_size, self.cfg.image_size, generator=torch.Generator().manual_seed(0))
+        return inference_copy(self, {"backbone": self.backbone, "head": self.head},
+                              lambda net: (self.raw(x.to(self.mean), net),), "yolo_v1")
 
 
 # --------------------------------------------------------------------------------------------------
