@@ -21,9 +21,9 @@ Each data set gets ``OUT/<data>/table.md``, ``results.json`` and ``chart.png``; 
 ``--latency`` trains nothing: it times ``predict`` at batch 1 on the test images of the first data set,
 the models taking turns image by image (so a change of the machine's load reaches all of them), with
 the recipes' settings (and ``--set``'s) and untrained weights, or trained ones given by ``--runs NAME=RUN``
-(a zir run or weights file; ``yolov8n=last.pt`` adds the peer). ``anchor_free`` and ``faster_rcnn`` are timed
-twice: as they predict (``zir.models.inference``: BatchNorms folded, channels-last) and
-through their own layers (``NAME (unfolded)``), the before/after.
+(a zir run or weights file; ``yolov8n=last.pt`` adds the peer). Every model whose ``predict`` runs a folded copy
+(``zir.models.inference``: BatchNorms folded, channels-last; anchor_free, faster_rcnn, yolo_v1) is timed
+twice: as it predicts and through its own layers (``NAME (unfolded)``), the before/after.
 
     python benchmarks/detect.py --latency --models anchor_free,faster_rcnn [--runs anchor_free=RUN ...]
                                 [--scores anchor_free=0.937/0.572 ...]

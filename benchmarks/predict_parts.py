@@ -39,13 +39,19 @@ from zir.ops.boxes import clip  # noqa: E402
 from zir.ops.coder import decode_ltrb, dfl_expectation  # noqa: E402
 
 
-def anchor_free_parts(model, image: torch.Tensor, clock) -> None:
-    """anchor_free's ``predict`` on one image, each part under ``clock(name)``."""
-    net = model.inference_net()
+def shared_parts(model, net, image: torch.Tensor, clock) -> tuple[torch.Tensor, list, list[torch.Tensor]]:
+    """The parts both detectors run alike: the resize into the working frame and the backbone, each under
+    ``clock(name)`` -> ``(batch, working sizes, backbone maps)``."""
     with clock("resize"):
         x, work = model.prepare([image])
     with clock("backbone"):
-        f = net.backbone(channels_last(x))
+        return x, work, net.backbone(channels_last(x))
+
+
+def anchor_free_parts(model, image: torch.Tensor, clock) -> None:
+    """anchor_free's ``predict`` on one image, each part under ``clock(name)``."""
+    net = model.inference_net()
+    x, work, f = shared_parts(model, net, image, clock)
     with clock("neck"):
         p = net.neck(f)
     with clock("head"):
@@ -65,10 +71,7 @@ def anchor_free_parts(model, image: torch.Tensor, clock) -> None:
 def faster_rcnn_parts(model, image: torch.Tensor, clock) -> None:
     """Faster R-CNN's ``predict`` on one image, each part under ``clock(name)``."""
     net = model.inference_net()
-    with clock("resize"):
-        x, work = model.prepare([image])
-    with clock("backbone"):
-        f = net.backbone(channels_last(x))
+    _, work, f = shared_parts(model, net, image, clock)
     with clock("FPN"):
         features = net.fpn(f)
     with clock("RPN"):

@@ -5,8 +5,9 @@ an affine map per channel, so ``bn(conv(x))`` is one convolution with rescaled w
 (:func:`fold_batch_norms`); the pretrained backbone's frozen norms are otherwise three elementwise passes
 each. The copy is also kept in channels-last memory, where oneDNN's convolutions need no layout change
 between layers. onnxruntime does the same to an exported graph by itself, so with these copies PyTorch's
-``predict`` and the exported graph do comparable work. ``predict`` of ``anchor_free`` and of the Faster
-R-CNN family (Mask R-CNN, Panoptic FPN) runs through one.
+``predict`` and the exported graph do comparable work. ``predict`` of ``anchor_free``, ``yolo_v1`` and the
+Faster R-CNN family (Mask R-CNN, Panoptic FPN) runs through one: on the raccoon photos, 1 thread, about a
+fifth less time for anchor_free and a quarter less for Faster R-CNN and yolo_v1 (README, "Session 13").
 
 :func:`inference_copy` builds the copy once, checks it against the model on a small input, and builds it
 again whenever a weight or buffer changed (an optimizer step, ``load_state_dict``, ``.to()``); if the check

@@ -267,7 +267,6 @@ class YoloV1(ZirModel):
             det.boxes = clip(unletterbox_boxes(det.boxes, size, (s, s)), size)
         return dets
 
-
     def inference_net(self) -> nn.Module:
         """The backbone and head as ``predict`` runs them: BatchNorm folded, channels-last
         (``zir.models.inference``; checked against the model when built, rebuilt when a weight changed)."""
