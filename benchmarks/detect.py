@@ -134,6 +134,31 @@ def run_yolov8n(data: BenchData, minutes: float, work: Path, image_size: int) ->
                     settings={"imgsz": image_size, "batch": 16, "time_h": round(minutes / 60, 4)})
 
 
+def bench_model(name: str, data: BenchData, runs: dict[str, Path], overrides: dict[str, dict[str, Any]] | None = None):
+    """``name`` as the latency benchmarks time it, in eval mode: ``runs[name]``'s trained weights (``--set``
+    reaching only the settings in ``anchor_free.AFTER_NETWORK``, e.g. ``refine=0``), or the recipe's untrained
+    network with ``--set``'s settings."""
+    from zir.engine.predictor import find_weights, load
+    from zir.models import build_model
+    from zir.models.detect.anchor_free import AFTER_NETWORK
+
+    if name in runs:
+        model = load(find_weights(runs[name], prefer="last")).model
+        after = {k: v for k, v in (overrides or {}).get(name, {}).items() if k in AFTER_NETWORK}
+        model.cfg = dataclasses.replace(model.cfg, **after) if after else model.cfg
+        return model.eval()
+    cfg = bench.recipe_for(name, data.kind, (overrides or {}).get(name)).config()
+    return build_model(name, len(data.classes), cfg.data.image_size, dict(cfg.model_args)).eval()
+
+
+def own_size_images(data: BenchData) -> list[list[torch.Tensor]]:
+    """The test split's images one by one at their own sizes, each as a one-image list (``predict``'s input)."""
+    from zir.analysis.bench.scoring import own_size_loader
+    from zir.models.detect.transform import unpad
+
+    return [unpad(b.images, [t.size for t in b.targets]) for b in own_size_loader(data)]
+
+
 def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_size: int,
             overrides: dict[str, dict[str, Any]] | None = None, rounds: int = 2) -> dict[str, tuple[str, float]]:
     """Median ms of ``predict`` per test image at batch 1, the models taking turns image by image:
@@ -141,19 +166,9 @@ def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_siz
     model left out);
     ``overrides``: ``--set``'s settings of the untrained models' recipes (of trained ones: those in
     ``anchor_free.AFTER_NETWORK``, e.g. ``refine=0``: the same weights without the second stage)."""
-    from zir.engine.predictor import find_weights, load
-    from zir.models import build_model
-    from zir.models.detect.anchor_free import AFTER_NETWORK
-
     predictors: dict[str, bench.Clock] = {}
     for name in models:
-        if name in runs:  # --set reaches a trained model's settings that act after its network (refine, ...)
-            model = load(find_weights(runs[name], prefer="last")).model
-            after = {k: v for k, v in (overrides or {}).get(name, {}).items() if k in AFTER_NETWORK}
-            model.cfg = dataclasses.replace(model.cfg, **after) if after else model.cfg
-        else:
-            cfg = bench.recipe_for(name, data.kind, (overrides or {}).get(name)).config()
-            model = build_model(name, len(data.classes), cfg.data.image_size, dict(cfg.model_args)).eval()
+        model = bench_model(name, data, runs, overrides)
         predictors[name] = bench.Clock(model.predict)
         if hasattr(model, "inference_net"):  # the same weights through the model's own layers (no folding)
             unfolded = copy.deepcopy(model)
@@ -167,10 +182,7 @@ def latency(data: BenchData, models: list[str], runs: dict[str, Path], image_siz
         predictors[PEER_NAME] = bench.Clock(lambda images: [net.predict(
             np.ascontiguousarray((im * 255).round().byte().permute(1, 2, 0).numpy()[..., ::-1]), imgsz=image_size,
             conf=0.001, iou=0.6, max_det=100, device="cpu", verbose=False) for im in images])
-    from zir.analysis.bench.scoring import own_size_loader
-    from zir.models.detect.transform import unpad
-
-    images = [unpad(b.images, [t.size for t in b.targets]) for b in own_size_loader(data)]
+    images = own_size_images(data)
     with torch.no_grad():
         for _ in range(rounds):
             for image in images:

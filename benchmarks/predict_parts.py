@@ -26,13 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detect import RACCOON, prepare_raccoon  # noqa: E402
+from detect import RACCOON, bench_model, own_size_images, prepare_raccoon  # noqa: E402
 
-from zir.analysis import bench  # noqa: E402
-from zir.analysis.bench.scoring import own_size_loader  # noqa: E402
-from zir.models import build_model  # noqa: E402
 from zir.models.detect.anchor_free import postprocess  # noqa: E402
-from zir.models.detect.transform import to_input_pixels, unpad  # noqa: E402
+from zir.models.detect.transform import to_input_pixels  # noqa: E402
 from zir.models.inference import channels_last  # noqa: E402
 from zir.ops.assign import anchor_points  # noqa: E402
 from zir.ops.boxes import clip  # noqa: E402
@@ -108,20 +105,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench-detect"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from zir.engine.predictor import find_weights, load
-
     data = prepare_raccoon(args.raccoon.resolve(), args.out / "raccoon" / "data")
-    runs = dict(item.split("=", 1) for item in args.runs)
-    models, clocks = {}, {}
-    for name, parts in (("anchor_free", anchor_free_parts), ("faster_rcnn", faster_rcnn_parts)):
-        if name in runs:
-            model = load(find_weights(runs[name], prefer="last")).model.eval()
-        else:
-            cfg = bench.recipe_for(name, data.kind).config()
-            model = build_model(name, len(data.classes), cfg.data.image_size, dict(cfg.model_args)).eval()
-        models[name] = (model, parts)
-        clocks[name] = Clock()
-    images = [unpad(b.images, [t.size for t in b.targets])[0] for b in own_size_loader(data)]
+    runs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.runs)}
+    models = {name: (bench_model(name, data, runs), parts)
+              for name, parts in (("anchor_free", anchor_free_parts), ("faster_rcnn", faster_rcnn_parts))}
+    clocks = {name: Clock() for name in models}
+    images = [image for image, in own_size_images(data)]
     with torch.no_grad():
         for r in range(args.rounds):
             for i, image in enumerate(images):

@@ -14,8 +14,8 @@ again whenever a weight or buffer changed (an optimizer step, ``load_state_dict`
 fails the model predicts with its own layers, with a warning.
 
 Fusing the activations into oneDNN's convolutions as well (``torch.ops.mkldnn._convolution_pointwise``)
-was measured and left out: on the raccoon photos at 320 px, 1 thread, it changed neither model's
-``predict`` time beyond the noise (README, "Session 13").
+was tried in session 13 with a scratch script and left out: on the raccoon photos at 320 px, 1 thread, it
+changed neither model's ``predict`` time beyond the noise (the numbers are in that session's closing note).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from timm.layers import FrozenBatchNormAct2d
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from zir.models.base import ZirModel
 
 FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d, FrozenBatchNormAct2d)  # timm's BatchNormAct2d is a BatchNorm2d
 
@@ -63,17 +65,21 @@ def verified(model: nn.Module, net: nn.Module, outputs: Callable[[nn.Module | No
     return model
 
 
-def inference_copy(model: nn.Module, parts: dict[str, nn.Module | None],
-                   outputs: Callable[[nn.Module | None], Sequence[Tensor]], what: str) -> nn.Module:
+def inference_copy(model: ZirModel, parts: dict[str, nn.Module | None],
+                   outputs: Callable[[Tensor, nn.Module | None], Sequence[Tensor]], what: str,
+                   size: int = 64) -> nn.Module:
     """``parts`` of ``model`` (e.g. ``{"backbone": ..., "neck": ...}``, None entries left out) copied into one
     ``ModuleDict`` in eval mode, BatchNorm folded, channels-last, checked by :func:`verified` with
-    ``outputs(net)`` (``net=None``: the model's own layers); cached in ``model.__dict__`` (not a submodule:
-    it stays out of ``state_dict``) and built again when any parameter or buffer of ``model`` changed."""
+    ``outputs(x, net)`` on a random ``(1, 3, size, size)`` image ``x`` (``net=None``: the model's own layers);
+    cached in ``model.__dict__`` (not a submodule: it stays out of ``state_dict``) and built again when any
+    parameter or buffer of ``model`` changed."""
     key = tuple((t.data_ptr(), t._version, t.dtype) for t in (*model.parameters(), *model.buffers()))
     net, built_for = model.__dict__.get("_inference", (None, None))
     if net is None or built_for != key:
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(model.mean)
         net = copy.deepcopy(nn.ModuleDict({k: v for k, v in parts.items() if v is not None})).eval()
-        net = verified(model, fold_batch_norms(net).to(memory_format=torch.channels_last), outputs, what)
+        net = verified(model, fold_batch_norms(net).to(memory_format=torch.channels_last),
+                       lambda n: outputs(x, n), what)
         model.__dict__["_inference"] = (net, key)
     return net
 

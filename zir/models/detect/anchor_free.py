@@ -330,9 +330,6 @@ class AnchorFree(ZirModel):
         # a submodule only when on, so the weights of runs without it load as before
         self.refiner = BoxRefiner(cfg.neck_channels, self.backbone.strides[0]) if cfg.refine else None
         self.dropped_boxes = 0  # boxes under a pixel dropped by ``loss`` so far (also warned about)
-        # predict's folded copy of the network and the parameter versions it was made from (not a submodule:
-        # it stays out of state_dict and is rebuilt when a weight changes)
-        self.__dict__["_inference"] = (None, None)
 
     def raw(self, x: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
         """Normalised, padded ``(B, 3, H, W)`` -> ``(class logits (B, A, C), box-side logits (B, A, 4, R + 1),
@@ -460,15 +457,13 @@ class AnchorFree(ZirModel):
         return [to_input_pixels(b, s, lab, work, tuple(im.shape[-2:]))
                 for (b, s, lab), work, im in zip(found, work_sizes, images)]
 
-
     def inference_net(self) -> nn.Module:
         """This model's network (backbone, neck, head, refiner) as ``predict`` runs it: a copy with every
         BatchNorm folded into its convolution, channels-last (``zir.models.inference``): the same function to
         float rounding (checked on a small input each time it is built) in about a fifth less time at batch 1.
         Rebuilt when any weight or buffer changed since."""
-        x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.mean)
         parts = {"backbone": self.backbone, "neck": self.neck, "head": self.head, "refiner": self.refiner}
-        return inference_copy(self, parts, lambda net: self.raw(x, net)[:2], "anchor_free")
+        return inference_copy(self, parts, lambda x, net: self.raw(x, net)[:2], "anchor_free")
 
 
 def working_ground_truth(target: Target, work_size: Size) -> tuple[Tensor, Tensor, int]:

@@ -206,10 +206,9 @@ class FasterRCNN(ZirModel):
     def inference_net(self) -> nn.Module:
         """The backbone and FPN as ``predict`` runs them: BatchNorm folded, channels-last
         (``zir.models.inference``; checked against the model when built, rebuilt when a weight changed)."""
-        x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.mean)
         # the class's own ``features``: an instance may shadow it (``zir.analysis.analyze`` memoises it per batch)
         return inference_copy(self, {"backbone": self.backbone, "fpn": self.fpn},
-                              lambda net: FasterRCNN.features(self, x, net), type(self).__name__)
+                              lambda x, net: FasterRCNN.features(self, x, net), type(self).__name__)
 
     def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Resize each ``(3, h, w)`` image in [0, 1] into the working frame, normalise, pad into one batch

@@ -270,9 +270,8 @@ class YoloV1(ZirModel):
     def inference_net(self) -> nn.Module:
         """The backbone and head as ``predict`` runs them: BatchNorm folded, channels-last
         (``zir.models.inference``; checked against the model when built, rebuilt when a weight changed)."""
-        x = torch.rand(1, 3, self.cfg.image_size, self.cfg.image_size, generator=torch.Generator().manual_seed(0))
         return inference_copy(self, {"backbone": self.backbone, "head": self.head},
-                              lambda net: (self.raw(x.to(self.mean), net),), "yolo_v1")
+                              lambda x, net: (self.raw(x, net),), "yolo_v1", size=self.cfg.image_size)
 
 
 # --------------------------------------------------------------------------------------------------
