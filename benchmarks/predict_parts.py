@@ -60,7 +60,7 @@ def anchor_free_parts(model, image: torch.Tensor, clock) -> None:
         c = model.cfg
         found = [postprocess(s, clip(b, w), c.score_thresh, c.nms_iou, c.pre_nms_top_n, c.max_detections, c.box_voting)
                  for s, b, w in zip(scores, boxes, work)]
-    if net.refiner is not None and c.refine:
+    if model.refiner is not None and c.refine:
         with clock("refiner"):
             net.refiner.refine(p[0], [b[: c.refine] for b, _, _ in found])
 

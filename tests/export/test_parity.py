@@ -258,11 +258,13 @@ def test_anchor_free_box_voting_and_refine_export(tmp_path):
     """``box_voting`` and ``refine`` with ``refine_score``, in one graph (one export: the suite's budget): the
     ONNX graph's voted boxes (``weighted_merge`` in ``predict``), then its RoIAlign + MLP's moved and rescored
     boxes, sorted again, are ``predict``'s, batch by batch; each of the two settings changes detections
-    (which boxes ``predict`` refines: the unit tests)."""
+    (which boxes ``predict`` refines: the unit tests). The backbone is cut at stride 16 and the neck makes the
+    stride-32 level (``extra_levels``); the generic test above has the whole backbone."""
     import copy
 
     torch.manual_seed(0)
-    model = build_model("anchor_free", 3, SIZE, {**TINY["anchor_free"], "refine": 3, "refine_score": 0.5}).eval()
+    model = build_model("anchor_free", 3, SIZE, {**TINY["anchor_free"], "refine": 3, "refine_score": 0.5,
+                                                 "backbone_levels": (2, 3), "extra_levels": 1}).eval()
     model.cfg = dataclasses.replace(model.cfg, nms_iou=0.5, box_voting=3.0)
     refiner, model.refiner = model.refiner, None  # _confident biases the last layer: the head's, not the refiner's
     _confident(model)

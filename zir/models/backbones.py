@@ -117,6 +117,16 @@ def build_backbone(name: str = "efficientnet_lite0", pretrained: str = "imagenet
     return Backbone(name, pretrained, out_indices)
 
 
+def drop_unused_blocks(backbone: Backbone) -> None:
+    """Cut the blocks after the last map ``backbone`` returns. timm's EfficientNet/MobileNet feature extractors
+    run every block whatever ``out_indices`` asks for; the later blocks would only cost time and hold
+    parameters that never get a gradient. Other layouts are left as they are."""
+    body = backbone.body
+    last = body.feature_info.module_name()[-1]  # e.g. "blocks.4"
+    if hasattr(body, "blocks") and last.startswith("blocks."):
+        body.blocks = body.blocks[: int(last.split(".")[1]) + 1]
+
+
 def freeze_blocks(backbone: Backbone, n: int) -> None:
     """Freeze the stem and the first ``n`` of the backbone's ``blocks`` (timm EfficientNet / MobileNet
     layout): every parameter registered before ``blocks.{n}``."""

@@ -73,7 +73,10 @@ def inference_copy(model: ZirModel, parts: dict[str, nn.Module | None],
     ``outputs(x, net)`` on a random ``(1, 3, size, size)`` image ``x`` (``net=None``: the model's own layers);
     cached in ``model.__dict__`` (not a submodule: it stays out of ``state_dict``) and built again when any
     parameter or buffer of ``model`` changed."""
-    key = tuple((t.data_ptr(), t._version, t.dtype) for t in (*model.parameters(), *model.buffers()))
+    # every tensor's storage, in-place version and type; read from each module's own dicts, which is about half
+    # of ``parameters()`` and ``buffers()``'s time (their name bookkeeping is 1 ms of a 30 ms predict)
+    key = tuple((t.data_ptr(), t._version, t.dtype) for m in model.modules()
+                for d in (m._parameters, m._buffers) for t in d.values() if t is not None)
     net, built_for = model.__dict__.get("_inference", (None, None))
     if net is None or built_for != key:
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(model.mean)

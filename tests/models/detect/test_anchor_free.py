@@ -93,6 +93,27 @@ def test_forward_is_the_graph_predict_post_processes():
     torch.testing.assert_close(pred.scores, expected[1], rtol=1e-4, atol=1e-4)
 
 
+def test_a_backbone_cut_at_stride_16_gets_its_stride_32_level_from_the_neck():
+    """``backbone_levels=(2, 3)``: the backbone's stride-32 blocks are cut off, and ``extra_levels=1`` makes
+    the stride-32 level from the stride-16 one (a stride-2 and a 3x3 convolution); every parameter left
+    trains."""
+    model = tiny(backbone_levels=(2, 3), extra_levels=1)
+    assert len(model.backbone.body.blocks) == 5 and model.neck.strides == [8, 16, 32]
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        levels = model.neck(model.backbone(model.normalize(image)))
+        by_hand = model.neck.merge[1](model.neck.down[1](levels[1]))
+    assert [tuple(f.shape[-2:]) for f in levels] == [(8, 8), (4, 4), (2, 2)]
+    torch.testing.assert_close(levels[2], by_hand, rtol=0, atol=0)
+    scores, _ = model.eval()(image)
+    assert scores.shape == (1, 8 * 8 + 4 * 4 + 2 * 2, 2)
+    model.train()
+    sum(model.loss(image, [target([[8, 8, 40, 56]], [1])]).values()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="extra_levels"):
+        AnchorFree(AnchorFreeConfig(num_classes=2, pretrained="none", extra_levels=-1))
+
+
 def randomise_norms(model: torch.nn.Module) -> None:
     """Statistics and affine terms away from (0, 1), so that folding them is not the identity."""
     g = torch.Generator().manual_seed(1)

@@ -42,7 +42,7 @@ from torchvision.ops import roi_align
 
 from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
-from zir.models.backbones import build_backbone, freeze_blocks
+from zir.models.backbones import build_backbone, drop_unused_blocks, freeze_blocks
 from zir.models.base import ZirModel, lr_groups
 from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
@@ -67,7 +67,11 @@ class AnchorFreeConfig:
         drawn at random (e.g. ``[0.75, 1.0, 1.25]``); empty: always ``image_size``.
     backbone, pretrained: a timm model (``zir.models.backbones``) and its weights: ``imagenet`` (offline),
         ``timm`` or ``none``.
-    backbone_levels: timm ``out_indices`` of the three maps the neck takes (strides 8, 16, 32).
+    backbone_levels: timm ``out_indices`` of the maps the neck takes (2, 3, 4: strides 8, 16, 32); the
+        backbone's blocks after the last one are cut off (EfficientNet-Lite0's stride-32 blocks are about a
+        quarter of its time at 320 px).
+    extra_levels: levels the neck adds after the backbone's coarsest map by stride-2 convolutions (``PAN``):
+        ``backbone_levels=(2, 3)`` with ``extra_levels=1`` gives strides 8, 16, 32 from a backbone cut at 16.
     frozen_blocks: with pretrained weights, the stem and this many of the backbone's blocks are frozen.
     backbone_lr: the backbone's learning rate as a fraction of ``train.lr`` (the neck's and head's), as the
         classifier's fine-tuning (1: one rate for all).
@@ -113,6 +117,7 @@ class AnchorFreeConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: str = "imagenet"
     backbone_levels: tuple[int, ...] = (2, 3, 4)
+    extra_levels: int = 0
     frozen_blocks: int = 2
     backbone_lr: float = 1.0
     neck_channels: int = 64
@@ -166,27 +171,33 @@ def separable_bn_silu(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
 class PAN(nn.Module):
     """FPN's top-down pathway, then PANet's bottom-up path augmentation (Liu et al. 2018, section 3.1):
     ``N_1 = P_1``, ``N_{l+1} = conv3x3(P_{l+1} + conv3x3_stride2(N_l))``, so the coarse levels also get the
-    fine levels' localisation signal by a short path.
+    fine levels' localisation signal by a short path. ``extra_levels`` continue that path past the backbone's
+    coarsest map, ``N_{l+1} = conv3x3(conv3x3_stride2(N_l))`` (RetinaNet's P6 from a stride-2 convolution,
+    Lin et al. 2017b, section 4): a backbone cut at stride 16 still gives a stride-32 level.
 
     Args:
         in_channels, in_strides: the backbone maps', finest first.
         d: width of every output level.
+        extra_levels: levels added after the coarsest, each at twice the stride of the one before.
     """
 
-    def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int], d: int) -> None:
+    def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int], d: int, extra_levels: int = 0) -> None:
         super().__init__()
         self.fpn = FPN(in_channels, in_strides, d, extra_level=False)
-        self.down = nn.ModuleList(conv_bn_silu(d, d, stride=2) for _ in in_channels[1:])
-        self.merge = nn.ModuleList(conv_bn_silu(d, d) for _ in in_channels[1:])
-        self.strides = list(in_strides)
+        steps = len(in_channels) - 1 + extra_levels
+        self.down = nn.ModuleList(conv_bn_silu(d, d, stride=2) for _ in range(steps))
+        self.merge = nn.ModuleList(conv_bn_silu(d, d) for _ in range(steps))
+        self.strides = list(in_strides) + [in_strides[-1] * 2**k for k in range(1, extra_levels + 1)]
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """``[(B, C_l, H_l, W_l)]`` finest first -> ``[(B, d, H_l, W_l)]``."""
+        """``[(B, C_l, H_l, W_l)]`` finest first -> ``[(B, d, H_l, W_l)]``, ``extra_levels`` more at the end."""
         p = self.fpn(features)
         out = [p[0]]
-        for down, merge, p_next in zip(self.down, self.merge, p[1:]):
-            lower = down(out[-1])[..., : p_next.shape[-2], : p_next.shape[-1]]  # odd sizes: stride 2 rounds up
-            out.append(merge(p_next + lower))
+        for i, (down, merge) in enumerate(zip(self.down, self.merge), 1):
+            lower = down(out[-1])
+            if i < len(p):  # odd sizes: stride 2 rounds up
+                lower = p[i] + lower[..., : p[i].shape[-2], : p[i].shape[-1]]
+            out.append(merge(lower))
         return out
 
 
@@ -317,16 +328,20 @@ class AnchorFree(ZirModel):
             raise ConfigError(f"anchor_free refine_score weighs the predicted IoU in [0, 1], got {cfg.refine_score}")
         if len(cfg.backbone_levels) < 2:
             raise ConfigError(f"anchor_free backbone_levels needs at least two levels, got {cfg.backbone_levels}")
+        if cfg.extra_levels < 0:
+            raise ConfigError(f"anchor_free extra_levels is a number of neck levels to add (0: none), got "
+                              f"{cfg.extra_levels}")
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone, cfg.pretrained, tuple(cfg.backbone_levels))
+        drop_unused_blocks(self.backbone)
         if cfg.pretrained != "none":
             # timm's freeze keeps BatchNormAct2d's activation; a few images per batch give too noisy statistics
             self.backbone.body = freeze_batch_norm_2d(self.backbone.body)
             freeze_blocks(self.backbone, cfg.frozen_blocks)
         self.set_normalization(self.backbone.mean, self.backbone.std)
-        self.neck = PAN(self.backbone.channels, self.backbone.strides, cfg.neck_channels)
+        self.neck = PAN(self.backbone.channels, self.backbone.strides, cfg.neck_channels, cfg.extra_levels)
         self.head = DecoupledHead(cfg.neck_channels, cfg.num_classes, cfg.reg_max, cfg.head_convs,
-                                  self.backbone.strides, cfg.image_size, cfg.head, cfg.head_kernel)
+                                  self.neck.strides, cfg.image_size, cfg.head, cfg.head_kernel)
         # a submodule only when on, so the weights of runs without it load as before
         self.refiner = BoxRefiner(cfg.neck_channels, self.backbone.strides[0]) if cfg.refine else None
         self.dropped_boxes = 0  # boxes under a pixel dropped by ``loss`` so far (also warned about)

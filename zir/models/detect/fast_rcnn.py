@@ -31,7 +31,7 @@ from torch import Tensor
 
 from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
-from zir.models.backbones import Backbone, build_backbone, freeze_blocks
+from zir.models.backbones import Backbone, build_backbone, drop_unused_blocks, freeze_blocks
 from zir.models.base import ZirModel
 from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
 from zir.models.detect.roi_heads import ROI_HEADS_FLAT_KEYS, RoIHeads, RoIHeadsConfig, build_roi_heads
@@ -121,19 +121,11 @@ class FastRCNN(ZirModel):
                 for d, work, size in zip(detections, work_sizes, sizes)]
 
 
-def _drop_unused_blocks(backbone: Backbone) -> None:
-    """timm's EfficientNet/MobileNet feature extractors keep every block even when the last map taken is
-    an earlier one; the later blocks would cost time and hold parameters that never get a gradient."""
-    body = backbone.body
-    if hasattr(body, "_stage_out_idx") and hasattr(body, "blocks") and body.feature_hooks is None:
-        body.blocks = body.blocks[:max(body._stage_out_idx)]
-
-
 def build(cfg: FastRCNNConfig) -> FastRCNN:
     if cfg.ss_mode not in MODES:
         raise ConfigError(f"ss_mode must be one of {', '.join(MODES)}, got {cfg.ss_mode!r}")
     backbone = build_backbone(cfg.backbone, cfg.pretrained, (cfg.backbone_level,))
-    _drop_unused_blocks(backbone)
+    drop_unused_blocks(backbone)
     if cfg.pretrained != "none":
         backbone.body = freeze_batch_norm_2d(backbone.body)
         freeze_blocks(backbone, cfg.frozen_blocks)

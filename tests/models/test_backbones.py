@@ -1,0 +1,29 @@
+"""Backbones: cutting off the blocks after the last map taken changes none of the maps taken."""
+
+from __future__ import annotations
+
+import torch
+
+from zir.models.backbones import build_backbone, drop_unused_blocks
+
+
+def test_dropping_unused_blocks_keeps_the_maps_taken():
+    torch.manual_seed(0)
+    full = build_backbone("efficientnet_lite0", "none", (2, 3)).eval()
+    cut = build_backbone("efficientnet_lite0", "none", (2, 3)).eval()
+    cut.load_state_dict(full.state_dict())
+    drop_unused_blocks(cut)
+    # EfficientNet-Lite0's seven stages: the stride-16 map is the fifth's output, the stride-32 stages go
+    assert len(full.body.blocks) == 7 and len(cut.body.blocks) == 5
+    assert sum(p.numel() for p in cut.parameters()) < sum(p.numel() for p in full.parameters()) / 2
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(full(x), cut(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (cut.channels, cut.strides) == ([40, 112], [8, 16])
+
+
+def test_a_backbone_taking_its_last_stage_keeps_every_block():
+    b = build_backbone("efficientnet_lite0", "none", (2, 3, 4))
+    drop_unused_blocks(b)
+    assert len(b.body.blocks) == 7
