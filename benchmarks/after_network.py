@@ -14,6 +14,7 @@ last weights, one test image at a time, by the bench's evaluator (``zir.analysis
     python benchmarks/after_network.py RUN [RUN ...] --vary box_voting=0,1,3 [--threads 1]
     python benchmarks/after_network.py RUN [RUN ...] --vary refine=0,10          # runs trained with refine > 0
     python benchmarks/after_network.py RUN [RUN ...] --vary refine_score=0,0.5,1
+    python benchmarks/after_network.py RUN [RUN ...] --vary pre_nms_top_n=1000,300   # candidates into NMS
 
 Prints a markdown table of mAP50 / mAP50-95 (``--ap75``: mAP50 / AP75 / mAP50-95) per run and value, and the mean change of mAP50-95 from the
 first value.
@@ -43,7 +44,7 @@ def main() -> None:
     key, _, values = args.vary.partition("=")
     if key not in AFTER_NETWORK or not values:
         p.error(f"--vary takes KEY=V1,V2,... with KEY one of {', '.join(AFTER_NETWORK)}, got {args.vary!r}")
-    kind = int if key == "refine" else float
+    kind = int if key in ("refine", "pre_nms_top_n") else float
     values = [kind(v) for v in values.split(",")]
     torch.set_num_threads(args.threads)
     lines = [f"| run | {' | '.join(f'{key}={v:g}' for v in values)} |", "|---|" + "---:|" * len(values)]

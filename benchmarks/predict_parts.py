@@ -12,6 +12,7 @@ The resize and the backbone are the same work in both (EfficientNet-Lite0 at 320
 the one-stage detector's time as a fraction of the two-stage one's.
 
     PYTHONPATH=$PWD python benchmarks/predict_parts.py --raccoon ../shared/data/raccoon [--runs anchor_free=RUN]
+                                                       [--set anchor_free.head_convs=1 ...]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detect import RACCOON, bench_model, own_size_images, prepare_raccoon  # noqa: E402
 
+from zir.analysis import bench  # noqa: E402
 from zir.models.detect.anchor_free import postprocess  # noqa: E402
 from zir.models.detect.transform import to_input_pixels  # noqa: E402
 from zir.models.inference import channels_last  # noqa: E402
@@ -101,13 +103,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--raccoon", type=Path, default=RACCOON)
     ap.add_argument("--runs", nargs="*", default=[], metavar="NAME=RUN", help="trained weights (else untrained)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="MODEL.KEY=VALUE",
+                    help="a setting of an untrained model's recipe (as detect.py --latency)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-detect"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = prepare_raccoon(args.raccoon.resolve(), args.out / "raccoon" / "data")
     runs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.runs)}
-    models = {name: (bench_model(name, data, runs), parts)
+    overrides = bench.parse_sets(args.set)
+    models = {name: (bench_model(name, data, runs, overrides), parts)
               for name, parts in (("anchor_free", anchor_free_parts), ("faster_rcnn", faster_rcnn_parts))}
     clocks = {name: Clock() for name in models}
     images = [image for image, in own_size_images(data)]

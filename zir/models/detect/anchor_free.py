@@ -7,8 +7,10 @@ free or nearly free at inference::
 
     image -> resize (longer side image_size) -> normalise -> pad to a multiple of 32   zir.models.detect.transform
       -> backbone (EfficientNet-Lite0, ImageNet weights offline; strides 8/16/32)   zir.models.backbones
+         (the photo recipe cuts it after stride 16: ``backbone_levels=(2, 3)``, a quarter less time)
       -> FPN top-down (Lin et al. 2017)                                               zir.models.fpn
          + PAN bottom-up path (Liu et al. 2018, "Path Aggregation Network", section 3.1)   PAN below
+           (``extra_levels``: the path goes on past the backbone's coarsest map, stride 32 from stride 16)
       -> decoupled head per level (YOLOX, Ge et al. 2021, section 2.1: +1.1 AP): a classification branch
          (C logits per point) and a box branch (4 distributions over 0..R distances per point)
       -> anchor-free points: every cell centre of every level predicts (FCOS, Tian et al. 2019)
@@ -146,7 +148,7 @@ class AnchorFreeConfig:
 CLS_LOSSES = ("bce", "varifocal")
 #: settings that act after the network, so a trained model can be scored or timed with other values of them
 #: (``benchmarks/after_network.py``, ``detect.py --latency --set``); ``refine`` only up to the trained refiner
-AFTER_NETWORK = ("score_thresh", "nms_iou", "box_voting", "refine", "refine_score")
+AFTER_NETWORK = ("score_thresh", "nms_iou", "pre_nms_top_n", "box_voting", "refine", "refine_score")
 HEADS = ("dense", "light", "depthwise")
 
 
