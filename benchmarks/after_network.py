@@ -31,7 +31,7 @@ import torch
 
 from zir.analysis.bench import from_coco, score
 from zir.engine.predictor import find_weights, load
-from zir.models.detect.anchor_free import AFTER_NETWORK
+from zir.models.detect.anchor_free import AFTER_NETWORK, AnchorFreeConfig
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     key, _, values = args.vary.partition("=")
     if key not in AFTER_NETWORK or not values:
         p.error(f"--vary takes KEY=V1,V2,... with KEY one of {', '.join(AFTER_NETWORK)}, got {args.vary!r}")
-    kind = int if key in ("refine", "pre_nms_top_n") else float
+    kind = type(getattr(AnchorFreeConfig(), key))  # int (refine, pre_nms_top_n) or float
     values = [kind(v) for v in values.split(",")]
     torch.set_num_threads(args.threads)
     lines = [f"| run | {' | '.join(f'{key}={v:g}' for v in values)} |", "|---|" + "---:|" * len(values)]

@@ -86,7 +86,10 @@ def create_timm(name: str, pretrained: str, **kwargs) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """A timm network cut into feature maps.
+    """A timm network cut into feature maps. timm's EfficientNet/MobileNet feature extractors run every block
+    whatever ``out_indices`` asks for; the blocks after the last map taken would only cost time and hold
+    parameters that never get a gradient, so they are cut off (other layouts are left as they are), unless
+    ``keep_unused_blocks`` (sliding_window keeps them: its saved runs hold their weights).
 
     Attributes:
         channels: channels of each returned map, finest first.
@@ -95,10 +98,13 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str = "efficientnet_lite0", pretrained: str = "imagenet",
-                 out_indices: tuple[int, ...] = (1, 2, 3, 4)) -> None:
+                 out_indices: tuple[int, ...] = (1, 2, 3, 4), keep_unused_blocks: bool = False) -> None:
         super().__init__()
         self.name = name
         self.body = create_timm(name, pretrained, features_only=True, out_indices=out_indices)
+        last = self.body.feature_info.module_name()[-1]  # e.g. "blocks.4"
+        if not keep_unused_blocks and hasattr(self.body, "blocks") and last.startswith("blocks."):
+            self.body.blocks = self.body.blocks[: int(last.split(".")[1]) + 1]
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
         # timm's config for the architecture says which input statistics its weights expect
@@ -113,18 +119,8 @@ class Backbone(nn.Module):
 
 
 def build_backbone(name: str = "efficientnet_lite0", pretrained: str = "imagenet",
-                   out_indices: tuple[int, ...] = (1, 2, 3, 4)) -> Backbone:
-    return Backbone(name, pretrained, out_indices)
-
-
-def drop_unused_blocks(backbone: Backbone) -> None:
-    """Cut the blocks after the last map ``backbone`` returns. timm's EfficientNet/MobileNet feature extractors
-    run every block whatever ``out_indices`` asks for; the later blocks would only cost time and hold
-    parameters that never get a gradient. Other layouts are left as they are."""
-    body = backbone.body
-    last = body.feature_info.module_name()[-1]  # e.g. "blocks.4"
-    if hasattr(body, "blocks") and last.startswith("blocks."):
-        body.blocks = body.blocks[: int(last.split(".")[1]) + 1]
+                   out_indices: tuple[int, ...] = (1, 2, 3, 4), keep_unused_blocks: bool = False) -> Backbone:
+    return Backbone(name, pretrained, out_indices, keep_unused_blocks)
 
 
 def freeze_blocks(backbone: Backbone, n: int) -> None:

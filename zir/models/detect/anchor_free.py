@@ -44,7 +44,7 @@ from torchvision.ops import roi_align
 
 from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
-from zir.models.backbones import build_backbone, drop_unused_blocks, freeze_blocks
+from zir.models.backbones import build_backbone, freeze_blocks
 from zir.models.base import ZirModel, lr_groups
 from zir.models.detect.transform import batch_images, boxes_to_working, image_list, to_input_pixels, unpad
 from zir.models.fpn import FPN
@@ -70,7 +70,7 @@ class AnchorFreeConfig:
     backbone, pretrained: a timm model (``zir.models.backbones``) and its weights: ``imagenet`` (offline),
         ``timm`` or ``none``.
     backbone_levels: timm ``out_indices`` of the maps the neck takes (2, 3, 4: strides 8, 16, 32); the
-        backbone's blocks after the last one are cut off (EfficientNet-Lite0's stride-32 blocks are about a
+        backbone's blocks after the last one are cut off (``Backbone``; EfficientNet-Lite0's stride-32 blocks are about a
         quarter of its time at 320 px).
     extra_levels: levels the neck adds after the backbone's coarsest map by stride-2 convolutions (``PAN``):
         ``backbone_levels=(2, 3)`` with ``extra_levels=1`` gives strides 8, 16, 32 from a backbone cut at 16.
@@ -335,7 +335,6 @@ class AnchorFree(ZirModel):
                               f"{cfg.extra_levels}")
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone, cfg.pretrained, tuple(cfg.backbone_levels))
-        drop_unused_blocks(self.backbone)
         if cfg.pretrained != "none":
             # timm's freeze keeps BatchNormAct2d's activation; a few images per batch give too noisy statistics
             self.backbone.body = freeze_batch_norm_2d(self.backbone.body)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from zir.data.contract import DetectionPrediction, Target
 from zir.errors import ConfigError
-from zir.models.backbones import Backbone, build_backbone, drop_unused_blocks, freeze_blocks
+from zir.models.backbones import Backbone, build_backbone, freeze_blocks
 from zir.models.base import ZirModel
 from zir.models.detect.proposals import MODES, ProposalCache, SelectiveSearch
 from zir.models.detect.roi_heads import ROI_HEADS_FLAT_KEYS, RoIHeads, RoIHeadsConfig, build_roi_heads
@@ -125,7 +125,6 @@ def build(cfg: FastRCNNConfig) -> FastRCNN:
     if cfg.ss_mode not in MODES:
         raise ConfigError(f"ss_mode must be one of {', '.join(MODES)}, got {cfg.ss_mode!r}")
     backbone = build_backbone(cfg.backbone, cfg.pretrained, (cfg.backbone_level,))
-    drop_unused_blocks(backbone)
     if cfg.pretrained != "none":
         backbone.body = freeze_batch_norm_2d(backbone.body)
         freeze_blocks(backbone, cfg.frozen_blocks)

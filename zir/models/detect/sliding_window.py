@@ -169,7 +169,7 @@ class WindowClassifier(nn.Module):
             channels = self.features.channels
             self.mean, self.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         else:
-            body = build_backbone(backbone, pretrained, out_indices=(level - 1,))
+            body = build_backbone(backbone, pretrained, out_indices=(level - 1,), keep_unused_blocks=True)
             if body.strides[-1] != 2**level:
                 raise ConfigError(f"backbone {backbone!r} level {level}: stride {body.strides[-1]}, "
                                   f"expected {2**level}; choose another level")

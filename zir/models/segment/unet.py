@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from zir.data.contract import SemanticPrediction, Target
 from zir.errors import ConfigError
-from zir.models.backbones import build_backbone, drop_unused_blocks
+from zir.models.backbones import build_backbone
 from zir.models.base import ZirModel
 from zir.models.detect.transform import resize, scores_to_input, working_size
 from zir.models.segment.losses import (
@@ -130,7 +130,6 @@ class BackboneEncoder(nn.Module):
             raise ConfigError(f"encoder {name} gives strides {self.backbone.strides}; unet with depth={depth} "
                               f"needs {[2**k for k in range(1, depth + 1)]}")
         self.channels = [width, *self.backbone.channels]
-        drop_unused_blocks(self.backbone)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [self.full_res(x), *self.backbone(x)]
